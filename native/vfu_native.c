@@ -1,0 +1,805 @@
+/*
+ * vfu_native: the few system calls Node cannot make for vfio-user.
+ *
+ *   - AF_UNIX stream sockets: listen/accept/connect/socketpair, sendmsg and
+ *     recvmsg with SCM_RIGHTS descriptors (received close-on-exec);
+ *   - readiness notification for any fd through uv_poll on Node's loop;
+ *   - memfd_create with seals, mmap/munmap into external ArrayBuffers that
+ *     are unmapped explicitly (and detached) or, failing that, when collected;
+ *   - eventfd create/read/write, F_GET_SEALS, dup, close.
+ *
+ * Plain C against node_api.h and uv.h (N-API 8), no C++ and no wrappers, so
+ * the same binary keeps working across Node releases.  Every function reports
+ * failures as a negative errno return (hot paths) or a thrown Error whose
+ * `errno` property carries the number (set-up paths).
+ *
+ * Facts this file relies on, measured on Linux (see shared/native-notes.md):
+ *   - the fds of one sendmsg arrive with the recvmsg that reaches its first
+ *     byte and that recvmsg stops there; the JS framer attaches them to the
+ *     message that holds the last byte of that read;
+ *   - a poll handle must stay strongly referenced while open and its memory is
+ *     freed only after both the libuv close callback and the JS finaliser ran.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+#ifndef MFD_CLOEXEC
+#include <linux/memfd.h>
+#endif
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_GET_SEALS 1034
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#define F_SEAL_WRITE 0x0008
+#endif
+
+/* Linux never passes more than SCM_MAX_FD (253) descriptors in one message. */
+#define MAX_FDS 253
+/* recvmsg state array: [0] nfds, [1] flags, [2..] fds */
+#define STATE_LEN (2 + MAX_FDS)
+#define RECV_FLAG_CTRUNC 1
+
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        if ((call) != napi_ok) {                                               \
+            return throw_last(env);                                            \
+        }                                                                      \
+    } while (0)
+
+static napi_value throw_last(napi_env env) {
+    const napi_extended_error_info *info = NULL;
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) {
+        napi_get_last_error_info(env, &info);
+        napi_throw_error(env, NULL,
+                         info && info->error_message ? info->error_message
+                                                     : "vfu_native: N-API call failed");
+    }
+    return NULL;
+}
+
+/* Throws Error(message: strerror) with .errno and .code. */
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+    char msg[256];
+    napi_value m, e, n, c;
+    snprintf(msg, sizeof(msg), "%s: %s", what, strerror(err));
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+    napi_create_error(env, NULL, m, &e);
+    napi_create_int32(env, err, &n);
+    napi_set_named_property(env, e, "errno", n);
+    napi_create_string_utf8(env, "ERRNO", NAPI_AUTO_LENGTH, &c);
+    napi_set_named_property(env, e, "code", c);
+    napi_throw(env, e);
+    return NULL;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+    napi_value r;
+    napi_create_int64(env, v, &r);
+    return r;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want,
+                    napi_value *argv) {
+    size_t argc = want;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+        return -1;
+    }
+    for (size_t i = argc; i < want; i++) {
+        napi_get_undefined(env, &argv[i]);
+    }
+    return 0;
+}
+
+static int get_i32(napi_env env, napi_value v, int32_t *out) {
+    return napi_get_value_int32(env, v, out) == napi_ok ? 0 : -1;
+}
+
+static int get_i64(napi_env env, napi_value v, int64_t *out) {
+    return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1;
+}
+
+/* Accepts Buffer / any TypedArray / DataView; returns data and byte length. */
+static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+    bool is;
+    if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+        napi_typedarray_type t;
+        size_t n, off;
+        napi_value ab;
+        void *p;
+        if (napi_get_typedarray_info(env, v, &t, &n, &p, &ab, &off) != napi_ok) {
+            return -1;
+        }
+        size_t el = 1;
+        switch (t) {
+        case napi_int16_array: case napi_uint16_array: el = 2; break;
+        case napi_int32_array: case napi_uint32_array: case napi_float32_array: el = 4; break;
+        case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: el = 8; break;
+        default: el = 1;
+        }
+        *data = p;
+        *len = n * el;
+        return 0;
+    }
+    if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+        napi_value ab;
+        size_t off;
+        void *p;
+        if (napi_get_dataview_info(env, v, len, &p, &ab, &off) != napi_ok) {
+            return -1;
+        }
+        *data = p;
+        return 0;
+    }
+    return -1;
+}
+
+static int is_nullish(napi_env env, napi_value v) {
+    napi_valuetype t;
+    napi_typeof(env, v, &t);
+    return t == napi_undefined || t == napi_null;
+}
+
+/* ------------------------------------------------------------------ sockets */
+
+static napi_value n_socketpair(napi_env env, napi_callback_info info) {
+    int sv[2];
+    napi_value arr;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+        return throw_errno(env, "socketpair", errno);
+    }
+    CHECK(napi_create_array_with_length(env, 2, &arr));
+    napi_set_element(env, arr, 0, make_int(env, sv[0]));
+    napi_set_element(env, arr, 1, make_int(env, sv[1]));
+    return arr;
+}
+
+static int fill_addr(napi_env env, napi_value v, struct sockaddr_un *addr) {
+    size_t len = 0;
+    memset(addr, 0, sizeof(*addr));
+    addr->sun_family = AF_UNIX;
+    if (napi_get_value_string_utf8(env, v, addr->sun_path, sizeof(addr->sun_path),
+                                   &len) != napi_ok) {
+        return -EINVAL;
+    }
+    if (len == 0 || len >= sizeof(addr->sun_path) - 1) {
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
+/* listen(path, backlog, mode): the socket file is created with `mode` (the
+ * umask is narrowed around bind so it is never wider, even briefly). */
+static napi_value n_listen(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    struct sockaddr_un addr;
+    int32_t backlog = 16, mode = 0600;
+    int fd, rc, err;
+    mode_t old;
+    if (get_args(env, info, 3, argv) < 0) return throw_last(env);
+    if ((rc = fill_addr(env, argv[0], &addr)) < 0) return throw_errno(env, "listen", -rc);
+    if (!is_nullish(env, argv[1])) get_i32(env, argv[1], &backlog);
+    if (!is_nullish(env, argv[2])) get_i32(env, argv[2], &mode);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return throw_errno(env, "socket", errno);
+    old = umask(0777 & ~mode);
+    rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    err = errno;
+    umask(old);
+    if (rc < 0) {
+        close(fd);
+        return throw_errno(env, "bind", err);
+    }
+    if (chmod(addr.sun_path, mode) < 0 || listen(fd, backlog) < 0) {
+        err = errno;
+        close(fd);
+        unlink(addr.sun_path);
+        return throw_errno(env, "listen", err);
+    }
+    return make_int(env, fd);
+}
+
+/* accept(fd) -> new fd (non-blocking, close-on-exec) or -errno */
+static napi_value n_accept(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    int c;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    return make_int(env, c < 0 ? -errno : c);
+}
+
+/* connect(path) -> fd or -errno.  A UNIX connect completes at once unless the
+ * listener's backlog is full, which we report as EAGAIN rather than block. */
+static napi_value n_connect(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    struct sockaddr_un addr;
+    int fd, rc;
+    if (get_args(env, info, 1, argv) < 0) return throw_last(env);
+    if ((rc = fill_addr(env, argv[0], &addr)) < 0) return make_int(env, rc);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return make_int(env, -errno);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        rc = -errno;
+        close(fd);
+        return make_int(env, rc);
+    }
+    return make_int(env, fd);
+}
+
+/*
+ * sendmsg(fd, a, b|null, fds|null) -> bytes sent or -errno.
+ * Gathers up to two buffers (header and payload) into one system call.
+ */
+static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
+    napi_value argv[4];
+    int32_t fd;
+    struct iovec iov[2];
+    struct msghdr msg;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+        struct cmsghdr align;
+    } ctrl;
+    uint32_t nfds = 0;
+    ssize_t n;
+
+    if (get_args(env, info, 4, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    memset(&msg, 0, sizeof(msg));
+    if (get_bytes(env, argv[1], (uint8_t **)&iov[0].iov_base, &iov[0].iov_len) < 0) {
+        return throw_errno(env, "sendmsg: first buffer", EINVAL);
+    }
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    if (!is_nullish(env, argv[2])) {
+        if (get_bytes(env, argv[2], (uint8_t **)&iov[1].iov_base, &iov[1].iov_len) < 0) {
+            return throw_errno(env, "sendmsg: second buffer", EINVAL);
+        }
+        if (iov[1].iov_len > 0) msg.msg_iovlen = 2;
+    }
+    if (!is_nullish(env, argv[3])) {
+        bool isarr = false;
+        napi_is_array(env, argv[3], &isarr);
+        if (!isarr) return throw_errno(env, "sendmsg: fds", EINVAL);
+        napi_get_array_length(env, argv[3], &nfds);
+        if (nfds > MAX_FDS) return make_int(env, -EINVAL);
+        if (nfds > 0) {
+            struct cmsghdr *cm;
+            int *p;
+            memset(&ctrl, 0, sizeof(ctrl));
+            msg.msg_control = ctrl.buf;
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+            cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+            p = (int *)CMSG_DATA(cm);
+            for (uint32_t i = 0; i < nfds; i++) {
+                napi_value e;
+                int32_t v;
+                napi_get_element(env, argv[3], i, &e);
+                if (get_i32(env, e, &v) < 0) return throw_errno(env, "sendmsg: fd", EINVAL);
+                p[i] = v;
+            }
+        }
+    }
+    do {
+        n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return make_int(env, n < 0 ? -errno : n);
+}
+
+/*
+ * recvmsg(fd, buf, off, len, state:Int32Array) -> bytes (0 = EOF) or -errno.
+ * state[0] = number of fds received, state[1] = flags (1: MSG_CTRUNC),
+ * state[2..] = the fds.  Descriptors arrive close-on-exec.
+ */
+static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
+    napi_value argv[5];
+    int32_t fd;
+    int64_t off, len;
+    uint8_t *buf, *st8;
+    size_t buflen, stlen;
+    int32_t *state;
+    struct iovec iov;
+    struct msghdr msg;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+        struct cmsghdr align;
+    } ctrl;
+    ssize_t n;
+    int nfds = 0;
+
+    if (get_args(env, info, 5, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
+        get_i64(env, argv[2], &off) < 0 || get_i64(env, argv[3], &len) < 0) {
+        return throw_last(env);
+    }
+    if (get_bytes(env, argv[1], &buf, &buflen) < 0 ||
+        get_bytes(env, argv[4], &st8, &stlen) < 0 || stlen < STATE_LEN * sizeof(int32_t)) {
+        return throw_errno(env, "recvmsg: arguments", EINVAL);
+    }
+    if (off < 0 || len <= 0 || (uint64_t)off + (uint64_t)len > buflen) {
+        return throw_errno(env, "recvmsg: range", ERANGE);
+    }
+    state = (int32_t *)st8;
+    iov.iov_base = buf + off;
+    iov.iov_len = (size_t)len;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.buf;
+    msg.msg_controllen = sizeof(ctrl.buf);
+    do {
+        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    state[0] = 0;
+    state[1] = 0;
+    if (n < 0) return make_int(env, -errno);
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            int cnt = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *p = (int *)CMSG_DATA(cm);
+            for (int i = 0; i < cnt; i++) {
+                if (nfds < MAX_FDS) {
+                    state[2 + nfds++] = p[i];
+                } else {
+                    close(p[i]); /* cannot happen on Linux; never leak */
+                }
+            }
+        }
+    }
+    state[0] = nfds;
+    if (msg.msg_flags & MSG_CTRUNC) state[1] |= RECV_FLAG_CTRUNC;
+    return make_int(env, n);
+}
+
+static napi_value n_close(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    /* Linux releases the descriptor even when close() reports EINTR. */
+    return make_int(env, close(fd) < 0 && errno != EINTR ? -errno : 0);
+}
+
+static napi_value n_dup(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    int r;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    r = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    return make_int(env, r < 0 ? -errno : r);
+}
+
+/* setNonBlocking(fd) -> 0 or -errno; used for inherited sockets (--fd N). */
+static napi_value n_set_nonblocking(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    int fl;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return make_int(env, -errno);
+    return make_int(env, 0);
+}
+
+/* isSocket(fd) -> 1 for a SOCK_STREAM AF_UNIX socket, 0 otherwise, -errno */
+static napi_value n_is_unix_stream(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    int type = 0;
+    struct sockaddr_un sa;
+    socklen_t len = sizeof(type), alen = sizeof(sa);
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return make_int(env, -errno);
+    if (getsockname(fd, (struct sockaddr *)&sa, &alen) < 0) return make_int(env, -errno);
+    return make_int(env, type == SOCK_STREAM && sa.sun_family == AF_UNIX ? 1 : 0);
+}
+
+/* --------------------------------------------------------------------- poll */
+
+typedef struct {
+    uv_poll_t handle;
+    napi_env env;
+    napi_ref callback;   /* strong */
+    napi_ref self;       /* strong while open: keeps the JS handle alive */
+    napi_async_context actx;
+    int closing;
+    int uv_closed;
+    int finalized;
+} poll_ctx_t;
+
+static void poll_maybe_free(poll_ctx_t *p) {
+    if (p->uv_closed && p->finalized) free(p);
+}
+
+static void poll_on_uv_close(uv_handle_t *h) {
+    poll_ctx_t *p = (poll_ctx_t *)h->data;
+    p->uv_closed = 1;
+    poll_maybe_free(p);
+}
+
+static void poll_finalize(napi_env env, void *data, void *hint) {
+    poll_ctx_t *p = data;
+    /* The handle can only be collected after pollClose dropped `self`. */
+    p->finalized = 1;
+    poll_maybe_free(p);
+}
+
+static void poll_on_event(uv_poll_t *h, int status, int events) {
+    poll_ctx_t *p = (poll_ctx_t *)h->data;
+    napi_env env = p->env;
+    napi_handle_scope scope;
+    napi_value cb, recv, argv[2], result;
+    napi_status st;
+
+    if (p->closing) return;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    napi_get_reference_value(env, p->callback, &cb);
+    napi_get_reference_value(env, p->self, &recv);
+    argv[0] = make_int(env, events & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT));
+    argv[1] = make_int(env, status);
+    st = napi_make_callback(env, p->actx, recv, cb, 2, argv, &result);
+    if (st == napi_pending_exception) {
+        napi_value err;
+        napi_get_and_clear_last_exception(env, &err);
+        napi_fatal_exception(env, err);
+    }
+    napi_close_handle_scope(env, scope);
+}
+
+/* pollStart(fd, events, callback(events, status)) -> handle */
+static napi_value n_poll_start(napi_env env, napi_callback_info info) {
+    napi_value argv[3], obj, name;
+    int32_t fd, events;
+    uv_loop_t *loop;
+    poll_ctx_t *p;
+    int rc;
+
+    if (get_args(env, info, 3, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
+        get_i32(env, argv[1], &events) < 0) {
+        return throw_last(env);
+    }
+    CHECK(napi_get_uv_event_loop(env, &loop));
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) return throw_errno(env, "pollStart", ENOMEM);
+    p->env = env;
+    rc = uv_poll_init(loop, &p->handle, fd);
+    if (rc < 0) {
+        free(p);
+        return throw_errno(env, "uv_poll_init", -rc);
+    }
+    p->handle.data = p;
+    CHECK(napi_create_object(env, &obj));
+    CHECK(napi_create_reference(env, argv[2], 1, &p->callback));
+    CHECK(napi_create_reference(env, obj, 1, &p->self));
+    CHECK(napi_create_string_utf8(env, "vfu:poll", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_async_init(env, obj, name, &p->actx));
+    CHECK(napi_wrap(env, obj, p, poll_finalize, NULL, NULL));
+    rc = uv_poll_start(&p->handle, events & (UV_READABLE | UV_WRITABLE), poll_on_event);
+    if (rc < 0) {
+        /* Leave the JS object wrapped; closing frees everything. */
+        return throw_errno(env, "uv_poll_start", -rc);
+    }
+    return obj;
+}
+
+static poll_ctx_t *unwrap_poll(napi_env env, napi_value v) {
+    void *p = NULL;
+    if (napi_unwrap(env, v, &p) != napi_ok) return NULL;
+    return p;
+}
+
+/* pollUpdate(handle, events) */
+static napi_value n_poll_update(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int32_t events;
+    poll_ctx_t *p;
+    int rc;
+    if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[1], &events) < 0) {
+        return throw_last(env);
+    }
+    p = unwrap_poll(env, argv[0]);
+    if (p == NULL || p->closing) return throw_errno(env, "pollUpdate", EBADF);
+    events &= UV_READABLE | UV_WRITABLE;
+    rc = events ? uv_poll_start(&p->handle, events, poll_on_event) : uv_poll_stop(&p->handle);
+    return make_int(env, rc);
+}
+
+/* pollRef(handle, ref): whether this handle keeps the event loop alive. */
+static napi_value n_poll_ref(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    bool ref = true;
+    poll_ctx_t *p;
+    if (get_args(env, info, 2, argv) < 0) return throw_last(env);
+    napi_get_value_bool(env, argv[1], &ref);
+    p = unwrap_poll(env, argv[0]);
+    if (p == NULL || p->closing) return NULL;
+    if (ref) {
+        uv_ref((uv_handle_t *)&p->handle);
+    } else {
+        uv_unref((uv_handle_t *)&p->handle);
+    }
+    return NULL;
+}
+
+/* pollClose(handle): stop and release; call before closing the fd. */
+static napi_value n_poll_close(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    poll_ctx_t *p;
+    if (get_args(env, info, 1, argv) < 0) return throw_last(env);
+    p = unwrap_poll(env, argv[0]);
+    if (p == NULL || p->closing) return NULL;
+    p->closing = 1;
+    uv_poll_stop(&p->handle);
+    uv_close((uv_handle_t *)&p->handle, poll_on_uv_close);
+    napi_async_destroy(env, p->actx);
+    napi_delete_reference(env, p->callback);
+    napi_delete_reference(env, p->self);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------- memory */
+
+typedef struct mapping {
+    struct mapping *next;
+    void *addr;
+    size_t len;
+    int unmapped;
+} mapping_t;
+
+static mapping_t *g_mappings; /* live mappings; the main thread only */
+
+static void mapping_unlink(mapping_t *m) {
+    for (mapping_t **pp = &g_mappings; *pp; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            return;
+        }
+    }
+}
+
+static void mapping_finalize(napi_env env, void *data, void *hint) {
+    mapping_t *m = hint;
+    if (!m->unmapped) {
+        munmap(m->addr, m->len);
+        m->unmapped = 1;
+    }
+    mapping_unlink(m);
+    free(m);
+}
+
+/* memfdCreate(name, size, seal) -> fd.  With `seal`, the size is fixed
+ * (F_SEAL_SHRINK|F_SEAL_GROW) so no one can turn accesses into SIGBUS. */
+static napi_value n_memfd_create(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    char name[64] = "vfu";
+    size_t nl;
+    int64_t size;
+    bool seal = false;
+    int fd, err;
+    if (get_args(env, info, 3, argv) < 0 || get_i64(env, argv[1], &size) < 0) {
+        return throw_last(env);
+    }
+    napi_get_value_string_utf8(env, argv[0], name, sizeof(name), &nl);
+    napi_get_value_bool(env, argv[2], &seal);
+    if (size < 0) return throw_errno(env, "memfd_create", EINVAL);
+    fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return throw_errno(env, "memfd_create", errno);
+    if (ftruncate(fd, size) < 0 ||
+        (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)) {
+        err = errno;
+        close(fd);
+        return throw_errno(env, "memfd_create", err);
+    }
+    return make_int(env, fd);
+}
+
+/* getSeals(fd) -> seals or -errno (EINVAL for files that cannot be sealed) */
+static napi_value n_get_seals(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    int r;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    r = fcntl(fd, F_GET_SEALS);
+    return make_int(env, r < 0 ? -errno : r);
+}
+
+/* mmap(fd, offset, length, prot) -> ArrayBuffer (MAP_SHARED).
+ * prot: 1 read, 2 write.  offset must be page aligned. */
+static napi_value n_mmap(napi_env env, napi_callback_info info) {
+    napi_value argv[4], ab;
+    int32_t fd, prot;
+    int64_t off, len;
+    void *addr;
+    mapping_t *m;
+    int p = 0;
+    if (get_args(env, info, 4, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
+        get_i64(env, argv[1], &off) < 0 || get_i64(env, argv[2], &len) < 0 ||
+        get_i32(env, argv[3], &prot) < 0) {
+        return throw_last(env);
+    }
+    if (off < 0 || len <= 0 || (off & (sysconf(_SC_PAGESIZE) - 1)) != 0) {
+        return throw_errno(env, "mmap", EINVAL);
+    }
+    if (prot & 1) p |= PROT_READ;
+    if (prot & 2) p |= PROT_WRITE;
+    addr = mmap(NULL, (size_t)len, p, MAP_SHARED, fd, (off_t)off);
+    if (addr == MAP_FAILED) return throw_errno(env, "mmap", errno);
+    madvise(addr, (size_t)len, MADV_DONTDUMP);
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        munmap(addr, (size_t)len);
+        return throw_errno(env, "mmap", ENOMEM);
+    }
+    m->addr = addr;
+    m->len = (size_t)len;
+    if (napi_create_external_arraybuffer(env, addr, (size_t)len, mapping_finalize, m, &ab) !=
+        napi_ok) {
+        munmap(addr, (size_t)len);
+        free(m);
+        return throw_last(env);
+    }
+    m->next = g_mappings;
+    g_mappings = m;
+    return ab;
+}
+
+/* munmap(arrayBuffer): unmap now and detach, so stale views read as empty
+ * instead of touching unmapped memory.  Idempotent. */
+static napi_value n_munmap(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    void *data = NULL;
+    size_t len = 0;
+    bool is = false;
+    if (get_args(env, info, 1, argv) < 0) return throw_last(env);
+    if (napi_is_arraybuffer(env, argv[0], &is) != napi_ok || !is) {
+        return throw_errno(env, "munmap: not an ArrayBuffer", EINVAL);
+    }
+    CHECK(napi_get_arraybuffer_info(env, argv[0], &data, &len));
+    if (data == NULL || len == 0) return make_int(env, 0); /* already detached */
+    for (mapping_t *m = g_mappings; m; m = m->next) {
+        if (m->addr == data && !m->unmapped) {
+            /* Unmap before detaching: detaching may run the finaliser, which
+             * frees `m`; it then sees `unmapped` and only frees. */
+            munmap(m->addr, m->len);
+            m->unmapped = 1;
+            CHECK(napi_detach_arraybuffer(env, argv[0]));
+            return make_int(env, 0);
+        }
+    }
+    return throw_errno(env, "munmap: not a mapping made by mmap()", EINVAL);
+}
+
+static napi_value n_live_mappings(napi_env env, napi_callback_info info) {
+    int64_t n = 0;
+    for (mapping_t *m = g_mappings; m; m = m->next) {
+        if (!m->unmapped) n++;
+    }
+    return make_int(env, n);
+}
+
+static napi_value n_page_size(napi_env env, napi_callback_info info) {
+    return make_int(env, sysconf(_SC_PAGESIZE));
+}
+
+/* ------------------------------------------------------------------ eventfd */
+
+/* eventfd(initial, flags) -> fd.  flags: 1 non-blocking, 2 semaphore. */
+static napi_value n_eventfd(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int32_t init = 0, fl = 0;
+    int f = EFD_CLOEXEC, fd;
+    if (get_args(env, info, 2, argv) < 0) return throw_last(env);
+    if (!is_nullish(env, argv[0])) get_i32(env, argv[0], &init);
+    if (!is_nullish(env, argv[1])) get_i32(env, argv[1], &fl);
+    if (fl & 1) f |= EFD_NONBLOCK;
+    if (fl & 2) f |= EFD_SEMAPHORE;
+    fd = eventfd((unsigned)init, f);
+    if (fd < 0) return throw_errno(env, "eventfd", errno);
+    return make_int(env, fd);
+}
+
+/* eventfdRead(fd) -> counter value (>0) or -errno (-EAGAIN when zero) */
+static napi_value n_eventfd_read(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    uint64_t v;
+    ssize_t n;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    do {
+        n = read(fd, &v, sizeof(v));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return make_int(env, -errno);
+    if (n != sizeof(v)) return make_int(env, -EIO);
+    return make_int(env, v > INT64_MAX ? INT64_MAX : (int64_t)v);
+}
+
+/* eventfdWrite(fd, value) -> 0 or -errno */
+static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int32_t fd;
+    int64_t val = 1;
+    uint64_t v;
+    ssize_t n;
+    if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
+    }
+    if (!is_nullish(env, argv[1])) get_i64(env, argv[1], &val);
+    v = (uint64_t)val;
+    do {
+        n = write(fd, &v, sizeof(v));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return make_int(env, -errno);
+    return make_int(env, n == sizeof(v) ? 0 : -EIO);
+}
+
+/* --------------------------------------------------------------------- init */
+
+#define EXPORT_FN(name, fn)                                                    \
+    do {                                                                       \
+        napi_value f;                                                          \
+        if (napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f) != \
+                napi_ok ||                                                     \
+            napi_set_named_property(env, exports, name, f) != napi_ok) {      \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+
+static napi_value init(napi_env env, napi_value exports) {
+    EXPORT_FN("socketpair", n_socketpair);
+    EXPORT_FN("listen", n_listen);
+    EXPORT_FN("accept", n_accept);
+    EXPORT_FN("connect", n_connect);
+    EXPORT_FN("sendmsg", n_sendmsg);
+    EXPORT_FN("recvmsg", n_recvmsg);
+    EXPORT_FN("close", n_close);
+    EXPORT_FN("dup", n_dup);
+    EXPORT_FN("setNonBlocking", n_set_nonblocking);
+    EXPORT_FN("isUnixStream", n_is_unix_stream);
+    EXPORT_FN("pollStart", n_poll_start);
+    EXPORT_FN("pollUpdate", n_poll_update);
+    EXPORT_FN("pollClose", n_poll_close);
+    EXPORT_FN("pollRef", n_poll_ref);
+    EXPORT_FN("memfdCreate", n_memfd_create);
+    EXPORT_FN("getSeals", n_get_seals);
+    EXPORT_FN("mmap", n_mmap);
+    EXPORT_FN("munmap", n_munmap);
+    EXPORT_FN("liveMappings", n_live_mappings);
+    EXPORT_FN("pageSize", n_page_size);
+    EXPORT_FN("eventfd", n_eventfd);
+    EXPORT_FN("eventfdRead", n_eventfd_read);
+    EXPORT_FN("eventfdWrite", n_eventfd_write);
+    return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,27 @@
+// Runs the compiled test suite with Node's built-in runner (which prints the
+// pass/fail totals CI reads).  Usage: node scripts/run-tests.mjs [filter...]
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+function walk(dir, out = []) {
+  for (const e of readdirSync(dir)) {
+    const p = join(dir, e);
+    if (statSync(p).isDirectory()) walk(p, out);
+    else if (e.endsWith('.test.js')) out.push(p);
+  }
+  return out;
+}
+
+const filters = process.argv.slice(2);
+const files = walk('dist/test')
+  .filter((f) => filters.length === 0 || filters.some((x) => f.includes(x)))
+  .sort();
+if (files.length === 0) {
+  console.error('no test files found under dist/test');
+  process.exit(1);
+}
+const args = ['--test', '--test-concurrency=2', '--test-timeout=180000', '--enable-source-maps', ...files];
+console.log(`running ${files.length} test files: ${files.map((f) => relative('dist/test', f)).join(' ')}`);
+const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
+process.exit(r.status ?? 1);

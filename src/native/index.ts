@@ -1,0 +1,103 @@
+// Loader for the optional native addon (native/vfu_native.c).
+//
+// Everything that needs file descriptors (SCM_RIGHTS, mmap, memfd, eventfd)
+// goes through here.  When the addon is missing the package still works over
+// Node's net.Socket for whatever the protocol allows without descriptors, and
+// anything that needs one fails with NativeUnavailableError naming the addon.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Opaque poll handle returned by pollStart. */
+export interface PollHandle {
+  readonly __pollHandle: unique symbol;
+}
+
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+export const POLL_DISCONNECT = 4;
+
+/** recvmsg state array length: [nfds, flags, fds...] */
+export const RECV_STATE_LEN = 2 + 253;
+export const RECV_FLAG_CTRUNC = 1;
+
+export interface NativeAddon {
+  socketpair(): [number, number];
+  listen(path: string, backlog?: number, mode?: number): number;
+  accept(fd: number): number;
+  connect(path: string): number;
+  sendmsg(fd: number, a: Uint8Array, b: Uint8Array | null, fds: readonly number[] | null): number;
+  recvmsg(fd: number, buf: Uint8Array, off: number, len: number, state: Int32Array): number;
+  close(fd: number): number;
+  dup(fd: number): number;
+  setNonBlocking(fd: number): number;
+  isUnixStream(fd: number): number;
+  pollStart(fd: number, events: number, cb: (events: number, status: number) => void): PollHandle;
+  pollUpdate(h: PollHandle, events: number): number;
+  pollClose(h: PollHandle): void;
+  pollRef(h: PollHandle, ref: boolean): void;
+  memfdCreate(name: string, size: number, seal: boolean): number;
+  getSeals(fd: number): number;
+  mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;
+  munmap(ab: ArrayBuffer): number;
+  liveMappings(): number;
+  pageSize(): number;
+  eventfd(initial?: number, flags?: number): number;
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value?: number): number;
+}
+
+export class NativeUnavailableError extends Error {
+  readonly errno = 95; // ENOTSUP
+  constructor(what: string) {
+    super(
+      `${what} needs the vfio-user native addon (build/Release/vfu_native.node), which is not loaded` +
+        (loadError ? `: ${loadError.message}` : '') +
+        '. Rebuild it with `npm rebuild vfio-user` (needs g++ and Node headers).',
+    );
+    this.name = 'NativeUnavailableError';
+  }
+}
+
+let loadError: Error | null = null;
+
+function load(): NativeAddon | null {
+  if (process.env.VFU_NO_NATIVE === '1') {
+    loadError = new Error('disabled by VFU_NO_NATIVE=1');
+    return null;
+  }
+  const require = createRequire(import.meta.url);
+  // dist/src/native/index.js -> package root is three levels up
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const candidate = join(dir, 'build', 'Release', 'vfu_native.node');
+    if (existsSync(candidate)) {
+      try {
+        return require(candidate) as NativeAddon;
+      } catch (e) {
+        loadError = e as Error;
+        return null;
+      }
+    }
+    dir = dirname(dir);
+  }
+  loadError = new Error('build/Release/vfu_native.node not found');
+  return null;
+}
+
+/** The addon, or null when it could not be loaded. */
+export const native: NativeAddon | null = load();
+
+/** Why the addon is not loaded (null when it is). */
+export function nativeLoadError(): Error | null {
+  return loadError;
+}
+
+/** The addon, or throw NativeUnavailableError naming `what` needed it. */
+export function requireNative(what: string): NativeAddon {
+  if (native === null) throw new NativeUnavailableError(what);
+  return native;
+}
+
+export const PAGE_SIZE: number = native ? native.pageSize() : 4096;

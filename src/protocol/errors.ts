@@ -1,0 +1,28 @@
+import { Errno, errnoName } from './constants.js';
+
+/**
+ * An error that carries the errno to put on the wire.  Device callbacks throw
+ * it (or any Error with a numeric `errno`) to choose the reply's errno.
+ */
+export class VfuError extends Error {
+  readonly errno: number;
+  constructor(errno: number, message?: string) {
+    super(message ? `${message} (${errnoName(errno)})` : errnoName(errno));
+    this.name = 'VfuError';
+    this.errno = errno;
+  }
+}
+
+/** The errno to report for an arbitrary thrown value. */
+export function errnoOf(e: unknown, fallback: number = Errno.EIO): number {
+  if (e !== null && typeof e === 'object' && 'errno' in e) {
+    const n = (e as { errno: unknown }).errno;
+    // Node's system errors carry negative errno values.
+    if (typeof n === 'number' && Number.isInteger(n) && n !== 0) return Math.min(Math.abs(n), 4095);
+  }
+  return fallback;
+}
+
+export function einval(message: string): VfuError {
+  return new VfuError(Errno.EINVAL, message);
+}

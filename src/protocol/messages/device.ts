@@ -1,0 +1,87 @@
+// DEVICE_GET_INFO, DEVICE_GET_IRQ_INFO, DEVICE_SET_IRQS, DEVICE_RESET.
+import { defineStruct } from '../struct.js';
+import { type Codec, type EmptyBody, emptyBody, need, tail } from './codec.js';
+
+export const DeviceInfoStruct = defineStruct('vfio_user_device_info', {
+  argsz: 'u32',
+  flags: 'u32',
+  numRegions: 'u32',
+  numIrqs: 'u32',
+});
+export interface DeviceInfoBody {
+  argsz: number;
+  flags: number;
+  numRegions: number;
+  numIrqs: number;
+  extra?: Buffer;
+}
+
+/** A fixed struct optionally followed by bytes we keep verbatim. */
+export function fixedWithExtra<T extends object>(
+  s: { size: number; read(b: Buffer, at?: number): T; encode(v: T): Buffer },
+  what: string,
+): Codec<T & { extra?: Buffer }> {
+  return {
+    decode(p) {
+      need(p, s.size, what);
+      const v = s.read(p) as T & { extra?: Buffer };
+      if (p.length > s.size) v.extra = tail(p, s.size);
+      return v;
+    },
+    encode(v) {
+      const b = s.encode(v);
+      return v.extra ? Buffer.concat([b, v.extra]) : b;
+    },
+  };
+}
+
+export const deviceGetInfo: Codec<DeviceInfoBody> = fixedWithExtra(DeviceInfoStruct, 'DEVICE_GET_INFO');
+export const deviceGetInfoReply = deviceGetInfo;
+
+export const IrqInfoStruct = defineStruct('vfio_irq_info', {
+  argsz: 'u32',
+  flags: 'u32',
+  index: 'u32',
+  count: 'u32',
+});
+export interface IrqInfoBody {
+  argsz: number;
+  flags: number;
+  index: number;
+  count: number;
+  extra?: Buffer;
+}
+export const deviceGetIrqInfo: Codec<IrqInfoBody> = fixedWithExtra(IrqInfoStruct, 'DEVICE_GET_IRQ_INFO');
+export const deviceGetIrqInfoReply = deviceGetIrqInfo;
+
+export const IrqSetStruct = defineStruct('vfio_irq_set', {
+  argsz: 'u32',
+  flags: 'u32',
+  index: 'u32',
+  start: 'u32',
+  count: 'u32',
+});
+export interface IrqSetBody {
+  argsz: number;
+  flags: number;
+  index: number;
+  start: number;
+  count: number;
+  /** DATA_BOOL: one byte per vector (anything else that followed is kept too). */
+  data?: Buffer;
+}
+export const deviceSetIrqs: Codec<IrqSetBody> = {
+  decode(p) {
+    need(p, IrqSetStruct.size, 'DEVICE_SET_IRQS');
+    const v: IrqSetBody = IrqSetStruct.read(p);
+    if (p.length > IrqSetStruct.size) v.data = tail(p, IrqSetStruct.size);
+    return v;
+  },
+  encode(v) {
+    const b = IrqSetStruct.encode(v);
+    return v.data ? Buffer.concat([b, v.data]) : b;
+  },
+};
+export const deviceSetIrqsReply: Codec<EmptyBody> = emptyBody;
+export const deviceReset: Codec<EmptyBody> = emptyBody;
+export const deviceResetReply: Codec<EmptyBody> = emptyBody;

@@ -1,0 +1,291 @@
+// Request/reply matching over one or two endpoints.
+//
+// Message ids belong to their sender: we number our own requests (16 bits,
+// skipping ids still in flight) and echo the peer's ids in our replies.
+// Commands from the peer may arrive between one of our requests and its
+// reply; they go to onCommand.  With twin-socket mode the requests that flow
+// against the main direction (server->client DMA) use a second endpoint.
+import { Errno, HEADER_SIZE, HeaderFlag, commandName } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
+import { writeHeader } from '../protocol/header.js';
+import type { Endpoint } from './endpoint.js';
+import type { Frame } from './framer.js';
+
+/** A copied reply: safe to keep after the callback. */
+export interface Reply {
+  msgId: number;
+  cmd: number;
+  flags: number;
+  payload: Buffer;
+  fds: number[];
+}
+
+export interface RequestOptions {
+  fds?: readonly number[] | null;
+  /** Second payload part, sent in the same sendmsg (no concatenation). */
+  extra?: Buffer | null;
+  /** Fire and forget: sets No_reply and resolves once queued. */
+  noReply?: boolean;
+  /** Overrides the connection's reply timeout (0: none). */
+  timeoutMs?: number;
+}
+
+/** Turns a reply frame into the caller's value while its view is valid. */
+export type ReplyParser<T> = (f: Frame) => T;
+
+interface Pending {
+  cmd: number;
+  parse: ReplyParser<unknown>;
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  deadline: number;
+}
+
+/** An error reply from the peer. */
+export class RemoteError extends VfuError {
+  constructor(errno: number, cmd: number) {
+    super(errno, `${commandName(cmd)} failed on the peer`);
+    this.name = 'RemoteError';
+  }
+}
+
+export const copyReply: ReplyParser<Reply> = (f) => ({
+  msgId: f.msgId,
+  cmd: f.cmd,
+  flags: f.flags,
+  payload: Buffer.from(f.payload),
+  fds: f.fds,
+});
+
+/** Highest errno accepted from a peer; anything else reads as EINVAL. */
+const MAX_ERRNO = 4095;
+
+export interface ConnectionOptions {
+  /** Reply timeout in ms for our requests; 0 disables. */
+  replyTimeoutMs?: number;
+  /** Most requests of ours in flight at once (ENOSPC beyond). */
+  maxPending?: number;
+  /** Closes descriptors the framer hands us and nobody claims. */
+  closeFd: (fd: number) => void;
+}
+
+export class Connection {
+  /** Commands from the peer (replies are consumed here). */
+  onCommand: (f: Frame, via: Endpoint) => void = () => {};
+  /** Called once when the main endpoint closes. */
+  onClose: (err: Error | null) => void = () => {};
+  /** Protocol oddities seen (unknown reply ids, mismatched replies). */
+  protocolErrors = 0;
+
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+  private twin: Endpoint | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly hdr = Buffer.allocUnsafe(HEADER_SIZE);
+  private _closed = false;
+  private readonly replyTimeoutMs: number;
+  private readonly maxPending: number;
+
+  constructor(
+    readonly main: Endpoint,
+    private readonly opts: ConnectionOptions,
+  ) {
+    this.replyTimeoutMs = opts.replyTimeoutMs ?? 0;
+    this.maxPending = opts.maxPending ?? 4096;
+    main.onFrame = (f) => this.onFrame(f, main);
+    main.onClose = (err) => this.shutdown(err);
+  }
+
+  get closed(): boolean {
+    return this._closed;
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Endpoint our requests go out on (the twin socket when negotiated). */
+  get requestEndpoint(): Endpoint {
+    return this.twin ?? this.main;
+  }
+
+  attachTwin(twin: Endpoint): void {
+    this.twin = twin;
+    twin.onFrame = (f) => this.onFrame(f, twin);
+    twin.onClose = (err) => {
+      if (!this._closed) this.shutdown(err ?? new VfuError(Errno.ECONNRESET, 'twin socket closed'));
+    };
+  }
+
+  private onFrame(f: Frame, via: Endpoint): void {
+    if ((f.flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_REPLY) {
+      this.onReply(f);
+      return;
+    }
+    this.onCommand(f, via);
+  }
+
+  private onReply(f: Frame): void {
+    const p = this.pending.get(f.msgId);
+    if (p === undefined || p.cmd !== f.cmd || f.rejected !== undefined) {
+      // Unknown id, wrong command, or a reply we could not even frame.
+      this.protocolErrors++;
+      for (const fd of f.fds) this.opts.closeFd(fd);
+      if (p !== undefined && f.rejected !== undefined) {
+        this.pending.delete(f.msgId);
+        p.reject(new VfuError(f.rejected, `${commandName(f.cmd)} reply refused`));
+      }
+      return;
+    }
+    this.pending.delete(f.msgId);
+    if (f.flags & HeaderFlag.ERROR) {
+      for (const fd of f.fds) this.opts.closeFd(fd);
+      const e = f.errorNo > 0 && f.errorNo <= MAX_ERRNO ? f.errorNo : Errno.EINVAL;
+      p.reject(new RemoteError(e, f.cmd));
+      return;
+    }
+    let v: unknown;
+    try {
+      v = p.parse(f);
+    } catch (e) {
+      p.reject(e as Error);
+      return;
+    }
+    p.resolve(v);
+  }
+
+  /** Sends a request and resolves with its parsed reply. */
+  request<T = Reply>(
+    cmd: number,
+    payload: Buffer | null,
+    opts: RequestOptions = {},
+    parse: ReplyParser<T> = copyReply as unknown as ReplyParser<T>,
+  ): Promise<T> {
+    if (this._closed) return Promise.reject(new VfuError(Errno.ENOTCONN, `${commandName(cmd)}: not connected`));
+    const ep = this.requestEndpoint;
+    const id = this.allocId();
+    if (id < 0) return Promise.reject(new VfuError(Errno.ENOSPC, 'too many requests in flight'));
+    const size = HEADER_SIZE + (payload ? payload.length : 0) + (opts.extra ? opts.extra.length : 0);
+    const flags = HeaderFlag.TYPE_COMMAND | (opts.noReply ? HeaderFlag.NO_REPLY : 0);
+    if (opts.noReply) {
+      this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      return Promise.resolve(undefined as T);
+    }
+    return new Promise<T>((resolve, reject) => {
+      const timeout = opts.timeoutMs ?? this.replyTimeoutMs;
+      this.pending.set(id, {
+        cmd,
+        parse: parse as ReplyParser<unknown>,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+        deadline: timeout > 0 ? Date.now() + timeout : Infinity,
+      });
+      if (timeout > 0) this.armTimer(timeout);
+      try {
+        this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      } catch (e) {
+        this.pending.delete(id);
+        reject(e as Error);
+      }
+    });
+  }
+
+  /** Replies to `req` (received on `via`) with a payload. */
+  reply(via: Endpoint, req: Frame, payload: Buffer | null, extra: Buffer | null = null, fds: readonly number[] | null = null): void {
+    if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
+    const size = HEADER_SIZE + (payload ? payload.length : 0) + (extra ? extra.length : 0);
+    this.sendRaw(via, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, payload, extra, fds);
+  }
+
+  /** Replies to `req` with an error and no payload (what the spec asks). */
+  replyError(via: Endpoint, req: Frame, errno: number): void {
+    if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
+    this.sendRaw(via, req.msgId, req.cmd, HEADER_SIZE, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, errno, null, null, null);
+  }
+
+  /**
+   * Sends a reply whose header and payload the caller already laid out in
+   * one buffer (header at 0): the zero-copy path for hot commands.
+   */
+  replyPrebuilt(via: Endpoint, req: Frame, frame: Buffer, extra: Buffer | null = null): void {
+    if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
+    const size = frame.length + (extra ? extra.length : 0);
+    writeHeader(frame, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, 0);
+    via.send(frame, extra, null);
+  }
+
+  private sendRaw(
+    ep: Endpoint,
+    id: number,
+    cmd: number,
+    size: number,
+    flags: number,
+    errno: number,
+    payload: Buffer | null,
+    extra: Buffer | null,
+    fds: readonly number[] | null,
+  ): void {
+    if (payload === null || payload.length === 0) {
+      writeHeader(this.hdr, id, cmd, size, flags, errno);
+      ep.send(this.hdr, extra && extra.length ? extra : null, fds);
+      return;
+    }
+    if (extra && extra.length) {
+      const first = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
+      writeHeader(first, id, cmd, size, flags, errno);
+      payload.copy(first, HEADER_SIZE);
+      ep.send(first, extra, fds);
+      return;
+    }
+    writeHeader(this.hdr, id, cmd, size, flags, errno);
+    ep.send(this.hdr, payload, fds);
+  }
+
+  private allocId(): number {
+    if (this.pending.size >= Math.min(this.maxPending, 65536)) return -1;
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = (this.nextId + 1) & 0xffff;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private armTimer(timeout: number): void {
+    if (this.timer) return;
+    const period = Math.max(5, Math.min(1000, Math.floor(timeout / 4)));
+    this.timer = setInterval(() => this.expire(), period);
+    this.timer.unref();
+  }
+
+  private expire(): void {
+    const now = Date.now();
+    for (const [id, p] of this.pending) {
+      if (p.deadline <= now) {
+        this.pending.delete(id);
+        p.reject(new VfuError(Errno.ETIMEDOUT, `${commandName(p.cmd)}: no reply in time`));
+      }
+    }
+    if (this.pending.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  /** Closes both endpoints; pending requests fail with ENOTCONN. */
+  close(): void {
+    this.shutdown(null);
+  }
+
+  private shutdown(err: Error | null): void {
+    if (this._closed) return;
+    this._closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    const reason = new VfuError(Errno.ENOTCONN, err ? `connection lost: ${err.message}` : 'connection closed');
+    for (const p of this.pending.values()) p.reject(reason);
+    this.pending.clear();
+    this.main.close();
+    this.twin?.close();
+    this.onClose(err);
+  }
+}
