@@ -186,6 +186,7 @@ export const Errno = {
   EIO: 5,
   E2BIG: 7,
   EBADF: 9,
+  EACCES: 13,
   EAGAIN: 11,
   ENOMEM: 12,
   EFAULT: 14,

@@ -1,0 +1,15 @@
+// The sample devices `vfu serve NAME` can run.
+import type { VfioUserDevice } from '../server/device.js';
+import { createGpio } from './gpio.js';
+import { createSample } from './sample.js';
+
+export interface DeviceFactoryOptions {
+  /** Expose the legacy v1 migration region too. */
+  v1?: boolean;
+  [k: string]: unknown;
+}
+
+export const deviceFactories: Record<string, (o: DeviceFactoryOptions) => VfioUserDevice> = {
+  gpio: () => createGpio().device,
+  sample: (o) => createSample({ ...(o.v1 ? { v1: true } : {}) }).device,
+};

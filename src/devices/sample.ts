@@ -1,0 +1,225 @@
+// The device of libvfio-user's samples/server, externally identical so that
+// its samples/client can drive it: ids dead:beef (subsystem cafe:babe); BAR0
+// an 8-byte register holding an absolute time (seconds) at which the device
+// raises INTx and then performs DMA on the client's first two mapped regions
+// (the second directly through its mapping, the first with DMA_READ/WRITE
+// messages) and checks what it reads back; BAR1 a 12 KiB memory area, the
+// first and last pages mmappable.  Its migration stream is BAR1 then BAR0:
+// 12,288 bytes in PRE_COPY, 12,296 in STOP_COPY.
+import { crc32 } from 'node:zlib';
+import { IrqIndex, MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { VfioUserDevice } from '../server/device.js';
+import type { DmaMappingInfo } from '../server/dma.js';
+
+export const BAR1_SIZE = 0x3000;
+const CHUNK = 1024;
+const CHUNKS = 4;
+
+export interface SampleDevice {
+  device: VfioUserDevice;
+  /** BAR1's memory (what the client may mmap). */
+  bar1: Buffer;
+  /** BAR0: the programmed absolute time. */
+  readonly bar0: bigint;
+  /** Outcome of the DMA checks run after each timer interrupt. */
+  dmaChecks: { ok: number; failed: number };
+  /** Interrupts raised by the timer. */
+  interrupts: number;
+}
+
+export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): SampleDevice {
+  const device = new VfioUserDevice({
+    name: 'sample',
+    pci: { vendorId: 0xdead, deviceId: 0xbeef, subsystemVendorId: 0xcafe, subsystemId: 0xbabe },
+  });
+  let bar0 = 0n;
+  let timer: NodeJS.Timeout | null = null;
+  let migState: MigStateId = MigState.RUNNING;
+  let transferred = 0;
+  const slots: (DmaMappingInfo | null)[] = new Array(96).fill(null);
+  const st: SampleDevice = {
+    device,
+    bar1: Buffer.alloc(0),
+    get bar0() {
+      return bar0;
+    },
+    dmaChecks: { ok: 0, failed: 0 },
+    interrupts: 0,
+  };
+
+  const nowSec = (): bigint => BigInt(Math.floor(Date.now() / 1000));
+  const disarm = (): void => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+  };
+  // Like setitimer(t - now): whole seconds, and nothing when not in the future.
+  const arm = (t: bigint): void => {
+    disarm();
+    const delay = t - nowSec();
+    if (delay <= 0n) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void fire();
+    }, Number(delay) * 1000);
+  };
+
+  const fire = async (): Promise<void> => {
+    // If the client has not given us its eventfd yet (a fresh migration
+    // destination), deliver as soon as it does rather than losing it.
+    if (!device.irqs.trigger(IrqIndex.INTX, 0)) {
+      await new Promise<void>((resolve) => {
+        const prev = device.irqs.onEventfdAttached;
+        device.irqs.onEventfdAttached = (i, v) => {
+          prev?.(i, v);
+          if (i === IrqIndex.INTX) {
+            device.irqs.onEventfdAttached = prev;
+            resolve();
+          }
+        };
+      });
+      device.irqs.trigger(IrqIndex.INTX, 0);
+    }
+    st.interrupts++;
+    try {
+      await dmaIo(1, false);
+      await dmaIo(0, true);
+    } catch (e) {
+      st.dmaChecks.failed++;
+      device.log('error', `sample DMA failed: ${(e as Error).message}`);
+    }
+  };
+
+  // Writes 4 KiB in 1 KiB chunks, reads it back in 2 KiB chunks, compares.
+  const dmaIo = async (slot: number, messages: boolean): Promise<void> => {
+    const m = slots[slot];
+    if (!m) return;
+    const buf = Buffer.alloc(CHUNK * CHUNKS);
+    for (let i = 0; i < CHUNKS; i++) {
+      const chunk = buf.subarray(i * CHUNK, (i + 1) * CHUNK).fill(0x41 + i);
+      if (messages) await device.dma.write(m.iova + i * CHUNK, chunk, { messages: true });
+      else device.dma.writeSync(m.iova + i * CHUNK, chunk);
+    }
+    const crc1 = crc32(buf);
+    const back = Buffer.alloc(buf.length);
+    for (let i = 0; i < CHUNKS; i += 2) {
+      const part = back.subarray(i * CHUNK, (i + 2) * CHUNK);
+      if (messages) await device.dma.read(m.iova + i * CHUNK, part, { messages: true });
+      else device.dma.readSync(m.iova + i * CHUNK, part);
+    }
+    if (crc32(back) === crc1) st.dmaChecks.ok++;
+    else {
+      st.dmaChecks.failed++;
+      device.log('error', `DMA write and read mismatch in slot ${slot}`);
+    }
+  };
+
+  device.addRegion(PciRegion.BAR0, {
+    size: 8,
+    kind: 'io',
+    access: {
+      read(offset, out) {
+        if (offset !== 0 || out.length !== 8) throw Object.assign(new Error('bad BAR0 access'), { errno: 22 });
+        out.writeBigInt64LE(nowSec() - bar0);
+      },
+      write(offset, data) {
+        if (offset !== 0 || data.length !== 8) throw Object.assign(new Error('bad BAR0 access'), { errno: 22 });
+        const t = data.readBigInt64LE(0);
+        if (migState === MigState.RUNNING) arm(t);
+        bar0 = t;
+      },
+    },
+  });
+  const bar1 = device.addRegion(PciRegion.BAR1, {
+    size: BAR1_SIZE,
+    memory: true,
+    sparse: [
+      { offset: 0, size: 0x1000 },
+      { offset: 0x2000, size: 0x1000 },
+    ],
+    access: {
+      read(offset, out) {
+        st.bar1.copy(out, 0, offset, offset + out.length);
+      },
+      write(offset, data) {
+        data.copy(st.bar1, offset);
+      },
+    },
+  });
+  st.bar1 = bar1.memory!;
+  device.setIrqCount(IrqIndex.INTX, 1);
+  device.setupDma({
+    onMap: (m) => {
+      const i = slots.indexOf(null);
+      if (i >= 0) slots[i] = m;
+    },
+    onUnmap: (m) => {
+      const i = slots.findIndex((x) => x !== null && x.iova === m.iova && x.size === m.size);
+      if (i >= 0) slots[i] = null;
+    },
+  });
+  device.onReset(() => {});
+
+  const total = (): number => BAR1_SIZE + (migState === MigState.STOP_COPY ? 8 : 0);
+  const bar0Bytes = (): Buffer => {
+    const b = Buffer.alloc(8);
+    b.writeBigInt64LE(bar0);
+    return b;
+  };
+  device.setupMigration({
+    features: { preCopy: opts.preCopy ?? true },
+    ...(opts.v1 ? { v1: true } : {}),
+    transition(_from, to) {
+      if (to === MigState.STOP_COPY) {
+        disarm();
+        transferred = 0;
+      } else if (to === MigState.PRE_COPY || to === MigState.RESUMING) {
+        transferred = 0;
+      } else if (to === MigState.RUNNING) {
+        arm(bar0);
+      }
+      migState = to;
+    },
+    readData(max) {
+      const end = Math.min(total(), transferred + max);
+      const out = Buffer.alloc(Math.max(0, end - transferred));
+      let o = 0;
+      for (let at = transferred; at < end; ) {
+        if (at < BAR1_SIZE) {
+          const n = Math.min(end, BAR1_SIZE) - at;
+          st.bar1.copy(out, o, at, at + n);
+          o += n;
+          at += n;
+        } else {
+          const n = end - at;
+          bar0Bytes().copy(out, o, at - BAR1_SIZE, at - BAR1_SIZE + n);
+          o += n;
+          at += n;
+        }
+      }
+      transferred = end;
+      return out;
+    },
+    writeData(data) {
+      let i = 0;
+      while (i < data.length && transferred < BAR1_SIZE + 8) {
+        if (transferred < BAR1_SIZE) {
+          const n = Math.min(data.length - i, BAR1_SIZE - transferred);
+          data.copy(st.bar1, transferred, i, i + n);
+          i += n;
+          transferred += n;
+        } else {
+          const b = bar0Bytes();
+          const n = Math.min(data.length - i, BAR1_SIZE + 8 - transferred);
+          data.copy(b, transferred - BAR1_SIZE, i, i + n);
+          bar0 = b.readBigInt64LE(0);
+          i += n;
+          transferred += n;
+        }
+      }
+    },
+    precopyInfo: () => ({ initialBytes: Math.max(0, BAR1_SIZE - transferred), dirtyBytes: 0 }),
+    stopCopySize: () => BAR1_SIZE + 8,
+  });
+  device.on('close', disarm);
+  return st;
+}

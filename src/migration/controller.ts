@@ -1,0 +1,152 @@
+// Runs a device's migration: the v2 state machine (every SET walks the
+// derived shortest path, one device callback per arc) and the device state
+// stream.  The v1 migration region (v1-region.ts) drives the same controller,
+// so one device migrates either way.
+import { Errno, MigState, type MigStateId, migStateNames } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
+import { type MigrationFeatures, deriveNextState, migrationFlags, planPath } from './fsm.js';
+
+export interface PrecopyInfo {
+  /** Bytes of the initial image still to read in PRE_COPY. */
+  initialBytes: number;
+  /** Bytes dirtied since, as far as the device can tell. */
+  dirtyBytes: number;
+}
+
+/** What a device provides to be migratable. */
+export interface MigrationCallbacks {
+  /** Optional states the device implements (STOP_COPY always). */
+  features?: Partial<MigrationFeatures>;
+  /**
+   * One arc of the FSM (e.g. RUNNING -> PRE_COPY).  Throw (ideally a
+   * VfuError) to fail it; the state then stays where the walk had got to.
+   * Throw an error with `enterError: true` to move the device to ERROR.
+   */
+  transition(from: MigStateId, to: MigStateId): void | Promise<void>;
+  /**
+   * The next bytes of the outgoing stream, at most `max`.  In PRE_COPY fewer
+   * than `max` means "nothing more for now"; in STOP_COPY it means the end.
+   * The buffer is sent before the next call, so it may be a view.
+   */
+  readData(max: number): Buffer | Promise<Buffer>;
+  /** The next bytes of the incoming stream (valid until return/first await). */
+  writeData(data: Buffer): void | Promise<void>;
+  /** Pre-copy sizing (extension): what is left of the initial image and dirty. */
+  precopyInfo?(): PrecopyInfo;
+  /** Estimated size of the stop-copy stream, in any state (extension). */
+  stopCopySize?(): number;
+}
+
+export interface MigrationStats {
+  bytesRead: number;
+  bytesWritten: number;
+  transitions: number;
+}
+
+export class MigrationController {
+  readonly features: MigrationFeatures;
+  readonly flags: number;
+  private readonly table: number[][];
+  private _state: MigStateId = MigState.RUNNING;
+  readonly stats: MigrationStats = { bytesRead: 0, bytesWritten: 0, transitions: 0 };
+  /** Observers of every state change (server bookkeeping, progress UIs). */
+  onChange: ((from: MigStateId, to: MigStateId) => void) | null = null;
+
+  constructor(readonly callbacks: MigrationCallbacks) {
+    this.features = { preCopy: callbacks.features?.preCopy ?? false, p2p: callbacks.features?.p2p ?? false };
+    this.flags = migrationFlags(this.features);
+    this.table = deriveNextState(this.features);
+  }
+
+  get state(): MigStateId {
+    return this._state;
+  }
+
+  /** The hops a SET to `target` would take (null: refused). */
+  plan(target: number): number[] | null {
+    if (!Number.isInteger(target) || target < 0 || target > 7) return null;
+    return planPath(this.table, this._state, target);
+  }
+
+  /**
+   * VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE SET: completes the whole path
+   * before returning.  EINVAL when the target is unreachable; a failing arc
+   * rejects with the callback's errno, leaving `state` at the last state
+   * reached (or ERROR when the callback asked for it).
+   */
+  async setState(target: number): Promise<void> {
+    const path = this.plan(target);
+    if (path === null) {
+      throw new VfuError(Errno.EINVAL, `no migration path ${migStateNames[this._state]} -> ${migStateNames[target] ?? target}`);
+    }
+    for (const next of path) {
+      const from = this._state;
+      try {
+        await this.callbacks.transition(from, next as MigStateId);
+      } catch (e) {
+        if (e && typeof e === 'object' && (e as { enterError?: boolean }).enterError) this.enter(MigState.ERROR);
+        throw e;
+      }
+      this.enter(next as MigStateId);
+    }
+  }
+
+  private enter(s: MigStateId): void {
+    const from = this._state;
+    this._state = s;
+    this.stats.transitions++;
+    this.onChange?.(from, s);
+  }
+
+  get saving(): boolean {
+    return this._state === MigState.PRE_COPY || this._state === MigState.PRE_COPY_P2P || this._state === MigState.STOP_COPY;
+  }
+
+  /**
+   * MIG_DATA_READ: only in PRE_COPY(_P2P) and STOP_COPY.  Synchronous when
+   * the device's callback is, so the hot path never waits on a promise.
+   */
+  read(max: number): Buffer | Promise<Buffer> {
+    if (!this.saving) throw new VfuError(Errno.EINVAL, `MIG_DATA_READ in ${migStateNames[this._state]}`);
+    const r = this.callbacks.readData(max);
+    const got = (b: Buffer): Buffer => {
+      if (b.length > max) throw new VfuError(Errno.EIO, `device returned ${b.length} bytes for a ${max}-byte read`);
+      this.stats.bytesRead += b.length;
+      return b;
+    };
+    return r instanceof Promise ? r.then(got) : got(r);
+  }
+
+  /** MIG_DATA_WRITE: only in RESUMING (synchronous when the callback is). */
+  write(data: Buffer): void | Promise<void> {
+    if (this._state !== MigState.RESUMING) throw new VfuError(Errno.EINVAL, `MIG_DATA_WRITE in ${migStateNames[this._state]}`);
+    const n = data.length;
+    const r = this.callbacks.writeData(data);
+    if (r instanceof Promise) {
+      return r.then(() => {
+        this.stats.bytesWritten += n;
+      });
+    }
+    this.stats.bytesWritten += n;
+  }
+
+  precopyInfo(): PrecopyInfo {
+    if (this._state !== MigState.PRE_COPY && this._state !== MigState.PRE_COPY_P2P) {
+      throw new VfuError(Errno.EINVAL, 'pre-copy info outside PRE_COPY');
+    }
+    return this.callbacks.precopyInfo?.() ?? { initialBytes: 0, dirtyBytes: 0 };
+  }
+
+  stopCopySize(): number {
+    return this.callbacks.stopCopySize?.() ?? 0;
+  }
+
+  /**
+   * Device reset: leaves the migration state alone (libvfio-user #844 reset
+   * it behind the client's back), except that it is the only way out of
+   * ERROR, back to RUNNING.
+   */
+  onDeviceReset(): void {
+    if (this._state === MigState.ERROR) this.enter(MigState.RUNNING);
+  }
+}

@@ -1,0 +1,406 @@
+// The client's memory as the device sees it: DMA mappings added and removed
+// by DMA_MAP/DMA_UNMAP, address translation, and a scatter-gather API for
+// device code.  Mappings that came with a descriptor are mmap()ed (or, with
+// libvfio-user's FILE_IO flag, reached with pread/pwrite); the others are
+// reached with DMA_READ/DMA_WRITE messages to the client.
+//
+// No access ever touches memory outside a mapping: every range is checked
+// against the mapping table before any copy, mapped views are exact
+// subarrays, and an unmapped ArrayBuffer is detached so stale views are empty.
+import { fstatSync, readSync, writeSync } from 'node:fs';
+import { PAGE_SIZE, native, requireNative } from '../native/index.js';
+import { DmaMapFlag, Errno } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
+
+/** How a mapping is reached. */
+export type DmaAccessMode = 'mmap' | 'file' | 'message';
+
+export interface DmaMappingInfo {
+  iova: number;
+  size: number;
+  /** 1 read, 2 write (DmaMapFlag bits). */
+  prot: number;
+  mode: DmaAccessMode;
+  /** Offset into the descriptor's file. */
+  fileOffset: number;
+}
+
+export interface DmaMapping extends DmaMappingInfo {
+  readonly fd: number;
+  /** Exact view of the mapped bytes (mmap mode), empty once unmapped. */
+  view: Buffer;
+  /** The ArrayBuffer returned by mmap (page aligned, unmapped on removal). */
+  ab: ArrayBuffer | null;
+}
+
+/** Sends DMA_READ/DMA_WRITE requests to the client (provided by the session). */
+export interface MessageDma {
+  /** Largest count the client accepts per message (its max_data_xfer_size). */
+  readonly maxChunk: number;
+  dmaRead(addr: number, count: number, into: Buffer, at: number): Promise<void>;
+  dmaWrite(addr: number, data: Buffer): Promise<void>;
+}
+
+export interface DmaLimits {
+  /** Most mappings at once (libvfio-user: EINVAL beyond). */
+  maxMappings: number;
+  /** Largest total mapped size in bytes (ENOSPC beyond). */
+  maxTotalSize: number;
+  /** Largest single mapping (ENOSPC beyond, like libvfio-user's MAX_DMA_SIZE). */
+  maxMappingSize: number;
+}
+
+export const defaultDmaLimits: DmaLimits = {
+  maxMappings: 65535,
+  maxTotalSize: 2 ** 52,
+  maxMappingSize: 8 * 2 ** 40,
+};
+
+/** One piece of a translated range, inside a single mapping. */
+export interface DmaSegment {
+  mapping: DmaMapping;
+  /** IOVA of this piece. */
+  iova: number;
+  /** Offset within the mapping. */
+  offset: number;
+  length: number;
+}
+
+/** Marks written IOVA ranges dirty while logging is on. */
+export type DirtySink = (iova: number, length: number) => void;
+
+const PROT_READ = DmaMapFlag.READ;
+const PROT_WRITE = DmaMapFlag.WRITE;
+
+function safeEnd(iova: number, size: number): number {
+  const end = iova + size;
+  if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || !Number.isSafeInteger(end)) {
+    throw new VfuError(Errno.EINVAL, 'DMA range beyond 2^53');
+  }
+  return end;
+}
+
+export class DmaController {
+  /** Sorted by iova, non-overlapping. */
+  private maps: DmaMapping[] = [];
+  private total = 0;
+  /** Set while a quiesce is in force: device DMA must wait. */
+  quiesced = false;
+  dirty: DirtySink | null = null;
+  messages: MessageDma | null = null;
+  onMap: ((m: DmaMappingInfo) => void) | null = null;
+  onUnmap: ((m: DmaMappingInfo) => void) | null = null;
+  private warnedUnsealed = false;
+
+  constructor(readonly limits: DmaLimits = defaultDmaLimits) {}
+
+  get mappings(): readonly DmaMapping[] {
+    return this.maps;
+  }
+  get count(): number {
+    return this.maps.length;
+  }
+  get totalSize(): number {
+    return this.total;
+  }
+
+  /** Index of the first mapping whose end is above `iova`. */
+  private lowerBound(iova: number): number {
+    let lo = 0;
+    let hi = this.maps.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const m = this.maps[mid]!;
+      if (m.iova + m.size <= iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The mapping containing `iova`, if any. */
+  find(iova: number): DmaMapping | undefined {
+    const i = this.lowerBound(iova);
+    const m = this.maps[i];
+    return m !== undefined && m.iova <= iova ? m : undefined;
+  }
+
+  /**
+   * Adds a mapping (DMA_MAP).  Takes ownership of `fd` on success; on failure
+   * the caller still owns it.  Mapping exactly the same range again with the
+   * same attributes succeeds (libvfio-user does the same); any other overlap
+   * is EINVAL (libvfio-user; the spec text says EEXIST).
+   */
+  map(req: { iova: number; size: number; fileOffset: number; flags: number; fd: number | null }): DmaMapping {
+    const { iova, size, fileOffset, flags, fd } = req;
+    if (size <= 0) throw new VfuError(Errno.EINVAL, 'DMA map of size 0');
+    const end = safeEnd(iova, size);
+    safeEnd(fileOffset, size);
+    const known = DmaMapFlag.READ | DmaMapFlag.WRITE | DmaMapFlag.MMAP | DmaMapFlag.FILE_IO;
+    if (flags & ~known) throw new VfuError(Errno.EINVAL, `bad DMA map flags 0x${flags.toString(16)}`);
+    if (flags & DmaMapFlag.MMAP && flags & DmaMapFlag.FILE_IO) throw new VfuError(Errno.EINVAL, 'MMAP and FILE_IO together');
+    if (fd === null && flags & (DmaMapFlag.MMAP | DmaMapFlag.FILE_IO)) {
+      throw new VfuError(Errno.EINVAL, 'MMAP/FILE_IO DMA map needs a file descriptor');
+    }
+    const prot = flags & (PROT_READ | PROT_WRITE);
+    const i = this.lowerBound(iova);
+    const hit = this.maps[i];
+    if (hit !== undefined && hit.iova < end) {
+      if (hit.iova === iova && hit.size === size && hit.prot === prot && hit.fileOffset === fileOffset && (fd === null) === (hit.fd < 0)) {
+        if (fd !== null) native?.close(fd);
+        return hit;
+      }
+      throw new VfuError(Errno.EINVAL, `DMA range [0x${iova.toString(16)}, 0x${end.toString(16)}) overlaps a mapping`);
+    }
+    if (this.maps.length >= this.limits.maxMappings) throw new VfuError(Errno.EINVAL, 'too many DMA mappings');
+    if (size > this.limits.maxMappingSize) throw new VfuError(Errno.ENOSPC, 'DMA mapping too large');
+    if (this.total + size > this.limits.maxTotalSize) throw new VfuError(Errno.ENOSPC, 'total DMA mapping size limit reached');
+
+    let mode: DmaAccessMode = 'message';
+    let ab: ArrayBuffer | null = null;
+    let view = EMPTY;
+    if (fd !== null) {
+      mode = flags & DmaMapFlag.FILE_IO ? 'file' : 'mmap';
+      this.checkFile(fd, fileOffset, size);
+      if (mode === 'mmap') {
+        const n = requireNative('DMA mapping with a file descriptor');
+        const aligned = fileOffset - (fileOffset % PAGE_SIZE);
+        const delta = fileOffset - aligned;
+        const len = Math.ceil((size + delta) / PAGE_SIZE) * PAGE_SIZE;
+        ab = n.mmap(fd, aligned, len, prot);
+        view = Buffer.from(ab, delta, size);
+      }
+    }
+    const m: DmaMapping = { iova, size, prot, mode, fileOffset, fd: fd ?? -1, view, ab };
+    this.maps.splice(i, 0, m);
+    this.total += size;
+    this.onMap?.(info(m));
+    return m;
+  }
+
+  /**
+   * A SIGBUS on a truncated file kills the process (no exception is
+   * possible), so the range must lie within the file now.  A client that
+   * truncates its own, unsealed memfd afterwards can still crash us: we
+   * warn once (sealed memfds, as our client sends, are safe).
+   */
+  private checkFile(fd: number, offset: number, size: number): void {
+    let st;
+    try {
+      st = fstatSync(fd);
+    } catch (e) {
+      throw new VfuError(Errno.EBADF, `DMA map fd: ${(e as Error).message}`);
+    }
+    if (st.isFile() || st.size > 0) {
+      if (offset + size > st.size) {
+        throw new VfuError(Errno.EINVAL, `DMA map [${offset}, +${size}) beyond the end of its file (${st.size})`);
+      }
+    }
+    if (native && !this.warnedUnsealed) {
+      const seals = native.getSeals(fd);
+      if (seals < 0 || (seals & 0x2) === 0) {
+        this.warnedUnsealed = true;
+        process.emitWarning('vfio-user: DMA-mapped file is not sealed against shrinking; a client truncating it would crash this server (SIGBUS)');
+      }
+    }
+  }
+
+  /** Removes the mapping [iova, iova+size) exactly (DMA_UNMAP); ENOENT otherwise. */
+  unmap(iova: number, size: number): DmaMappingInfo {
+    const m = this.find(iova);
+    if (m === undefined || m.iova !== iova || m.size !== size) {
+      throw new VfuError(Errno.ENOENT, `no DMA mapping [0x${iova.toString(16)}, +0x${size.toString(16)})`);
+    }
+    this.remove(m);
+    return info(m);
+  }
+
+  /** Removes every mapping (UNMAP_ALL, client gone, shutdown). */
+  unmapAll(): void {
+    for (const m of [...this.maps]) this.remove(m);
+  }
+
+  private remove(m: DmaMapping): void {
+    const i = this.maps.indexOf(m);
+    if (i >= 0) this.maps.splice(i, 1);
+    this.total -= m.size;
+    try {
+      this.onUnmap?.(info(m));
+    } finally {
+      if (m.ab) native!.munmap(m.ab);
+      m.ab = null;
+      m.view = EMPTY;
+      if (m.fd >= 0) native?.close(m.fd);
+    }
+  }
+
+  /**
+   * Splits [iova, iova+length) into pieces within mappings; ENOENT for any
+   * gap, EACCES when a mapping lacks the protection asked for.
+   */
+  translate(iova: number, length: number, prot: number = PROT_READ): DmaSegment[] {
+    if (length === 0) return [];
+    const end = safeEnd(iova, length);
+    const out: DmaSegment[] = [];
+    let at = iova;
+    let i = this.lowerBound(iova);
+    while (at < end) {
+      const m = this.maps[i];
+      if (m === undefined || m.iova > at) throw new VfuError(Errno.ENOENT, `IOVA 0x${at.toString(16)} is not mapped`);
+      if ((m.prot & prot) !== prot) throw new VfuError(Errno.EACCES, `mapping at 0x${m.iova.toString(16)} lacks ${prot & PROT_WRITE ? 'write' : 'read'} access`);
+      const n = Math.min(end, m.iova + m.size) - at;
+      out.push({ mapping: m, iova: at, offset: at - m.iova, length: n });
+      at += n;
+      i++;
+    }
+    return out;
+  }
+
+  private checkQuiesced(): void {
+    if (this.quiesced) throw new VfuError(Errno.EBUSY, 'device is quiesced: no DMA until it resumes');
+  }
+
+  /**
+   * A zero-copy view of guest memory (one mmap()ed mapping only).  Asking
+   * for write access marks the range dirty at once, since writes through the
+   * view cannot be observed.  The view is emptied if the range is unmapped.
+   */
+  view(iova: number, length: number, prot: number = PROT_READ): Buffer {
+    this.checkQuiesced();
+    const segs = this.translate(iova, length, prot);
+    if (segs.length !== 1 || segs[0]!.mapping.mode !== 'mmap') {
+      throw new VfuError(Errno.EFAULT, 'range is not within one memory-mapped DMA region');
+    }
+    const s = segs[0]!;
+    if (prot & PROT_WRITE) this.dirty?.(iova, length);
+    return s.mapping.view.subarray(s.offset, s.offset + length);
+  }
+
+  /** Whether the whole range can be accessed synchronously (no messages). */
+  isDirect(iova: number, length: number): boolean {
+    try {
+      return this.translate(iova, length).every((s) => s.mapping.mode !== 'message');
+    } catch {
+      return false;
+    }
+  }
+
+  /** Reads guest memory into `out` synchronously (mmap/file mappings only). */
+  readSync(iova: number, out: Buffer): void {
+    this.checkQuiesced();
+    const segs = this.translate(iova, out.length, PROT_READ);
+    let o = 0;
+    for (const s of segs) {
+      if (s.mapping.mode === 'mmap') s.mapping.view.copy(out, o, s.offset, s.offset + s.length);
+      else if (s.mapping.mode === 'file') preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
+      else throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use read()');
+      o += s.length;
+    }
+  }
+
+  /** Writes `data` into guest memory synchronously (mmap/file mappings only). */
+  writeSync(iova: number, data: Buffer): void {
+    this.checkQuiesced();
+    const segs = this.translate(iova, data.length, PROT_WRITE);
+    if (segs.some((s) => s.mapping.mode === 'message')) throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use write()');
+    let o = 0;
+    for (const s of segs) {
+      if (s.mapping.mode === 'mmap') data.copy(s.mapping.view, s.offset, o, o + s.length);
+      else pwriteFully(s.mapping.fd, data, o, s.length, s.mapping.fileOffset + s.offset);
+      o += s.length;
+    }
+    this.dirty?.(iova, data.length);
+  }
+
+  /**
+   * Reads guest memory, by messages where needed (chunked by the client's
+   * limit).  `messages: true` uses DMA_READ even for mapped memory.
+   */
+  async read(iova: number, out: Buffer, opts: { messages?: boolean } = {}): Promise<void> {
+    this.checkQuiesced();
+    const segs = this.translate(iova, out.length, PROT_READ);
+    let o = 0;
+    for (const s of segs) {
+      if (s.mapping.mode === 'message' || opts.messages) {
+        const md = this.requireMessages();
+        for (let done = 0; done < s.length; ) {
+          const n = Math.min(md.maxChunk, s.length - done);
+          await md.dmaRead(s.iova + done, n, out, o + done);
+          done += n;
+        }
+      } else if (s.mapping.mode === 'mmap') {
+        if (s.mapping.view.length === 0) throw new VfuError(Errno.ENOENT, 'DMA region was unmapped');
+        s.mapping.view.copy(out, o, s.offset, s.offset + s.length);
+      } else {
+        preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
+      }
+      o += s.length;
+    }
+  }
+
+  /**
+   * Writes guest memory, by messages where needed.  Pages written directly
+   * are logged dirty here; pages written by DMA_WRITE messages are the
+   * client's to track (it performs those writes itself).
+   */
+  async write(iova: number, data: Buffer, opts: { messages?: boolean } = {}): Promise<void> {
+    this.checkQuiesced();
+    const segs = this.translate(iova, data.length, PROT_WRITE);
+    let o = 0;
+    for (const s of segs) {
+      if (s.mapping.mode === 'message' || opts.messages) {
+        const md = this.requireMessages();
+        for (let done = 0; done < s.length; ) {
+          const n = Math.min(md.maxChunk, s.length - done);
+          await md.dmaWrite(s.iova + done, data.subarray(o + done, o + done + n));
+          done += n;
+        }
+      } else {
+        if (s.mapping.mode === 'mmap') {
+          if (s.mapping.view.length === 0) throw new VfuError(Errno.ENOENT, 'DMA region was unmapped');
+          data.copy(s.mapping.view, s.offset, o, o + s.length);
+        } else {
+          pwriteFully(s.mapping.fd, data, o, s.length, s.mapping.fileOffset + s.offset);
+        }
+        this.dirty?.(s.iova, s.length);
+      }
+      o += s.length;
+    }
+  }
+
+  /** Marks a range dirty (device code that wrote through view()). */
+  markDirty(iova: number, length: number): void {
+    this.translate(iova, length, PROT_READ);
+    this.dirty?.(iova, length);
+  }
+
+  private requireMessages(): MessageDma {
+    if (this.messages === null) throw new VfuError(Errno.ENOTCONN, 'no client to send DMA messages to');
+    return this.messages;
+  }
+}
+
+function info(m: DmaMapping): DmaMappingInfo {
+  return { iova: m.iova, size: m.size, prot: m.prot, mode: m.mode, fileOffset: m.fileOffset };
+}
+
+function preadFully(fd: number, out: Buffer, at: number, len: number, pos: number): void {
+  while (len > 0) {
+    const n = readSync(fd, out, at, len, pos);
+    if (n <= 0) throw new VfuError(Errno.EIO, 'short read from DMA file');
+    at += n;
+    len -= n;
+    pos += n;
+  }
+}
+
+function pwriteFully(fd: number, data: Buffer, at: number, len: number, pos: number): void {
+  while (len > 0) {
+    const n = writeSync(fd, data, at, len, pos);
+    if (n <= 0) throw new VfuError(Errno.EIO, 'short write to DMA file');
+    at += n;
+    len -= n;
+    pos += n;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

@@ -1,0 +1,49 @@
+// The legacy (migration v1) DIRTY_PAGES command: START and STOP logging over
+// every mapping at the negotiated migration page size, GET_BITMAP for a range.
+import { DirtyPagesFlag, Errno } from '../../protocol/constants.js';
+import { VfuError } from '../../protocol/errors.js';
+import { BitmapRangeStruct, DirtyPagesStruct } from '../../protocol/messages/migration.js';
+import { u64ToNumber } from '../../protocol/struct.js';
+import { bitmapSize } from '../../migration/dirty.js';
+import type { Endpoint } from '../../transport/endpoint.js';
+import type { Frame } from '../../transport/framer.js';
+import type { Session } from '../session.js';
+
+function einval(why: string): VfuError {
+  return new VfuError(Errno.EINVAL, why);
+}
+
+export function dirtyPages(s: Session, f: Frame, via: Endpoint): void {
+  const p = f.payload;
+  if (p.length < DirtyPagesStruct.size) throw einval('short DIRTY_PAGES');
+  const { argsz, flags } = DirtyPagesStruct.read(p);
+  switch (flags) {
+    case DirtyPagesFlag.START:
+      s.startLogging(s.dirtyPageSize, null);
+      s.conn.reply(via, f, null);
+      return;
+    case DirtyPagesFlag.STOP:
+      s.device.logging.stop();
+      s.conn.reply(via, f, null);
+      return;
+    case DirtyPagesFlag.GET_BITMAP: {
+      if (p.length < DirtyPagesStruct.size + BitmapRangeStruct.size) throw einval('DIRTY_PAGES GET_BITMAP without a range');
+      const r = BitmapRangeStruct.read(p, DirtyPagesStruct.size);
+      const iova = u64ToNumber(r.iova);
+      const size = u64ToNumber(r.size);
+      const pg = u64ToNumber(r.pgsize);
+      const want = u64ToNumber(r.bitmapSize);
+      if ([iova, size, pg, want].some(Number.isNaN) || pg === 0 || (pg & (pg - 1)) !== 0) throw einval('bad GET_BITMAP range');
+      if (want !== bitmapSize(size, pg)) throw einval(`bitmap size ${want} != ${bitmapSize(size, pg)}`);
+      if (argsz < DirtyPagesStruct.size + BitmapRangeStruct.size + want) throw einval('DIRTY_PAGES argsz too small');
+      const bitmap = Buffer.alloc(want);
+      s.reportDirty(iova, size, pg, bitmap);
+      const head = Buffer.from(p.subarray(0, DirtyPagesStruct.size + BitmapRangeStruct.size));
+      head.writeUInt32LE(DirtyPagesStruct.size + BitmapRangeStruct.size + want, 0);
+      s.conn.reply(via, f, head, bitmap);
+      return;
+    }
+    default:
+      throw einval(`bad DIRTY_PAGES flags 0x${flags.toString(16)}`);
+  }
+}

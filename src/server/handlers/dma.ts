@@ -1,0 +1,100 @@
+// DMA_MAP and DMA_UNMAP (exact match, UNMAP_ALL, and the v1 dirty bitmap).
+import { DmaUnmapFlag, Errno } from '../../protocol/constants.js';
+import { VfuError } from '../../protocol/errors.js';
+import { BitmapStruct, DmaMapStruct, DmaUnmapStruct } from '../../protocol/messages/dma.js';
+import { u64ToNumber } from '../../protocol/struct.js';
+import type { Endpoint } from '../../transport/endpoint.js';
+import type { Frame } from '../../transport/framer.js';
+import type { Session } from '../session.js';
+import { bitmapSize } from '../../migration/dirty.js';
+
+function einval(why: string): VfuError {
+  return new VfuError(Errno.EINVAL, why);
+}
+
+function num(v: bigint, what: string): number {
+  const n = u64ToNumber(v);
+  if (Number.isNaN(n)) throw einval(`${what} 0x${v.toString(16)} beyond 2^53`);
+  return n;
+}
+
+/** Runs `fn` with the device quiesced (DMA stopped) around it. */
+export async function quiesced<T>(s: Session, fn: () => T | Promise<T>): Promise<T> {
+  await s.device.quiesce();
+  try {
+    return await fn();
+  } finally {
+    s.device.resume();
+  }
+}
+
+export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
+  const p = f.payload;
+  if (p.length < DmaMapStruct.size) throw einval('short DMA_MAP');
+  const m = DmaMapStruct.read(p);
+  if (m.argsz < DmaMapStruct.size) throw einval('DMA_MAP argsz too small');
+  if (f.fds.length > 1) throw einval('DMA_MAP with more than one descriptor');
+  const req = {
+    iova: num(m.addr, 'DMA_MAP address'),
+    size: num(m.size, 'DMA_MAP size'),
+    fileOffset: num(m.offset, 'DMA_MAP offset'),
+    flags: m.flags,
+    fd: f.fds.length === 1 ? f.fds[0]! : null,
+  };
+  return quiesced(s, () => {
+    const mapping = s.device.dma.map(req);
+    f.fds = []; // the controller owns the descriptor now
+    s.loggingOnMap(mapping.iova, mapping.size);
+    s.conn.reply(via, f, null);
+  });
+}
+
+export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
+  const p = f.payload;
+  if (p.length < DmaUnmapStruct.size) throw einval('short DMA_UNMAP');
+  const u = DmaUnmapStruct.read(p);
+  const dma = s.device.dma;
+  switch (u.flags) {
+    case 0:
+      break;
+    case DmaUnmapFlag.ALL:
+      if (u.addr !== 0n || u.size !== 0n) throw einval('UNMAP_ALL needs address and size 0');
+      break;
+    case DmaUnmapFlag.GET_DIRTY_BITMAP:
+      break;
+    default:
+      throw einval(`bad DMA_UNMAP flags 0x${u.flags.toString(16)}`);
+  }
+  if (u.argsz < DmaUnmapStruct.size || u.argsz > s.opts.maxDataXferSize) throw einval('bad DMA_UNMAP argsz');
+  const echo = Buffer.from(p.subarray(0, DmaUnmapStruct.size));
+  if (u.flags === DmaUnmapFlag.ALL) {
+    return quiesced(s, () => {
+      for (const m of dma.mappings) s.loggingOnUnmap(m.iova, m.size);
+      dma.unmapAll();
+      s.conn.reply(via, f, echo);
+    });
+  }
+  const iova = num(u.addr, 'DMA_UNMAP address');
+  const size = num(u.size, 'DMA_UNMAP size');
+  if (u.flags === DmaUnmapFlag.GET_DIRTY_BITMAP) {
+    // v1: report the mapping's dirty pages, then unmap it.
+    if (p.length < DmaUnmapStruct.size + BitmapStruct.size) throw einval('DMA_UNMAP dirty bitmap header missing');
+    const bm = BitmapStruct.read(p, DmaUnmapStruct.size);
+    const pg = num(bm.pgsize, 'bitmap page size');
+    const want = num(bm.size, 'bitmap size');
+    if (pg === 0 || (pg & (pg - 1)) !== 0 || want !== bitmapSize(size, pg)) throw einval('bad dirty bitmap request');
+    if (u.argsz < DmaUnmapStruct.size + BitmapStruct.size + want) throw einval('DMA_UNMAP argsz too small for the bitmap');
+    return quiesced(s, () => {
+      const bitmap = Buffer.alloc(want);
+      s.reportDirty(iova, size, pg, bitmap);
+      dma.unmap(iova, size);
+      s.loggingOnUnmap(iova, size);
+      s.conn.reply(via, f, Buffer.concat([echo, p.subarray(DmaUnmapStruct.size, DmaUnmapStruct.size + BitmapStruct.size)]), bitmap);
+    });
+  }
+  return quiesced(s, () => {
+    dma.unmap(iova, size);
+    s.loggingOnUnmap(iova, size);
+    s.conn.reply(via, f, echo);
+  });
+}

@@ -1,0 +1,167 @@
+// Serving a device: a listening socket (mode 0600) with one client at a time,
+// or an inherited connected socket (--fd).  When the client goes away its DMA
+// mappings and interrupt descriptors are dropped, the device is reset with
+// reason 'lost-connection' (its state otherwise kept), and the next client
+// is accepted: reconnect works.
+import { EventEmitter } from 'node:events';
+import { native } from '../native/index.js';
+import { DEFAULT_MAX_DATA_XFER_SIZE, Errno, HEADER_SIZE, HeaderFlag } from '../protocol/constants.js';
+import { writeHeader } from '../protocol/header.js';
+import type { Endpoint } from '../transport/endpoint.js';
+import { endpointFromFd, listen, type Listener, type TransportKind } from '../transport/socket.js';
+import type { VfioUserDevice } from './device.js';
+import { Session, type SessionOptions } from './session.js';
+
+export interface ServeOptions extends Partial<SessionOptions> {
+  transport?: TransportKind;
+  /** Socket file mode (default 0600). */
+  mode?: number;
+}
+
+function sessionOptions(o: ServeOptions): SessionOptions {
+  return {
+    maxDataXferSize: o.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE,
+    maxMsgFds: o.maxMsgFds ?? 16,
+    twinSocket: o.twinSocket ?? true,
+    replyTimeoutMs: o.replyTimeoutMs ?? 30_000,
+    maxQueuedCommands: o.maxQueuedCommands ?? 1024,
+  };
+}
+
+/**
+ * Events: 'session' (Session), 'disconnected', 'refused' (a second client),
+ * 'close'.
+ */
+export class VfioUserServer extends EventEmitter {
+  session: Session | null = null;
+  /** Clients served so far. */
+  connections = 0;
+  private listener: Listener | null = null;
+  private cleanup: Promise<void> = Promise.resolve();
+  private closed = false;
+  private readonly opts: SessionOptions;
+
+  private constructor(
+    readonly device: VfioUserDevice,
+    private readonly serveOpts: ServeOptions,
+  ) {
+    super();
+    this.opts = sessionOptions(serveOpts);
+    device.realize();
+  }
+
+  /** Listens on `path` and serves clients one after another. */
+  static async listen(device: VfioUserDevice, path: string, opts: ServeOptions = {}): Promise<VfioUserServer> {
+    const s = new VfioUserServer(device, opts);
+    s.listener = await listen(path, { maxMessageSize: s.opts.maxDataXferSize + 4096, maxFds: s.opts.maxMsgFds }, {
+      ...(opts.transport ? { transport: opts.transport } : {}),
+      mode: opts.mode ?? 0o600,
+    });
+    s.listener.onConnection = (ep) => s.incoming(ep);
+    return s;
+  }
+
+  /** Serves one already connected socket; 'close' is emitted when it ends. */
+  static fromFd(device: VfioUserDevice, fd: number, opts: ServeOptions = {}): VfioUserServer {
+    const s = new VfioUserServer(device, opts);
+    const ep = endpointFromFd(fd, { maxMessageSize: s.opts.maxDataXferSize + 4096, maxFds: s.opts.maxMsgFds }, {
+      ...(opts.transport ? { transport: opts.transport } : {}),
+    });
+    s.incoming(ep);
+    s.once('disconnected', () => void s.close());
+    return s;
+  }
+
+  /** Serves an endpoint made elsewhere (tests, socket pairs). */
+  static fromEndpoint(device: VfioUserDevice, ep: Endpoint, opts: ServeOptions = {}): VfioUserServer {
+    const s = new VfioUserServer(device, opts);
+    s.incoming(ep);
+    return s;
+  }
+
+  get path(): string | null {
+    return this.listener?.path ?? null;
+  }
+
+  private incoming(ep: Endpoint): void {
+    if (this.closed) {
+      ep.close();
+      return;
+    }
+    if (this.session !== null) {
+      // The previous client is gone but its clean-up is still running: the
+      // new one waits for it instead of being refused.
+      if (this.session.conn.closed) void this.cleanup.then(() => this.incoming(ep));
+      else this.refuse(ep);
+      return;
+    }
+    const session = new Session(this.device, ep, this.opts);
+    this.session = session;
+    this.connections++;
+    session.onClosed = () => this.lost(session);
+    this.emit('session', session);
+  }
+
+  /**
+   * A second client while one is attached: answer its first message with
+   * EBUSY, then close.
+   */
+  private refuse(ep: Endpoint): void {
+    this.emit('refused');
+    const timer = setTimeout(() => ep.close(), 1000);
+    timer.unref();
+    ep.onFrame = (f) => {
+      for (const fd of f.fds) native?.close(fd);
+      const h = Buffer.allocUnsafe(HEADER_SIZE);
+      writeHeader(h, f.msgId, f.cmd, HEADER_SIZE, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, Errno.EBUSY);
+      try {
+        ep.send(h, null, null);
+      } catch {
+        // gone already
+      }
+      void ep.whenDrained().then(() => ep.close());
+      clearTimeout(timer);
+    };
+    ep.onClose = () => clearTimeout(timer);
+  }
+
+  private lost(session: Session): void {
+    if (this.session !== session) return;
+    const dev = this.device;
+    this.cleanup = (async () => {
+      try {
+        await dev.quiesce();
+        dev.dma.messages = null;
+        dev.dma.unmapAll();
+        dev.irqs.reset();
+        dev.logging.stop();
+        await dev.reset('lost-connection');
+      } catch (e) {
+        dev.log('warn', `cleanup after lost connection: ${(e as Error).message}`);
+      } finally {
+        dev.resume();
+      }
+    })();
+    void this.cleanup.then(() => {
+      if (this.session === session) this.session = null;
+      dev.emit('disconnected');
+      this.emit('disconnected');
+    });
+  }
+
+  /** Ref/unref: whether the listening socket keeps the process alive. */
+  ref(keep: boolean): void {
+    this.listener?.ref(keep);
+  }
+
+  /** Stops listening, drops the client, releases the device's resources. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.listener?.close();
+    this.session?.close();
+    await this.cleanup;
+    this.device.dispose();
+    this.emit('close');
+  }
+}

@@ -1,0 +1,242 @@
+// One client connection: version negotiation, then commands handled strictly
+// in arrival order (a handler may be asynchronous; later commands wait in a
+// bounded queue while replies to our own DMA requests keep flowing), error
+// replies with the right errno, and clean-up when the client goes away.
+import { native } from '../native/index.js';
+import { type Capabilities } from '../protocol/capabilities.js';
+import { Command, Errno, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
+import { errnoOf } from '../protocol/errors.js';
+import { DmaAccessStruct } from '../protocol/messages/dma.js';
+import { Connection } from '../transport/connection.js';
+import type { Endpoint } from '../transport/endpoint.js';
+import type { Frame } from '../transport/framer.js';
+import type { VfioUserDevice } from './device.js';
+import type { MessageDma } from './dma.js';
+import { handlers, type Handler } from './handlers/index.js';
+import { negotiate } from './handlers/version.js';
+
+export interface SessionOptions {
+  /** Largest count we accept in data transfer messages (our max_data_xfer_size). */
+  maxDataXferSize: number;
+  /** Most descriptors we accept per message (our max_msg_fds). */
+  maxMsgFds: number;
+  /** Offer twin-socket mode to clients that support it. */
+  twinSocket: boolean;
+  /** Timeout for our DMA_READ/DMA_WRITE requests to the client. */
+  replyTimeoutMs: number;
+  /** Commands queued behind a slow (asynchronous) one before EBUSY. */
+  maxQueuedCommands: number;
+}
+
+interface Queued {
+  f: Frame;
+  via: Endpoint;
+}
+
+/** Commands a stopped device accepts (libvfio-user's list, plus read-only queries). */
+const ALLOWED_WHEN_STOPPED = new Set<number>([
+  Command.REGION_READ,
+  Command.REGION_WRITE,
+  Command.REGION_WRITE_MULTI,
+  Command.DEVICE_FEATURE,
+  Command.MIG_DATA_READ,
+  Command.DEVICE_GET_INFO,
+  Command.DEVICE_GET_REGION_INFO,
+  Command.DEVICE_GET_IRQ_INFO,
+  Command.DEVICE_GET_REGION_IO_FDS,
+]);
+
+export class Session {
+  readonly conn: Connection;
+  clientCaps: Capabilities | null = null;
+  /** Requests served (statistics). */
+  handled = 0;
+  errors = 0;
+  private busy = false;
+  private queue: Queued[] = [];
+  /** Reusable reply buffer for small REGION_READs (sends copy what they queue). */
+  replyBuf = Buffer.allocUnsafe(4096 + 32);
+  onClosed: (() => void) | null = null;
+  /** Page size for the v1 DIRTY_PAGES command (migration.pgsize). */
+  dirtyPageSize = 4096;
+
+  constructor(
+    readonly device: VfioUserDevice,
+    endpoint: Endpoint,
+    readonly opts: SessionOptions,
+  ) {
+    endpoint.setLimits(opts.maxDataXferSize + 4096, opts.maxMsgFds);
+    this.conn = new Connection(endpoint, {
+      replyTimeoutMs: opts.replyTimeoutMs,
+      closeFd: (fd) => native?.close(fd),
+    });
+    this.conn.onCommand = (f, via) => this.onCommand(f, via);
+    this.conn.onClose = () => this.closed();
+    device.dma.messages = this.messageDma();
+  }
+
+  get negotiated(): boolean {
+    return this.clientCaps !== null;
+  }
+
+  /** Whether descriptors can reach the client. */
+  get canPassFds(): boolean {
+    return this.conn.main.canPassFds && (this.clientCaps?.maxMsgFds ?? 1) > 0;
+  }
+
+  private onCommand(f: Frame, via: Endpoint): void {
+    if (this.busy) {
+      if (this.queue.length >= this.opts.maxQueuedCommands) {
+        this.closeFds(f.fds);
+        this.conn.replyError(via, f, Errno.EBUSY);
+        return;
+      }
+      // The frame is a view of the receive buffer: keep a copy.
+      this.queue.push({ f: { ...f, payload: Buffer.from(f.payload) }, via });
+      return;
+    }
+    this.run(f, via);
+  }
+
+  private run(f: Frame, via: Endpoint): void {
+    let r: void | Promise<void>;
+    try {
+      r = this.handle(f, via);
+    } catch (e) {
+      this.fail(f, via, e);
+      return;
+    }
+    if (r === undefined) {
+      this.done(f);
+      return;
+    }
+    this.busy = true;
+    r.then(
+      () => this.done(f),
+      (e: unknown) => this.fail(f, via, e),
+    ).finally(() => {
+      this.busy = false;
+      this.drain();
+    });
+  }
+
+  private drain(): void {
+    while (!this.busy && this.queue.length > 0 && !this.conn.closed) {
+      const q = this.queue.shift()!;
+      this.run(q.f, q.via);
+    }
+  }
+
+  private done(f: Frame): void {
+    this.handled++;
+    this.closeFds(f.fds);
+  }
+
+  private fail(f: Frame, via: Endpoint, e: unknown): void {
+    this.errors++;
+    this.closeFds(f.fds);
+    const errno = errnoOf(e, Errno.EINVAL);
+    this.device.log('debug', `${commandName(f.cmd)} (id ${f.msgId}) failed: ${(e as Error)?.message ?? e}`);
+    this.conn.replyError(via, f, errno);
+  }
+
+  /** Closes descriptors a handler did not take (it sets f.fds = [] when it does). */
+  private closeFds(fds: number[]): void {
+    for (const fd of fds) native?.close(fd);
+    fds.length = 0;
+  }
+
+  private handle(f: Frame, via: Endpoint): void | Promise<void> {
+    if (f.rejected !== undefined) {
+      // Malformed framing (bad size, too many fds): libvfio-user says EINVAL.
+      this.conn.replyError(via, f, Errno.EINVAL);
+      return;
+    }
+    if ((f.flags & HeaderFlag.TYPE_MASK) !== HeaderFlag.TYPE_COMMAND) {
+      this.conn.replyError(via, f, Errno.EINVAL);
+      return;
+    }
+    if (f.fdsTruncated) {
+      this.conn.replyError(via, f, Errno.EPROTO);
+      return;
+    }
+    if (!this.negotiated) {
+      if (f.cmd !== Command.VERSION) {
+        this.conn.replyError(via, f, Errno.EINVAL);
+        return;
+      }
+      negotiate(this, f, via);
+      return;
+    }
+    const h: Handler | undefined = handlers[f.cmd];
+    if (h === undefined) {
+      this.conn.replyError(via, f, Errno.EINVAL);
+      return;
+    }
+    const mig = this.device.migration;
+    if (mig !== null && (mig.state === MigState.STOP || mig.state === MigState.STOP_COPY) && !ALLOWED_WHEN_STOPPED.has(f.cmd)) {
+      this.conn.replyError(via, f, Errno.EINVAL);
+      return;
+    }
+    return h(this, f, via);
+  }
+
+  /** DMA_READ/DMA_WRITE to the client (on the twin socket when negotiated). */
+  private messageDma(): MessageDma {
+    const s = this;
+    return {
+      get maxChunk() {
+        return Math.min(s.clientCaps?.maxDataXferSize ?? 1 << 20, s.opts.maxDataXferSize);
+      },
+      dmaRead(addr: number, count: number, into: Buffer, at: number): Promise<void> {
+        const req = DmaAccessStruct.encode({ addr: BigInt(addr), count: BigInt(count) });
+        return s.conn.request(Command.DMA_READ, req, {}, (r) => {
+          const p = r.payload;
+          if (p.length !== DmaAccessStruct.size + count || p.readBigUInt64LE(0) !== BigInt(addr) || p.readBigUInt64LE(8) !== BigInt(count)) {
+            throw Object.assign(new Error('bad DMA_READ reply'), { errno: Errno.EIO });
+          }
+          p.copy(into, at, DmaAccessStruct.size);
+        });
+      },
+      dmaWrite(addr: number, data: Buffer): Promise<void> {
+        const req = DmaAccessStruct.encode({ addr: BigInt(addr), count: BigInt(data.length) });
+        return s.conn.request(Command.DMA_WRITE, req, { extra: data }, (r) => {
+          const p = r.payload;
+          // 16-byte reply (libvfio-user) or 12 (the spec's 32-bit count)
+          const ok =
+            (p.length === 16 && p.readBigUInt64LE(8) === BigInt(data.length)) || (p.length === 12 && p.readUInt32LE(8) === data.length);
+          if (!ok || p.readBigUInt64LE(0) !== BigInt(addr)) throw Object.assign(new Error('bad DMA_WRITE reply'), { errno: Errno.EIO });
+        });
+      },
+    };
+  }
+
+  /** DMA_LOGGING_START / DIRTY_PAGES START (null ranges: every mapping). */
+  startLogging(pageSize: number, ranges: { iova: number; length: number }[] | null): void {
+    const mapped = this.device.dma.mappings.map((m) => ({ iova: m.iova, length: m.size }));
+    this.device.logging.start(pageSize, ranges, mapped);
+  }
+
+  loggingOnMap(iova: number, size: number): void {
+    this.device.logging.onMap(iova, size);
+  }
+
+  loggingOnUnmap(iova: number, size: number): void {
+    this.device.logging.onUnmap(iova, size);
+  }
+
+  /** Dirty bitmap of a range; ENOENT when it is not mapped at all. */
+  reportDirty(iova: number, length: number, pageSize: number, out: Buffer): void {
+    this.device.logging.report(iova, length, pageSize, out);
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  private closed(): void {
+    for (const q of this.queue) this.closeFds(q.f.fds);
+    this.queue = [];
+    this.onClosed?.();
+  }
+}
