@@ -111,21 +111,21 @@ function orLut(g: number): Uint8Array {
 }
 
 /**
- * Refining by d in {2,4,8,16}: a chunk of min(32/d, 8) bits -> the chunk with
- * every bit repeated d times (16 or 32 bits).
+ * Refining by d in {2..32}: the byte b with every bit repeated d times, as
+ * 8d/32 words at [b * words, ...) (d = 2: one 16-bit value per byte).
  */
 const spreadLuts = new Map<number, Uint32Array>();
 function spreadLut(d: number): Uint32Array {
   let t = spreadLuts.get(d);
   if (!t) {
-    const k = Math.min(32 / d, 8);
-    t = new Uint32Array(1 << k);
-    const run = d === 32 ? 0xffffffff : (1 << d) - 1;
-    for (let c = 0; c < 1 << k; c++) {
-      let v = 0;
-      for (let i = 0; i < k; i++) if ((c >>> i) & 1) v |= run << (i * d);
-      t[c] = v >>> 0;
-    }
+    const words = Math.max(1, d / 4);
+    t = new Uint32Array(256 * words);
+    for (let b = 0; b < 256; b++)
+      for (let i = 0; i < 8; i++) {
+        if (!((b >>> i) & 1)) continue;
+        // Bits [i*d, i*d+d) of the byte's expansion.
+        for (let j = i * d; j < i * d + d; j++) t[b * words + (j >>> 5)]! |= 1 << (j & 31);
+      }
     spreadLuts.set(d, t);
   }
   return t;
@@ -134,8 +134,9 @@ function spreadLut(d: number): Uint32Array {
 // ---------------------------------------------------------------------------
 // Conversions.  `src` is the window of tracked bits the report touches, bit 0
 // being the tracked page holding the report's first byte; words past its end
-// read as zero.  `o` is zeroed and holds exactly enough words for nOut bits
-// rounded up to u64; only words below ceil(nOut/32) are written.
+// read as zero.  Each converter writes output words in order from word 0 and
+// returns how many it wrote; convert() zeroes the rest, so the caller's
+// buffer needs no clearing pass of its own.
 
 /** src[j] |= src[j+1] as one bit stream: bit j then covers tracked pages j and j+1. */
 function orNextBit(src: Uint32Array): void {
@@ -145,7 +146,7 @@ function orNextBit(src: Uint32Array): void {
 }
 
 /** Output bit n = OR of source bits [n*g, n*g+g), for g in {2,4,8,16}. */
-function coarsenSmall(src: Uint32Array, o: Uint32Array, nOut: number, g: number): void {
+function coarsenSmall(src: Uint32Array, o: Uint32Array, nOut: number, g: number): number {
   const per = 32 / g; // output bits per source word
   const inWords = Math.min(src.length, Math.ceil(nOut / per));
   let acc = 0;
@@ -179,17 +180,19 @@ function coarsenSmall(src: Uint32Array, o: Uint32Array, nOut: number, g: number)
       }
     }
   }
-  if (pos !== 0) o[oi] = acc;
+  if (pos !== 0) o[oi++] = acc;
+  return oi;
 }
 
 /** Output bit n = OR of source words [n*gw, n*gw+gw) (groups of >= 32 bits). */
-function coarsenWords(src: Uint32Array, o: Uint32Array, nOut: number, gw: number): void {
+function coarsenWords(src: Uint32Array, o: Uint32Array, nOut: number, gw: number): number {
   const len = src.length;
+  // Output bits past the window's end are zero: stop there.
+  const n1 = Math.min(nOut, Math.ceil(len / gw));
   let acc = 0;
   let n = 0;
-  for (; n < nOut; n++) {
+  for (; n < n1; n++) {
     let i = n * gw;
-    if (i >= len) break; // the rest of the window is zero
     const e = Math.min(i + gw, len);
     // With any realistic dirty rate the first word decides; stop at the first hit.
     for (; i < e; i++) {
@@ -203,18 +206,21 @@ function coarsenWords(src: Uint32Array, o: Uint32Array, nOut: number, gw: number
       acc = 0;
     }
   }
-  if (acc !== 0) o[n >>> 5] = acc; // the partly filled word n lives in
+  if (n % 32 !== 0) o[n >>> 5] = acc; // the partly filled last word
+  return Math.ceil(n / 32);
 }
 
 /** dst = src with every bit repeated d times, first dstWords words only. */
-function expand(src: Uint32Array, dst: Uint32Array, d: number, dstWords: number): void {
+function expand(src: Uint32Array, dst: Uint32Array, d: number, dstWords: number): number {
   if (d === 1) {
-    dst.set(src.subarray(0, Math.min(src.length, dstWords)));
-    return;
+    const n = Math.min(src.length, dstWords);
+    dst.set(src.subarray(0, n));
+    return n;
   }
   const inWords = Math.min(src.length, Math.ceil(dstWords / d));
   if (d >= 32) {
     // Each source bit becomes d/32 whole words of ones: visit set bits only.
+    dst.fill(0, 0, dstWords);
     const wpb = d / 32;
     for (let i = 0; i < inWords; i++) {
       let v = src[i]!;
@@ -227,34 +233,71 @@ function expand(src: Uint32Array, dst: Uint32Array, d: number, dstWords: number)
         else dst.fill(0xffffffff, s, Math.min(s + wpb, dstWords));
       }
     }
-    return;
+    return dstWords;
   }
   const t = spreadLut(d);
+  // Below 32 every output word is written, zero or not: a zero test per
+  // byte mispredicts on sparse maps and costs more than the stores.
   if (d === 2) {
     // 16 source bits per output word: two byte lookups of 16 bits each.
     for (let i = 0; i < inWords; i++) {
       const v = src[i]!;
-      if (v === 0) continue;
-      const base = i * 2;
-      const lo = v & 0xffff;
-      if (lo !== 0) dst[base] = t[lo & 0xff]! | (t[lo >>> 8]! << 16);
-      const hi = v >>> 16;
-      if (hi !== 0 && base + 1 < dstWords) dst[base + 1] = t[hi & 0xff]! | (t[hi >>> 8]! << 16);
+      const o = i * 2;
+      dst[o] = t[v & 0xff]! | (t[(v >>> 8) & 0xff]! << 16);
+      if (o + 1 < dstWords) dst[o + 1] = t[(v >>> 16) & 0xff]! | (t[v >>> 24]! << 16);
     }
-    return;
+    return Math.min(dstWords, inWords * 2);
   }
-  const k = 32 / d; // source bits per output word: 8, 4 or 2
-  const m = (1 << k) - 1;
-  for (let i = 0; i < inWords; i++) {
+  // d >= 4: each source byte becomes d/4 whole words, copied from the table.
+  const wpb = d / 4;
+  const full = Math.min(inWords, Math.floor(dstWords / d)); // words whose output fits whole
+  if (wpb === 1) {
+    for (let i = 0; i < full; i++) {
+      const v = src[i]!;
+      const o = i * 4;
+      dst[o] = t[v & 0xff]!;
+      dst[o + 1] = t[(v >>> 8) & 0xff]!;
+      dst[o + 2] = t[(v >>> 16) & 0xff]!;
+      dst[o + 3] = t[v >>> 24]!;
+    }
+  } else if (wpb === 2) {
+    for (let i = 0; i < full; i++) {
+      const v = src[i]!;
+      const o = i * 8;
+      let b = (v & 0xff) << 1;
+      dst[o] = t[b]!;
+      dst[o + 1] = t[b + 1]!;
+      b = ((v >>> 8) & 0xff) << 1;
+      dst[o + 2] = t[b]!;
+      dst[o + 3] = t[b + 1]!;
+      b = ((v >>> 16) & 0xff) << 1;
+      dst[o + 4] = t[b]!;
+      dst[o + 5] = t[b + 1]!;
+      b = (v >>> 24) << 1;
+      dst[o + 6] = t[b]!;
+      dst[o + 7] = t[b + 1]!;
+    }
+  } else {
+    for (let i = 0; i < full; i++) {
+      const v = src[i]!;
+      for (let j = 0; j < 4; j++) {
+        const from = ((v >>> (j * 8)) & 0xff) * wpb;
+        const at = (i * 4 + j) * wpb;
+        for (let x = 0; x < wpb; x++) dst[at + x] = t[from + x]!;
+      }
+    }
+  }
+  // At most one source word is left, whose output is cut by dstWords.
+  for (let i = full; i < inWords; i++) {
     const v = src[i]!;
-    if (v === 0) continue;
-    const base = i * d;
-    const lim = Math.min(d, dstWords - base);
-    for (let j = 0; j < lim; j++) {
-      const c = (v >>> (j * k)) & m;
-      if (c !== 0) dst[base + j] = t[c]!;
+    for (let j = 0; j < 4; j++) {
+      const from = ((v >>> (j * 8)) & 0xff) * wpb;
+      const at = (i * 4 + j) * wpb;
+      const lim = Math.min(wpb, dstWords - at);
+      for (let x = 0; x < lim; x++) dst[at + x] = t[from + x]!;
     }
   }
+  return Math.min(dstWords, inWords * d);
 }
 
 /**
@@ -262,7 +305,7 @@ function expand(src: Uint32Array, dst: Uint32Array, d: number, dstWords: number)
  * bit n+1 (a report page straddling two tracked pages).  x must have two
  * words of zero padding past the last bit read.
  */
-function shiftOut(x: Uint32Array, m0: number, o: Uint32Array, nOut: number, foldNext: boolean): void {
+function shiftOut(x: Uint32Array, m0: number, o: Uint32Array, nOut: number, foldNext: boolean): number {
   const ws = Math.floor(m0 / 32);
   const sh = m0 % 32;
   const nw = Math.ceil(nOut / 32);
@@ -273,14 +316,18 @@ function shiftOut(x: Uint32Array, m0: number, o: Uint32Array, nOut: number, fold
     o[j] = foldNext ? cur | (cur >>> 1) | (nxt << 31) : cur;
     cur = nxt;
   }
+  return nw;
 }
 
 /**
- * Fills o (zeroed) with the report bitmap.  t: tracking page size, p: report
- * page size, r: report start relative to the tracked range, w: tracked bits
- * from floor(r/t), masked at the report's end; owned: w may be modified.
+ * Fills o (any prior content) with the report bitmap.  t: tracking page
+ * size, p: report page size, r: report start relative to the tracked range,
+ * w: tracked bits from floor(r/t), masked at the report's end; owned: w may
+ * be modified.
  */
 function convert(w: Uint32Array, owned: boolean, o: Uint32Array, nOut: number, t: number, p: number, r: number): void {
+  const nw = Math.ceil(nOut / 32);
+  let written: number;
   if (p >= t) {
     // Report page n covers tracked pages [n*g, n*g+g) of the window, or
     // [n*g, n*g+g] when the report does not start on a tracked page boundary.
@@ -290,23 +337,25 @@ function convert(w: Uint32Array, owned: boolean, o: Uint32Array, nOut: number, t
       orNextBit(src);
     }
     const g = p / t;
-    if (g === 1) o.set(src.subarray(0, Math.min(src.length, Math.ceil(nOut / 32))));
-    else if (g < 32) coarsenSmall(src, o, nOut, g);
-    else coarsenWords(src, o, nOut, g / 32);
+    if (g === 1) {
+      written = Math.min(src.length, nw);
+      o.set(src.subarray(0, written));
+    } else if (g < 32) written = coarsenSmall(src, o, nOut, g);
+    else written = coarsenWords(src, o, nOut, g / 32);
   } else {
     // Report page n lies in tracked page floor((m0+n)/d), and also touches
     // the next one when the report start is not on a report-page boundary.
     const d = t / p;
     const m0 = Math.floor(r / p) % d;
     const e = r % p;
-    const nw = Math.ceil(nOut / 32);
-    if (m0 === 0 && e === 0) expand(w, o, d, nw);
+    if (m0 === 0 && e === 0) written = expand(w, o, d, nw);
     else {
       const x = new Uint32Array(Math.ceil((m0 + nOut + 1) / 32) + 2);
       expand(w, x, d, x.length);
-      shiftOut(x, m0, o, nOut, e !== 0);
+      written = shiftOut(x, m0, o, nOut, e !== 0);
     }
   }
+  o.fill(0, written);
   if (nOut % 32 !== 0) o[Math.floor(nOut / 32)]! &= 0xffffffff >>> (32 - (nOut % 32));
 }
 
@@ -404,7 +453,6 @@ export class DirtyBitmap {
     const at = out.byteOffset + outOffset;
     const direct = LITTLE_ENDIAN && at % 4 === 0;
     const o = direct ? new Uint32Array(out.buffer, at, outBytes / 4) : new Uint32Array(outBytes / 4);
-    if (direct) o.fill(0);
     convert(w, owned, o, nOut, t, pageSize, r);
     if (!direct) {
       if (LITTLE_ENDIAN) out.set(new Uint8Array(o.buffer, 0, outBytes), outOffset);
