@@ -497,10 +497,11 @@ export interface DirtyLogOptions {
 
 /**
  * The device's dirty page log: a DirtyBitmap per logged range, between
- * start() and stop().  Errors follow libvfio-user's choices: EINVAL for a bad
- * page size or bad arguments, ENOENT for a report range that is not inside
- * one logged range (the vfio-user analogue of an unmapped IOVA), ENOMEM when
- * the bitmaps would exceed maxBitmapBytes, EBUSY for start() while active.
+ * start() and stop().  Errnos: EINVAL for a bad page size or bad arguments
+ * (and REPORT while not logging), ENOENT for a report range that is not
+ * inside one logged range (libvfio-user likewise answers ENOENT for IOVAs it
+ * has no mapping for), ENOMEM when the bitmaps would exceed maxBitmapBytes,
+ * EBUSY for start() while already logging.
  */
 export class DirtyLog {
   readonly maxBitmapBytes: number;
