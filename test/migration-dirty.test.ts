@@ -1,0 +1,401 @@
+// Dirty page bitmaps against a naive per-page model written here: one byte
+// per tracked page, and the report definition applied literally (output bit n
+// is set iff a dirty tracked page overlaps report page n clipped to the range).
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { Errno } from '../src/protocol/constants.js';
+import { VfuError } from '../src/protocol/errors.js';
+import { DirtyBitmap, DirtyLog, bitmapSize } from '../src/migration/dirty.js';
+
+class Model {
+  readonly dirty: Uint8Array;
+  constructor(readonly iova: number, readonly length: number, readonly t: number) {
+    this.dirty = new Uint8Array(Math.ceil(length / t));
+  }
+  mark(addr: number, len: number): void {
+    const a = Math.max(addr, this.iova) - this.iova;
+    const e = Math.min(addr + len, this.iova + this.length) - this.iova;
+    if (len <= 0 || e <= a) return;
+    for (let k = Math.floor(a / this.t); k < Math.ceil(e / this.t); k++) this.dirty[k] = 1;
+  }
+  report(iova: number, length: number, p: number): Buffer {
+    const r = iova - this.iova;
+    const n = Math.ceil(length / p);
+    const out = Buffer.alloc(Math.ceil(n / 64) * 8);
+    for (let i = 0; i < n; i++) {
+      const lo = r + i * p;
+      const hi = Math.min(r + (i + 1) * p, r + length);
+      for (let k = Math.floor(lo / this.t); k < Math.ceil(hi / this.t); k++)
+        if (this.dirty[k]) {
+          out[i >> 3]! |= 1 << (i & 7);
+          break;
+        }
+    }
+    for (let k = 0; k < this.dirty.length; k++) {
+      const start = k * this.t;
+      const end = Math.min((k + 1) * this.t, this.length);
+      if (start >= r && end <= r + length) this.dirty[k] = 0;
+    }
+    return out;
+  }
+  count(): number {
+    return this.dirty.reduce((a, b) => a + b, 0);
+  }
+}
+
+function errno(fn: () => unknown, expected: number): void {
+  assert.throws(fn, (e: unknown) => e instanceof VfuError && e.errno === expected, `expected errno ${expected}`);
+}
+
+function setBits(buf: Buffer): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < buf.length; i++) if (buf[i]) for (let b = 0; b < 8; b++) if (buf[i]! & (1 << b)) out.push(i * 8 + b);
+  return out;
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+test('bitmapSize rounds pages up, then to u64 words', () => {
+  assert.equal(bitmapSize(0, 4096), 0);
+  assert.equal(bitmapSize(1, 4096), 8);
+  assert.equal(bitmapSize(4096 * 64, 4096), 8);
+  assert.equal(bitmapSize(4096 * 64 + 1, 4096), 16);
+  assert.equal(bitmapSize(64 * GiB, 4096), 2 * MiB);
+  assert.equal(bitmapSize(64 * GiB, 512), 16 * MiB);
+  assert.equal(bitmapSize(64 * GiB, 2 * MiB), 4 * KiB);
+  errno(() => bitmapSize(4096, 3000), Errno.EINVAL);
+  errno(() => bitmapSize(-1, 4096), Errno.EINVAL);
+});
+
+test('bit indices far past 256 do not wrap (100k pages, every ratio)', () => {
+  const pages = 100_000;
+  const iova = 0x10_0000_0000;
+  const marked = [0, 1, 255, 256, 257, 300, 511, 512, 65535, 65536, 77777, 99_999];
+  for (const p of [512, 1024, 2048, 4096, 8192, 65536, 2 * MiB]) {
+    const bm = new DirtyBitmap(iova, pages * 4096, 4096);
+    for (const k of marked) bm.mark(iova + k * 4096 + 7, 1);
+    assert.equal(bm.dirtyCount(), marked.length);
+    const out = Buffer.alloc(bitmapSize(pages * 4096, p));
+    bm.report(iova, pages * 4096, p, out);
+    const expect = new Set<number>();
+    for (const k of marked) {
+      if (p <= 4096) for (let j = 0; j < 4096 / p; j++) expect.add((k * 4096) / p + j);
+      else expect.add(Math.floor((k * 4096) / p));
+    }
+    assert.deepEqual(setBits(out), [...expect].sort((a, b) => a - b), `page size ${p}`);
+    assert.equal(bm.dirtyCount(), 0, 'a full report clears everything');
+  }
+});
+
+test('clear on read: fully covered pages clear, partly covered pages survive', () => {
+  const iova = 1 << 20;
+  const bm = new DirtyBitmap(iova, 16 * 4096, 4096);
+  bm.mark(iova + 4096 + 10, 1); // page 1
+  bm.mark(iova + 2 * 4096, 4096); // page 2
+  const out = Buffer.alloc(8);
+  // [4096+100, 8192+100) touches pages 1 and 2 but covers neither; at 2 KiB
+  // the report pages are [4196,6244) [6244,8292) -> pages 1 | 1,2.
+  bm.report(iova + 4096 + 100, 4096, 2048, out);
+  assert.deepEqual(setBits(out), [0, 1]);
+  bm.report(iova + 4096 + 100, 4096, 4096, out);
+  assert.deepEqual(setBits(out), [0], 'nothing was cleared');
+  bm.report(iova + 4096 + 100, 2048, 1024, out); // [4196, 6244): page 1 only
+  assert.deepEqual(setBits(out), [0, 1]);
+  // [4096, 8192) covers page 1 exactly.
+  bm.report(iova + 4096, 4096, 4096, out);
+  assert.deepEqual(setBits(out), [0]);
+  bm.report(iova + 4096, 4096, 4096, out);
+  assert.deepEqual(setBits(out), []);
+  assert.equal(bm.dirtyCount(), 1, 'page 2 is still dirty');
+  bm.report(iova, 16 * 4096, 4096, out);
+  assert.deepEqual(setBits(out), [2]);
+  bm.report(iova, 16 * 4096, 4096, out);
+  assert.deepEqual(setBits(out), [], 'second full report is empty');
+  bm.mark(iova + 15 * 4096, 1);
+  bm.report(iova, 16 * 4096, 4096, out);
+  assert.deepEqual(setBits(out), [15], 're-marked after a report');
+});
+
+test('a partial last tracked page counts, and reaching the range end covers it', () => {
+  const bm = new DirtyBitmap(0, 10_000, 4096); // pages [0,4096) [4096,8192) [8192,10000)
+  assert.equal(bm.pages, 3);
+  bm.mark(9_999, 100); // clipped to the range
+  bm.mark(10_000, 5); // outside
+  bm.mark(-50, 10); // outside
+  assert.equal(bm.dirtyCount(), 1);
+  const out = Buffer.alloc(8);
+  bm.report(8192, 1808, 512, out);
+  assert.deepEqual(setBits(out), [0, 1, 2, 3]); // 1808 bytes = 4 report pages, all in tracked page 2
+  assert.equal(bm.dirtyCount(), 0);
+  bm.markAll();
+  assert.equal(bm.dirtyCount(), 3);
+  bm.report(0, 10_000, 8192, out);
+  assert.deepEqual(setBits(out), [0, 1]);
+  bm.markAll();
+  bm.clear();
+  assert.equal(bm.dirtyCount(), 0);
+});
+
+test('output words: trailing bits zero, garbage overwritten, unaligned offsets', () => {
+  const bm = new DirtyBitmap(0, 200 * 4096, 4096);
+  bm.markAll();
+  for (const off of [0, 1, 3, 4, 5, 8]) {
+    bm.markAll();
+    const out = Buffer.alloc(off + bitmapSize(200 * 4096, 4096) + 4, 0xa5);
+    bm.report(0, 200 * 4096, 4096, out, off);
+    assert.ok(out.subarray(0, off).every((b) => b === 0xa5), 'prefix untouched');
+    assert.ok(out.subarray(off + 32).every((b) => b === 0xa5), 'suffix untouched');
+    const words = [0, 1, 2, 3].map((i) => out.readBigUInt64LE(off + i * 8));
+    assert.deepEqual(words, [2n ** 64n - 1n, 2n ** 64n - 1n, 2n ** 64n - 1n, 2n ** 8n - 1n]);
+  }
+});
+
+test('DirtyBitmap argument errors', () => {
+  errno(() => new DirtyBitmap(0, 4096, 3000), Errno.EINVAL);
+  errno(() => new DirtyBitmap(0, 0, 4096), Errno.EINVAL);
+  errno(() => new DirtyBitmap(-4096, 4096, 4096), Errno.EINVAL);
+  errno(() => new DirtyBitmap(2 ** 53, 4096, 4096), Errno.EINVAL);
+  errno(() => new DirtyBitmap(0, 2 ** 52, 1), Errno.ENOMEM);
+  const bm = new DirtyBitmap(0x1000, 64 * 4096, 4096);
+  const out = Buffer.alloc(64);
+  for (const p of [0, -4096, 3000, 1.5, NaN, 4097]) errno(() => bm.report(0x1000, 4096, p, out), Errno.EINVAL);
+  errno(() => bm.report(0, 4096, 4096, out), Errno.EINVAL); // starts before
+  errno(() => bm.report(0x1000 + 63 * 4096, 4097, 4096, out), Errno.EINVAL); // runs past
+  errno(() => bm.report(0x1000, 0, 4096, out), Errno.EINVAL);
+  errno(() => bm.report(0x1000, 64 * 4096, 512, Buffer.alloc(63)), Errno.EINVAL); // needs 64 bytes
+  errno(() => bm.report(0x1000, 64 * 4096, 512, out, 1), Errno.EINVAL);
+  bm.report(0x1000, 64 * 4096, 512, out);
+});
+
+test('DirtyLog: start/stop, errors and errnos', () => {
+  const log = new DirtyLog({ maxBitmapBytes: 1024 });
+  assert.equal(log.active, false);
+  assert.equal(log.pageSize, 0);
+  log.mark(0, 4096); // not logging: ignored
+  const out = Buffer.alloc(1024);
+  errno(() => log.report(0, 4096, 4096, out), Errno.EINVAL);
+  errno(() => log.start(4096, []), Errno.EINVAL);
+  errno(() => log.start(3000, [{ iova: 0, length: 4096 }]), Errno.EINVAL);
+  errno(() => log.start(4096, [{ iova: 0, length: 0 }]), Errno.EINVAL);
+  errno(() => log.start(4096, [{ iova: 0, length: 8192 }, { iova: 4096, length: 4096 }]), Errno.EINVAL);
+  errno(() => log.start(4096, [{ iova: 1 << 30, length: 1 << 20 }, { iova: 0, length: 1 << 30 }]), Errno.ENOMEM); // 32 KiB > 1 KiB
+  assert.equal(log.active, false, 'failed starts leave it stopped');
+  // Adjacent ranges are fine, given in any order.
+  log.start(4096, [{ iova: 1 << 20, length: 1 << 20 }, { iova: 0, length: 1 << 20 }, { iova: 8 << 20, length: 4096 }]);
+  assert.equal(log.active, true);
+  assert.equal(log.pageSize, 4096);
+  assert.equal(log.bitmapBytes, 32 + 32 + 4);
+  assert.deepEqual(log.ranges, [{ iova: 0, length: 1 << 20 }, { iova: 1 << 20, length: 1 << 20 }, { iova: 8 << 20, length: 4096 }]);
+  errno(() => log.start(4096, [{ iova: 0, length: 4096 }]), Errno.EBUSY);
+  errno(() => log.report(2 << 20, 4096, 4096, out), Errno.ENOENT); // in a gap
+  errno(() => log.report((1 << 20) - 4096, 8192, 4096, out), Errno.ENOENT); // straddles two ranges
+  errno(() => log.report((8 << 20) + 4096, 1, 4096, out), Errno.ENOENT); // past the last
+  errno(() => log.report(2 << 20, 4096, 1000, out), Errno.EINVAL); // bad page size wins
+  errno(() => log.report(0, 4096, 4096, Buffer.alloc(4)), Errno.EINVAL);
+  // Marks spanning a range boundary and a gap land in both ranges.
+  log.mark((1 << 20) - 1, 2);
+  log.mark((2 << 20) - 1, 8 << 20); // end of range 2, the gap, all of range 3
+  log.mark(100, 1); // lastHit fast path switches ranges correctly
+  log.mark((1 << 20) + 5 * 4096, 1);
+  log.mark(200, 1);
+  assert.equal(log.dirtyCount(), 6);
+  log.report(0, 1 << 20, 1 << 20, out);
+  assert.deepEqual(setBits(out.subarray(0, 8)), [0]);
+  log.report(1 << 20, 1 << 20, 4096, out);
+  assert.deepEqual(setBits(out.subarray(0, 32)), [0, 5, 255]);
+  log.report(8 << 20, 4096, 4096, out);
+  assert.deepEqual(setBits(out.subarray(0, 8)), [0]);
+  assert.equal(log.dirtyCount(), 0);
+  log.markAll();
+  assert.equal(log.dirtyCount(), 256 + 256 + 1);
+  log.stop();
+  assert.equal(log.active, false);
+  assert.equal(log.bitmapBytes, 0);
+  errno(() => log.report(0, 4096, 4096, out), Errno.EINVAL);
+  log.start(512, [{ iova: 0, length: 4096 }]);
+  assert.equal(log.pageSize, 512);
+});
+
+test('64 GiB at 4 KiB: spot checks of 2 MiB and 512 B reports', () => {
+  const iova = 0x1_0000_0000;
+  const len = 64 * GiB;
+  const log = new DirtyLog();
+  log.start(4096, [{ iova, length: len }]);
+  assert.equal(log.bitmapBytes, 2 * MiB);
+  const pages = [0, 1, 511, 512, 4_000_000, 16 * 1024 * 1024 - 1];
+  for (const k of pages) log.mark(iova + k * 4096, 4096);
+  const big = Buffer.alloc(bitmapSize(len, 2 * MiB));
+  log.report(iova, len, 2 * MiB, big);
+  assert.deepEqual(setBits(big), [...new Set(pages.map((k) => Math.floor(k / 512)))]);
+  for (const k of pages) log.mark(iova + k * 4096, 4096);
+  const small = Buffer.alloc(bitmapSize(len, 512));
+  log.report(iova, len, 512, small);
+  assert.deepEqual(setBits(small), pages.flatMap((k) => [0, 1, 2, 3, 4, 5, 6, 7].map((j) => k * 8 + j)));
+});
+
+test('exhaustive: one dirty page at every position, every ratio, awkward starts', () => {
+  // Single set bits are what expose word-boundary carries (bit 31 <- bit 32).
+  const t = 4096;
+  const pages = 100;
+  const length = pages * t - 1000; // partial last page
+  const iova = 0x7_0000_0000 + 3 * t;
+  let n = 0;
+  for (const p of [512, 1024, 2048, 4096, 8192, 16384, 65536, 128 * KiB, 256 * KiB]) {
+    for (const start of [0, 1, 511, 512, 513, 4095, 4096, 4097, 31 * t + 100, 32 * t - 1, 33 * t, 64 * t + 2047]) {
+      for (const rest of [true, false]) {
+        const len = rest ? length - start : Math.min(length - start, 40 * t + 1234);
+        for (let k = 0; k < pages; k++) {
+          const bm = new DirtyBitmap(iova, length, t);
+          const model = new Model(iova, length, t);
+          bm.mark(iova + k * t, 1);
+          model.mark(iova + k * t, 1);
+          const want = model.report(iova + start, len, p);
+          const got = Buffer.alloc(want.length, 0xff);
+          bm.report(iova + start, len, p, got);
+          if (!got.equals(want)) assert.deepEqual(setBits(got), setBits(want), `p=${p} start=${start} len=${len} page ${k}`);
+          assert.equal(bm.dirtyCount(), model.count(), `p=${p} start=${start} len=${len} page ${k}: clearing`);
+          n++;
+        }
+      }
+    }
+  }
+  assert.equal(n, 9 * 12 * 2 * 100);
+});
+
+// ---------------------------------------------------------------------------
+// Property tests against the model.
+
+type Op =
+  | { kind: 'mark'; at: number; len: number }
+  | { kind: 'page'; at: number; len: number }
+  | { kind: 'report'; pExp: number; mode: number; u1: number; u2: number; outOff: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('page' as const), at: fc.nat(), len: fc.integer({ min: 1, max: 3 }) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('mark' as const), at: fc.double({ min: -0.05, max: 1.05, noNaN: true }), len: fc.oneof(fc.integer({ min: 1, max: 5000 }), fc.integer({ min: 1, max: 2 ** 30 })) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('report' as const),
+      pExp: fc.integer({ min: 9, max: 22 }),
+      mode: fc.integer({ min: 0, max: 4 }),
+      u1: fc.nat(),
+      u2: fc.nat(),
+      outOff: fc.integer({ min: 0, max: 9 }),
+    }),
+  },
+);
+
+const scenarioArb = fc.record({
+  tExp: fc.integer({ min: 9, max: 21 }),
+  pages: fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 200, max: 3000 })),
+  partial: fc.nat(),
+  iovaMode: fc.integer({ min: 0, max: 2 }),
+  iovaU: fc.integer({ min: 0, max: 2 ** 20 }),
+  ops: fc.array(opArb, { minLength: 1, maxLength: 16 }),
+});
+
+/** Report sub-range for a mode: full, tracked-aligned, report-aligned, or arbitrary. */
+function subRange(length: number, t: number, p: number, op: Extract<Op, { kind: 'report' }>): [number, number] {
+  let start: number;
+  switch (op.mode) {
+    case 0:
+      return [0, length];
+    case 1:
+      start = (op.u1 % Math.ceil(length / t)) * t;
+      break;
+    case 2:
+      start = Math.min((op.u1 % Math.ceil(length / p)) * p, length - 1);
+      break;
+    default:
+      start = op.u1 % length;
+  }
+  const rest = length - start;
+  const len = op.mode === 4 ? rest : 1 + (op.u2 % rest);
+  return [start, len];
+}
+
+test('property: report() equals the per-page model for random marks, sub-ranges and page sizes', () => {
+  let reports = 0;
+  let beyond256 = 0;
+  fc.assert(
+    fc.property(scenarioArb, (sc) => {
+      const t = 2 ** sc.tExp;
+      const length = sc.partial % 2 === 0 ? sc.pages * t : (sc.pages - 1) * t + 1 + (sc.partial % (t - 1));
+      const iova = sc.iovaMode === 0 ? 0 : sc.iovaMode === 1 ? sc.iovaU * t : sc.iovaU * 4099 + 12345;
+      const bm = new DirtyBitmap(iova, length, t);
+      const model = new Model(iova, length, t);
+      for (const op of sc.ops) {
+        if (op.kind === 'mark' || op.kind === 'page') {
+          // 'page' dirties exactly one tracked page: sparse bitmaps find carry bugs.
+          const at = iova + (op.kind === 'mark' ? Math.floor(op.at * length) : (op.at % Math.ceil(length / t)) * t);
+          bm.mark(at, op.len);
+          model.mark(at, op.len);
+        } else {
+          const p = 2 ** op.pExp;
+          let [start, len] = subRange(length, t, p, op);
+          // Keep the model's per-bit loop affordable (still far past 256 bits).
+          len = Math.min(len, p * 200_000);
+          const want = model.report(iova + start, len, p);
+          const out = Buffer.alloc(op.outOff + want.length + 3, 0x5a);
+          bm.report(iova + start, len, p, out, op.outOff);
+          const got = out.subarray(op.outOff, op.outOff + want.length);
+          assert.ok(out.subarray(0, op.outOff).every((b) => b === 0x5a));
+          assert.ok(out.subarray(op.outOff + want.length).every((b) => b === 0x5a));
+          if (!got.equals(want)) {
+            assert.deepEqual(setBits(got), setBits(want), `t=${t} p=${p} iova=${iova} length=${length} report [${start}, +${len})`);
+          }
+          reports++;
+          if (Math.ceil(len / p) > 256) beyond256++;
+        }
+        assert.equal(bm.dirtyCount(), model.count());
+      }
+    }),
+    { numRuns: 400 },
+  );
+  assert.ok(beyond256 > reports / 10, `${beyond256} of ${reports} reports went past 256 bits`);
+  console.log(`# ${reports} reports compared, ${beyond256} of them past 256 bits`);
+});
+
+test('property: DirtyLog over several ranges matches one model per range', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 9, max: 16 }),
+      fc.array(fc.record({ gap: fc.integer({ min: 0, max: 3 }), pages: fc.integer({ min: 1, max: 600 }), extra: fc.nat({ max: 511 }) }), { minLength: 1, maxLength: 5 }),
+      fc.array(fc.tuple(fc.double({ min: 0, max: 1, noNaN: true }), fc.integer({ min: 1, max: 1 << 18 })), { maxLength: 30 }),
+      fc.integer({ min: 9, max: 18 }),
+      (tExp, spec, marks, pExp) => {
+        const t = 2 ** tExp;
+        const ranges: { iova: number; length: number }[] = [];
+        let at = 0x4000_0000;
+        for (const s of spec) {
+          at += s.gap * t;
+          const length = s.pages * t + s.extra;
+          ranges.push({ iova: at, length });
+          at += length;
+        }
+        const log = new DirtyLog();
+        log.start(t, [...ranges].reverse());
+        const models = ranges.map((r) => new Model(r.iova, r.length, t));
+        const span = at - ranges[0]!.iova;
+        for (const [u, len] of marks) {
+          const a = ranges[0]!.iova + Math.floor(u * span);
+          log.mark(a, len);
+          for (const m of models) m.mark(a, len);
+        }
+        const p = 2 ** pExp;
+        for (const [i, r] of ranges.entries()) {
+          const want = models[i]!.report(r.iova, r.length, p);
+          const out = Buffer.alloc(want.length);
+          log.report(r.iova, r.length, p, out);
+          assert.ok(out.equals(want), `range ${i}`);
+        }
+        assert.equal(log.dirtyCount(), 0);
+      },
+    ),
+    { numRuns: 150 },
+  );
+});
