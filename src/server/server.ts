@@ -43,7 +43,7 @@ export class VfioUserServer extends EventEmitter {
 
   private constructor(
     readonly device: VfioUserDevice,
-    private readonly serveOpts: ServeOptions,
+    serveOpts: ServeOptions,
   ) {
     super();
     this.opts = sessionOptions(serveOpts);
