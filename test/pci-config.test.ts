@@ -689,7 +689,19 @@ test('snapshot/restore: round trip into an identical device; mismatches are EINV
   const bad3 = Buffer.from(snap);
   bad3[Cfg.BAR2] = 0; // BAR flags
   throwsErrno(() => other.restore(bad3), Errno.EINVAL, 'different BAR kind');
+  const bad4 = Buffer.from(snap);
+  bad4[0x60 + Msix.TABLE] ^= 0x08; // MSI-X table offset: read-only, not a header
+  throwsErrno(() => other.restore(bad4), Errno.EINVAL, 'different MSI-X layout');
+  const bad5 = Buffer.from(snap);
+  bad5[Cfg.BAR0] |= 0x10; // below the 16 KiB BAR's size: always 0
+  throwsErrno(() => other.restore(bad5), Errno.EINVAL, 'impossible BAR value');
   assert.equal(state(other), before);
+  // Bits the device drives itself travel with the snapshot.
+  src.setIntxStatus(true);
+  src.setMsiPending(31, true);
+  other.restore(src.snapshot());
+  assert.ok((other.status & PciStatus.INTERRUPT) !== 0);
+  assert.equal(other.msi?.pending, 0x80000000);
 });
 
 // ---- properties -------------------------------------------------------------

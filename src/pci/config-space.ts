@@ -255,8 +255,8 @@ export class PciConfigSpace {
   private readonly powerOn: Buffer;
   private readonly wmask: Buffer;
   private readonly w1cmask: Buffer;
-  /** Bits that describe the device's layout; a snapshot must agree on them. */
-  private readonly cmask: Buffer;
+  /** Read-only bits the device itself changes (INTx status, MSI pending). */
+  private readonly dmask: Buffer;
   private readonly protectedRanges: [number, number][] = [];
   private readonly watchers: Watcher[] = [];
   private readonly caps: CapRecord[] = [];
@@ -285,7 +285,7 @@ export class PciConfigSpace {
     this.powerOn = Buffer.alloc(this.size);
     this.wmask = Buffer.alloc(this.size);
     this.w1cmask = Buffer.alloc(this.size);
-    this.cmask = Buffer.alloc(this.size);
+    this.dmask = Buffer.alloc(this.size);
 
     this.init16(Cfg.VENDOR_ID, checkInt('vendorId', opts.vendorId, 0, 0xffff));
     this.init16(Cfg.DEVICE_ID, checkInt('deviceId', opts.deviceId, 0, 0xffff));
@@ -297,19 +297,10 @@ export class PciConfigSpace {
     this.init16(Cfg.SUBSYS_VENDOR, checkInt('subsystemVendorId', opts.subsystemVendorId ?? 0, 0, 0xffff));
     this.init16(Cfg.SUBSYS_ID, checkInt('subsystemId', opts.subsystemId ?? 0, 0, 0xffff));
     this.init8(Cfg.INT_PIN, checkInt('interruptPin', opts.interruptPin ?? 0, 0, 4));
-    for (const [off, n] of [
-      [Cfg.VENDOR_ID, 4],
-      [Cfg.REVISION, 4],
-      [Cfg.HEADER_TYPE, 1],
-      [Cfg.SUBSYS_VENDOR, 4],
-      [Cfg.CAP_PTR, 1],
-      [Cfg.INT_PIN, 1],
-    ] as const) {
-      this.fill(this.cmask, off, n, 0xff);
-    }
 
     this.mask(this.wmask, Cfg.COMMAND, 2, COMMAND_WMASK);
     this.mask(this.w1cmask, Cfg.STATUS, 2, STATUS_RW1C);
+    this.dmask[Cfg.STATUS] = PciStatus.INTERRUPT;
     this.wmask[Cfg.CACHE_LINE] = 0xff;
     this.wmask[Cfg.LATENCY] = 0xff;
     this.wmask[Cfg.INT_LINE] = 0xff;
@@ -375,14 +366,12 @@ export class PciConfigSpace {
     if (spec.kind === 'io') {
       this.init32(off, BarFlag.IO);
       this.mask(this.wmask, off, 4, ~(sizingSize - 1) & ~BarFlag.IO_FLAGS_MASK);
-      this.mask(this.cmask, off, 4, BarFlag.IO_FLAGS_MASK);
       return;
     }
     const flags = (is64 ? BarFlag.MEM_TYPE_64 : BarFlag.MEM_TYPE_32) | (prefetchable ? BarFlag.PREFETCH : 0);
     const addrMask = ~(BigInt(sizingSize) - 1n) & 0xffff_ffff_ffff_fff0n;
     this.init32(off, flags);
     this.mask(this.wmask, off, 4, Number(addrMask & 0xffff_ffffn));
-    this.mask(this.cmask, off, 4, BarFlag.MEM_FLAGS_MASK);
     if (is64) {
       this.barUpper[index + 1] = true;
       this.mask(this.wmask, off + 4, 4, Number(addrMask >> 32n));
@@ -405,7 +394,6 @@ export class PciConfigSpace {
     const pmc = 3 /* PCI PM 1.2 */ | (opts.d1 ? Pm.PMC_D1 : 0) | (opts.d2 ? Pm.PMC_D2 : 0) | (pme << Pm.PMC_PME_SHIFT);
     this.init16(off + Pm.PMC, pmc);
     this.init16(off + Pm.PMCSR, opts.noSoftReset === false ? 0 : Pm.CSR_NO_SOFT_RESET);
-    this.fill(this.cmask, off + Pm.PMC, 2, 0xff);
     this.mask(this.wmask, off + Pm.PMCSR, 2, Pm.CSR_STATE_MASK | Pm.CSR_PME_ENABLE);
     this.mask(this.w1cmask, off + Pm.PMCSR, 2, Pm.CSR_PME_STATUS);
     this.pmOff = off;
@@ -434,11 +422,14 @@ export class PciConfigSpace {
     const off = this.addCap(CapId.MSI, msiCapSize(is64, pvm), false, opts.offset);
     this.init16(off + Msi.CONTROL, (mmc << Msi.CTRL_MMC_SHIFT) | (is64 ? Msi.CTRL_64BIT : 0) | (pvm ? Msi.CTRL_PVM : 0));
     this.mask(this.wmask, off + Msi.CONTROL, 2, Msi.CTRL_ENABLE | Msi.CTRL_MME_MASK);
-    this.mask(this.cmask, off + Msi.CONTROL, 2, Msi.CTRL_MMC_MASK | Msi.CTRL_64BIT | Msi.CTRL_PVM);
     this.mask(this.wmask, off + Msi.ADDRESS_LO, 4, 0xfffffffc);
     if (is64) this.mask(this.wmask, off + Msi.ADDRESS_HI, 4, 0xffffffff);
     this.mask(this.wmask, off + (is64 ? Msi.DATA_64 : Msi.DATA_32), 2, 0xffff);
-    if (pvm) this.mask(this.wmask, off + (is64 ? Msi.MASK_64 : Msi.MASK_32), 4, opts.vectors === 32 ? 0xffffffff : (1 << opts.vectors) - 1);
+    if (pvm) {
+      const vmask = opts.vectors === 32 ? 0xffffffff : (1 << opts.vectors) - 1;
+      this.mask(this.wmask, off + (is64 ? Msi.MASK_64 : Msi.MASK_32), 4, vmask);
+      this.mask(this.dmask, off + (is64 ? Msi.PENDING_64 : Msi.PENDING_32), 4, vmask);
+    }
     this.msiOff = off;
     const len = msiCapSize(is64, pvm);
     this.watch(off, len, {
@@ -473,8 +464,6 @@ export class PciConfigSpace {
     this.init32(off + Msix.TABLE, (opts.tableOffset | opts.tableBar) >>> 0);
     this.init32(off + Msix.PBA, (opts.pbaOffset | opts.pbaBar) >>> 0);
     this.mask(this.wmask, off + Msix.CONTROL, 2, Msix.CTRL_ENABLE | Msix.CTRL_FUNCTION_MASK);
-    this.mask(this.cmask, off + Msix.CONTROL, 2, Msix.CTRL_TABLE_SIZE_MASK);
-    this.fill(this.cmask, off + Msix.TABLE, 8, 0xff);
     this.msixOff = off;
     this.watch(off + Msix.CONTROL, 2, {
       after: (w, queue) => {
@@ -507,7 +496,6 @@ export class PciConfigSpace {
     const ari = type === PcieDeviceType.ROOT_PORT || type === PcieDeviceType.DOWNSTREAM_PORT;
     this.init32(off + Exp.DEVCAP2, Exp.DEVCAP2_CTO_RANGES_MASK | Exp.DEVCAP2_CTO_DISABLE | (ari ? Exp.DEVCAP2_ARI : 0));
     this.mask(this.wmask, off + Exp.DEVCTL2, 2, Exp.DEVCTL2_CTO_VALUE_MASK | Exp.DEVCTL2_CTO_DISABLE | (ari ? Exp.DEVCTL2_ARI : 0));
-    this.fill(this.cmask, off + Exp.FLAGS, 6, 0xff);
     this.expOff = off;
     this.flrCapable = flr;
     // "Initiate FLR" is outside wmask, so it always reads back 0.
@@ -671,11 +659,16 @@ export class PciConfigSpace {
     return Buffer.from(this.config);
   }
 
-  /** Loads a snapshot() of a device built the same way (EINVAL otherwise); no hooks run. */
+  /**
+   * Loads a snapshot() of a device built the same way: every read-only bit
+   * the device does not drive must match, else EINVAL and nothing changes.
+   * No hooks run.
+   */
   restore(buf: Buffer | Uint8Array): void {
     if (buf.length !== this.size) fail(Errno.EINVAL, `config snapshot has ${buf.length} bytes, expected ${this.size}`);
     for (let a = 0; a < this.size; a++) {
-      if (((buf[a]! ^ this.config[a]!) & this.cmask[a]!) !== 0) {
+      const fixed = ~(this.wmask[a]! | this.w1cmask[a]! | this.dmask[a]!) & 0xff;
+      if (((buf[a]! ^ this.config[a]!) & fixed) !== 0) {
         fail(Errno.EINVAL, `config snapshot disagrees with the device layout at 0x${a.toString(16)}`);
       }
     }
@@ -843,7 +836,6 @@ export class PciConfigSpace {
     const off = barOffset(index);
     this.init32(off, 0);
     this.fill(this.wmask, off, 4, 0);
-    this.fill(this.cmask, off, 4, 0);
   }
 
   /** Places a capability, protects its header, links the chain and returns its offset. */
@@ -852,7 +844,6 @@ export class PciConfigSpace {
     this.caps.push({ id, offset: off, length, alloc: align4(length), extended, readonly });
     const hdr = headerLen ?? (extended ? 4 : 2);
     this.protectedRanges.push([off, off + (readonly ? length : hdr)]);
-    this.fill(this.cmask, off, readonly ? length : hdr, 0xff);
     if (extended) this.init32(off, extCapHeader(id, 1, 0));
     else this.init8(off, id);
     this.relink(extended);
@@ -899,7 +890,6 @@ export class PciConfigSpace {
     this.init8(Cfg.CAP_PTR, list[0]?.offset ?? 0);
     list.forEach((c, i) => this.init8(c.offset + 1, list[i + 1]?.offset ?? 0));
     for (const b of [this.config, this.powerOn]) b[Cfg.STATUS] = b[Cfg.STATUS]! | (list.length > 0 ? PciStatus.CAP_LIST : 0);
-    this.cmask[Cfg.STATUS] = this.cmask[Cfg.STATUS]! | PciStatus.CAP_LIST;
   }
 
   private watchVendor(off: number, bodyAt: number, len: number): void {
