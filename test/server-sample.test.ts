@@ -191,6 +191,7 @@ describe('server with the sample device', () => {
   });
 
   test('reconnect after the client vanishes: mappings and fds dropped, state kept', async () => {
+    await until(() => srv.server.session === null);
     const fds0 = fdCount();
     const maps0 = native!.liveMappings();
     for (let round = 0; round < 20; round++) {

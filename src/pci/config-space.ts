@@ -379,6 +379,11 @@ export class PciConfigSpace {
   }
 
   /** Expansion ROM BAR; the size is rounded up to a power of two of at least 2 KiB; 0 removes it. */
+  /** Interrupt pin (0 none, 1..4 INTA..INTD); read-only for the guest. */
+  setInterruptPin(pin: 0 | 1 | 2 | 3 | 4): void {
+    this.init8(Cfg.INT_PIN, checkInt('interruptPin', pin, 0, 4));
+  }
+
   setRom(size: number): void {
     checkInt('ROM size', size, 0, MAX_ROM);
     this.romSize = size;
