@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -184,11 +185,13 @@ static int fill_addr(napi_env env, napi_value v, struct sockaddr_un *addr) {
     return 0;
 }
 
-/* listen(path, backlog, mode): the socket file is created with `mode` (the
- * umask is narrowed around bind so it is never wider, even briefly). */
+/* listen(path, backlog, mode): the socket file appears at `path` only once
+ * it is listening (bound under a temporary name, then renamed), so a client
+ * polling for the file never meets ECONNREFUSED; it is created with `mode`
+ * (the umask is narrowed around bind so it is never wider, even briefly). */
 static napi_value n_listen(napi_env env, napi_callback_info info) {
     napi_value argv[3];
-    struct sockaddr_un addr;
+    struct sockaddr_un addr, tmp;
     int32_t backlog = 16, mode = 0600;
     int fd, rc, err;
     mode_t old;
@@ -196,20 +199,27 @@ static napi_value n_listen(napi_env env, napi_callback_info info) {
     if ((rc = fill_addr(env, argv[0], &addr)) < 0) return throw_errno(env, "listen", -rc);
     if (!is_nullish(env, argv[1])) get_i32(env, argv[1], &backlog);
     if (!is_nullish(env, argv[2])) get_i32(env, argv[2], &mode);
+    tmp = addr;
+    if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", addr.sun_path, (int)getpid()) >=
+        (int)sizeof(tmp.sun_path)) {
+        return throw_errno(env, "listen", ENAMETOOLONG);
+    }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return throw_errno(env, "socket", errno);
+    unlink(tmp.sun_path);
     old = umask(0777 & ~mode);
-    rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    rc = bind(fd, (struct sockaddr *)&tmp, sizeof(tmp));
     err = errno;
     umask(old);
     if (rc < 0) {
         close(fd);
         return throw_errno(env, "bind", err);
     }
-    if (chmod(addr.sun_path, mode) < 0 || listen(fd, backlog) < 0) {
+    if (chmod(tmp.sun_path, mode) < 0 || listen(fd, backlog) < 0 ||
+        rename(tmp.sun_path, addr.sun_path) < 0) {
         err = errno;
         close(fd);
-        unlink(addr.sun_path);
+        unlink(tmp.sun_path);
         return throw_errno(env, "listen", err);
     }
     return make_int(env, fd);
@@ -763,6 +773,32 @@ static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
     return make_int(env, n == sizeof(v) ? 0 : -EIO);
 }
 
+/* ------------------------------------------------------------------ process */
+
+/* waitpid(pid, nohang) -> [pid, exitCode, signal] ([0,..] when still running,
+ * [-errno,..] on failure).  Node cannot reap a child it did not spawn: the
+ * libvfio-user sample client forks and its parent execs our server, which
+ * then owns the client process (see the interop test's wrapper). */
+static napi_value n_waitpid(napi_env env, napi_callback_info info) {
+    napi_value argv[2], arr;
+    int32_t pid;
+    bool nohang = false;
+    int status = 0;
+    pid_t r;
+    if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &pid) < 0) {
+        return throw_last(env);
+    }
+    napi_get_value_bool(env, argv[1], &nohang);
+    do {
+        r = waitpid(pid, &status, nohang ? WNOHANG : 0);
+    } while (r < 0 && errno == EINTR);
+    CHECK(napi_create_array_with_length(env, 3, &arr));
+    napi_set_element(env, arr, 0, make_int(env, r < 0 ? -errno : r));
+    napi_set_element(env, arr, 1, make_int(env, r > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1));
+    napi_set_element(env, arr, 2, make_int(env, r > 0 && WIFSIGNALED(status) ? WTERMSIG(status) : 0));
+    return arr;
+}
+
 /* --------------------------------------------------------------------- init */
 
 #define EXPORT_FN(name, fn)                                                    \
@@ -799,6 +835,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("eventfd", n_eventfd);
     EXPORT_FN("eventfdRead", n_eventfd_read);
     EXPORT_FN("eventfdWrite", n_eventfd_write);
+    EXPORT_FN("waitpid", n_waitpid);
     return exports;
 }
 

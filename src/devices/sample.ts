@@ -80,6 +80,7 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
       device.irqs.trigger(IrqIndex.INTX, 0);
     }
     st.interrupts++;
+    device.log('debug', 'timer interrupt raised; doing DMA');
     try {
       await dmaIo(1, false);
       await dmaIo(0, true);
@@ -92,7 +93,11 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   // Writes 4 KiB in 1 KiB chunks, reads it back in 2 KiB chunks, compares.
   const dmaIo = async (slot: number, messages: boolean): Promise<void> => {
     const m = slots[slot];
-    if (!m) return;
+    if (!m) {
+      device.log('debug', `no DMA region in slot ${slot}`);
+      return;
+    }
+    device.log('debug', `DMA ${messages ? 'by messages' : 'direct'} at 0x${m.iova.toString(16)}`);
     const buf = Buffer.alloc(CHUNK * CHUNKS);
     for (let i = 0; i < CHUNKS; i++) {
       const chunk = buf.subarray(i * CHUNK, (i + 1) * CHUNK).fill(0x41 + i);

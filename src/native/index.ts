@@ -46,6 +46,8 @@ export interface NativeAddon {
   eventfd(initial?: number, flags?: number): number;
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value?: number): number;
+  /** [pid (0: still running, <0: -errno), exit code (-1 if none), signal]. */
+  waitpid(pid: number, nohang: boolean): [number, number, number];
 }
 
 export class NativeUnavailableError extends Error {

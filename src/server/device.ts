@@ -90,6 +90,7 @@ export class VfioUserDevice extends EventEmitter {
     });
     this.dma = new DmaController({ ...defaultDmaLimits });
     this.dma.dirty = (iova, length) => this.logging.mark(iova, length);
+    this.dma.log = (m) => this.log('warn', m);
   }
 
   private mutable(): void {

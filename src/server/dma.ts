@@ -91,6 +91,8 @@ export class DmaController {
   onMap: ((m: DmaMappingInfo) => void) | null = null;
   onUnmap: ((m: DmaMappingInfo) => void) | null = null;
   private warnedUnsealed = false;
+  /** Where the controller reports noteworthy conditions. */
+  log: (message: string) => void = () => {};
 
   constructor(readonly limits: DmaLimits = defaultDmaLimits) {}
 
@@ -199,7 +201,7 @@ export class DmaController {
       const seals = native.getSeals(fd);
       if (seals < 0 || (seals & 0x2) === 0) {
         this.warnedUnsealed = true;
-        process.emitWarning('vfio-user: DMA-mapped file is not sealed against shrinking; a client truncating it would crash this server (SIGBUS)');
+        this.log('DMA-mapped file is not sealed against shrinking: a client truncating it would crash this server (SIGBUS)');
       }
     }
   }

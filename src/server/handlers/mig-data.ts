@@ -21,8 +21,13 @@ export function migDataRead(s: Session, f: Frame, via: Endpoint): void | Promise
   const limit = Math.min(s.opts.maxDataXferSize, s.clientCaps?.maxDataXferSize ?? s.opts.maxDataXferSize);
   if (size > limit) throw einval(`MIG_DATA_READ of ${size} bytes exceeds max_data_xfer_size ${limit}`);
   if (argsz < MigDataStruct.size + size) throw einval('MIG_DATA_READ argsz too small');
-  const send = (data: Buffer): void =>
-    s.conn.reply(via, f, MigDataStruct.encode({ argsz: MigDataStruct.size + data.length, size: data.length }), data.length ? data : null);
+  // argsz and size give what the device produced; like libvfio-user we pad
+  // the payload to the size asked for, because libvfio-user's client reads
+  // exactly that many bytes (a shorter reply looks like a broken stream).
+  const send = (data: Buffer): void => {
+    const body = data.length < size ? Buffer.concat([data, Buffer.alloc(size - data.length)]) : data;
+    s.conn.reply(via, f, MigDataStruct.encode({ argsz: MigDataStruct.size + data.length, size: data.length }), body.length ? body : null);
+  };
   const r = mig.read(size);
   if (r instanceof Promise) return r.then(send);
   send(r);
