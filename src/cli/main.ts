@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // vfu: the vfio-user command line.
 import { Command } from 'commander';
+import { demoCommand } from './demo.js';
 import { serveCommand } from './serve.js';
 
 const program = new Command();
@@ -18,6 +19,15 @@ program
   .option('--precopy-mib <n>', 'bigstate: MiB streamed in pre-copy')
   .option('--max-data-xfer-size <bytes>', 'largest data transfer accepted')
   .action(serveCommand);
+
+program
+  .command('demo')
+  .description('live-migrate a running sample device between two servers, verified by checksum')
+  .option('--guest-mib <n>', 'guest RAM size in MiB', '64')
+  .option('--rounds <n>', 'maximum pre-copy rounds', '6')
+  .option('--json', 'print the migration report as JSON')
+  .option('-q, --quiet', 'no progress output')
+  .action(demoCommand);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`vfu: ${(e as Error).message}\n`);

@@ -545,6 +545,11 @@ export class VfioUserClient extends EventEmitter {
     }
   }
 
+  /** Interrupt types wired with eventfds (index and vector count). */
+  get interruptConfig(): { index: number; count: number }[] {
+    return [...this.irqConfig.entries()].map(([index, count]) => ({ index, count }));
+  }
+
   /** MASK/UNMASK (DATA_NONE) for a vector range. */
   async maskInterrupts(index: number, start: number, count: number, masked: boolean): Promise<void> {
     const flags = IrqSetFlag.DATA_NONE | (masked ? IrqSetFlag.ACTION_MASK : IrqSetFlag.ACTION_UNMASK);

@@ -16,6 +16,8 @@ export interface GuestRange {
   readonly fd: number;
   /** Pages written by the server through DMA_WRITE messages. */
   readonly messageDirty: Uint8Array;
+  /** Pages written by the guest's CPUs (through GuestMemory.write). */
+  readonly cpuDirty: Uint8Array;
 }
 
 export class GuestMemory {
@@ -46,7 +48,8 @@ export class GuestMemory {
     } else {
       bytes = Buffer.alloc(size);
     }
-    const r: GuestRange = { iova, size, bytes, fd, messageDirty: new Uint8Array(Math.ceil(size / PAGE_SIZE)) };
+    const pages = Math.ceil(size / PAGE_SIZE);
+    const r: GuestRange = { iova, size, bytes, fd, messageDirty: new Uint8Array(pages), cpuDirty: new Uint8Array(pages) };
     this.ranges.push(r);
     this.ranges.sort((a, b) => a.iova - b.iova);
     if (ab) this.abs.set(r, ab);
@@ -68,6 +71,33 @@ export class GuestMemory {
     const r = this.within(iova, length);
     if (!r) throw new VfuError(Errno.EFAULT, `guest range [0x${iova.toString(16)}, +${length}) not present`);
     return r.bytes.subarray(iova - r.iova, iova - r.iova + length);
+  }
+
+  /** A guest CPU write: stores `data` and logs the pages dirty. */
+  write(iova: number, data: Buffer): void {
+    data.copy(this.view(iova, data.length));
+    const r = this.find(iova)!;
+    const first = Math.floor((iova - r.iova) / PAGE_SIZE);
+    const last = Math.floor((iova - r.iova + Math.max(1, data.length) - 1) / PAGE_SIZE);
+    r.cpuDirty.fill(1, first, last + 1);
+  }
+
+  /**
+   * Takes (and clears) every page of `r` dirtied by the CPU or by message
+   * DMA, as page numbers within the range.
+   */
+  takeDirty(r: GuestRange): number[] {
+    const out: number[] = [];
+    const a = r.cpuDirty;
+    const b = r.messageDirty;
+    for (let i = 0; i < a.length; i++) {
+      if (a[i] || b[i]) {
+        out.push(i);
+        a[i] = 0;
+        b[i] = 0;
+      }
+    }
+    return out;
   }
 
   /** Records pages the server wrote by message. */

@@ -164,7 +164,23 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   });
   device.onReset(() => {});
 
+  const STOP_COPY_SIZE = BAR1_SIZE + 8;
+  let incoming = Buffer.alloc(0);
   const total = (): number => BAR1_SIZE + (migState === MigState.STOP_COPY ? 8 : 0);
+  /** Applies the collected stream at RESUMING -> STOP (and may refuse it). */
+  const applyIncoming = (): void => {
+    const n = incoming.length;
+    if (n !== STOP_COPY_SIZE && n !== BAR1_SIZE + STOP_COPY_SIZE) {
+      incoming = Buffer.alloc(0);
+      // Refuse, and go to ERROR: only a reset brings the device back.
+      throw Object.assign(new Error(`incomplete migration stream (${n} bytes)`), { errno: 22, enterError: true });
+    }
+    const img = incoming.subarray(n - STOP_COPY_SIZE);
+    img.copy(st.bar1, 0, 0, BAR1_SIZE);
+    bar0 = img.readBigInt64LE(BAR1_SIZE);
+    transferred = STOP_COPY_SIZE;
+    incoming = Buffer.alloc(0);
+  };
   const bar0Bytes = (): Buffer => {
     const b = Buffer.alloc(8);
     b.writeBigInt64LE(bar0);
@@ -173,7 +189,9 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   device.setupMigration({
     features: { preCopy: opts.preCopy ?? true },
     ...(opts.v1 ? { v1: true } : {}),
-    transition(_from, to) {
+    transition(from, to) {
+      if (from === MigState.RESUMING && to === MigState.STOP) applyIncoming();
+      if (to === MigState.RESUMING) incoming = Buffer.alloc(0);
       if (to === MigState.STOP_COPY) {
         disarm();
         transferred = 0;
@@ -205,22 +223,14 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
       return out;
     },
     writeData(data) {
-      let i = 0;
-      while (i < data.length && transferred < BAR1_SIZE + 8) {
-        if (transferred < BAR1_SIZE) {
-          const n = Math.min(data.length - i, BAR1_SIZE - transferred);
-          data.copy(st.bar1, transferred, i, i + n);
-          i += n;
-          transferred += n;
-        } else {
-          const b = bar0Bytes();
-          const n = Math.min(data.length - i, BAR1_SIZE + 8 - transferred);
-          data.copy(b, transferred - BAR1_SIZE, i, i + n);
-          bar0 = b.readBigInt64LE(0);
-          i += n;
-          transferred += n;
-        }
+      // v2 carries pre-copy and stop-copy data as one stream, so a
+      // destination sees either the stop-copy image alone (12,296 bytes, as
+      // libvfio-user's client sends) or the pre-copy image first (12,288 +
+      // 12,296).  Collect it and decode when RESUMING ends.
+      if (incoming.length + data.length > BAR1_SIZE + STOP_COPY_SIZE) {
+        throw Object.assign(new Error('migration stream too long'), { errno: 22 });
       }
+      incoming = Buffer.concat([incoming, data]);
     },
     precopyInfo: () => ({ initialBytes: Math.max(0, BAR1_SIZE - transferred), dirtyBytes: 0 }),
     stopCopySize: () => BAR1_SIZE + 8,

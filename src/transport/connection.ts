@@ -76,6 +76,8 @@ export class Connection {
   onClose: (err: Error | null) => void = () => {};
   /** Protocol oddities seen (unknown reply ids, mismatched replies). */
   protocolErrors = 0;
+  /** Traffic counters (messages and bytes, both directions). */
+  readonly stats = { sent: 0, received: 0, bytesSent: 0, bytesReceived: 0 };
 
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
@@ -118,6 +120,8 @@ export class Connection {
   }
 
   private onFrame(f: Frame, via: Endpoint): void {
+    this.stats.received++;
+    this.stats.bytesReceived += f.msgSize;
     if ((f.flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_REPLY) {
       this.onReply(f);
       return;
@@ -210,6 +214,8 @@ export class Connection {
   replyPrebuilt(via: Endpoint, req: Frame, frame: Buffer, extra: Buffer | null = null): void {
     if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
     const size = frame.length + (extra ? extra.length : 0);
+    this.stats.sent++;
+    this.stats.bytesSent += size;
     writeHeader(frame, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, 0);
     via.send(frame, extra, null);
   }
@@ -225,6 +231,8 @@ export class Connection {
     extra: Buffer | null,
     fds: readonly number[] | null,
   ): void {
+    this.stats.sent++;
+    this.stats.bytesSent += size;
     if (payload === null || payload.length === 0) {
       writeHeader(this.hdr, id, cmd, size, flags, errno);
       ep.send(this.hdr, extra && extra.length ? extra : null, fds);
