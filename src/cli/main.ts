@@ -2,6 +2,9 @@
 // vfu: the vfio-user command line.
 import { Command } from 'commander';
 import { demoCommand } from './demo.js';
+import { lspciCommand } from './lspci.js';
+import { migrateCommand } from './migrate.js';
+import { receiveCommand } from './receive.js';
 import { serveCommand } from './serve.js';
 
 const program = new Command();
@@ -28,6 +31,36 @@ program
   .option('--json', 'print the migration report as JSON')
   .option('-q, --quiet', 'no progress output')
   .action(demoCommand);
+
+program
+  .command('lspci')
+  .description('print a device the way lspci -vv would')
+  .argument('<socket>', 'server socket path')
+  .option('--json', 'machine-readable output')
+  .action(lspciCommand);
+
+program
+  .command('migrate')
+  .description('live-migrate a device to another server, here or on another host')
+  .requiredOption('--from <path>', 'source server socket')
+  .requiredOption('--to <dest>', 'destination server socket, or tcp://HOST:PORT of `vfu receive`')
+  .option('--rounds <n>', 'maximum pre-copy rounds')
+  .option('--converge-kib <n>', 'switch over when this much (KiB) is estimated left')
+  .option('--chunk-kib <n>', 'MIG_DATA_READ size in KiB')
+  .option('--guest-mib <n>', 'also map and migrate this much simulated guest RAM')
+  .option('--no-precopy', 'stop-copy only')
+  .option('--json', 'print the report as JSON')
+  .option('-q, --quiet', 'no progress bar')
+  .action(migrateCommand);
+
+program
+  .command('receive')
+  .description('receive a migration over TCP and apply it to a destination server')
+  .requiredOption('--listen <url>', 'tcp://HOST:PORT to listen on')
+  .requiredOption('--to <path>', 'destination server socket')
+  .option('--json', 'machine-readable result')
+  .option('--keep-listening', 'serve further migrations')
+  .action(receiveCommand);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`vfu: ${(e as Error).message}\n`);

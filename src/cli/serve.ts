@@ -28,7 +28,7 @@ export async function serveCommand(name: string, o: ServeCliOptions): Promise<vo
     if (o.verbose) process.stderr.write(`vfu[${process.pid}] ${name}: ${msg}\n`);
   };
   device.on('log', (level: string, msg: string) => {
-    if (o.verbose || level === 'error') process.stderr.write(`vfu[${process.pid}] ${name}: ${level}: ${msg}\n`);
+    if (o.verbose || level === 'error' || level === 'info') process.stderr.write(`vfu[${process.pid}] ${name}: ${level}: ${msg}\n`);
   });
   device.on('connected', () => log('client connected'));
   device.on('disconnected', () => log('client disconnected'));

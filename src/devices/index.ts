@@ -1,5 +1,6 @@
 // The sample devices `vfu serve NAME` can run.
 import type { VfioUserDevice } from '../server/device.js';
+import { createBigState } from './bigstate.js';
 import { createGpio } from './gpio.js';
 import { createSample } from './sample.js';
 
@@ -12,4 +13,9 @@ export interface DeviceFactoryOptions {
 export const deviceFactories: Record<string, (o: DeviceFactoryOptions) => VfioUserDevice> = {
   gpio: () => createGpio().device,
   sample: (o) => createSample({ ...(o.v1 ? { v1: true } : {}) }).device,
+  bigstate: (o) =>
+    createBigState({
+      ...(typeof o['stateMib'] === 'number' ? { stateMib: o['stateMib'] } : {}),
+      ...(typeof o['precopyMib'] === 'number' ? { precopyMib: o['precopyMib'] } : {}),
+    }).device,
 };

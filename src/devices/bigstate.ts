@@ -1,0 +1,111 @@
+// `bigstate`: the fixture for the migration benchmarks.  BAR0 is a 4 KiB
+// register block served by callbacks (bytes 0-7: a counter that increments
+// on every read; the rest reads back what was written).  Its migration
+// state is N MiB of deterministic pseudo-random bytes: pre-copy streams the
+// first M MiB, stop-copy the rest (all of it when there was no pre-copy).
+// A destination checks what it received and logs its CRC-32 on reaching STOP.
+import { crc32 } from 'node:zlib';
+import { MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { VfioUserDevice } from '../server/device.js';
+
+export interface BigStateOptions {
+  stateMib?: number;
+  precopyMib?: number;
+  /** Generate the state (source); a destination starts zeroed. */
+  seed?: number;
+}
+
+export interface BigStateDevice {
+  device: VfioUserDevice;
+  state: Buffer;
+  /** CRC-32 of the source state (what a destination must end up with). */
+  readonly expectedCrc: number;
+  /** Set on a destination once RESUMING -> STOP accepted the data. */
+  receivedCrc: number | null;
+  bar0Reads: bigint;
+}
+
+/** xorshift32 fill: fast, deterministic, no allocation per word. */
+export function fillPseudoRandom(buf: Buffer, seed: number): void {
+  const words = new Uint32Array(buf.buffer, buf.byteOffset, Math.floor(buf.length / 4));
+  let x = seed >>> 0 || 0x9e3779b9;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x >>> 0;
+  }
+  for (let i = words.length * 4; i < buf.length; i++) buf[i] = i & 0xff;
+}
+
+export function createBigState(o: BigStateOptions = {}): BigStateDevice {
+  const size = Math.round((o.stateMib ?? 64) * 1024 * 1024);
+  const pre = Math.min(size, Math.round((o.precopyMib ?? 0) * 1024 * 1024));
+  const device = new VfioUserDevice({ name: 'bigstate', pci: { vendorId: 0x1b36, deviceId: 0x0010, classCode: 0xff0000 } });
+  const state = Buffer.alloc(size);
+  fillPseudoRandom(state, o.seed ?? 1);
+  const expectedCrc = crc32(state);
+  const bar0 = Buffer.alloc(4096);
+  let counter = 0n;
+  let mig: MigStateId = MigState.RUNNING;
+  let pos = 0; // read position in the outgoing stream
+  let wpos = 0; // write position of the incoming stream
+  const st: BigStateDevice = {
+    device,
+    state,
+    expectedCrc,
+    receivedCrc: null,
+    get bar0Reads() {
+      return counter;
+    },
+  };
+
+  device.addRegion(PciRegion.BAR0, {
+    size: 4096,
+    access: {
+      read(offset, out) {
+        if (offset < 8) {
+          counter++;
+          bar0.writeBigUInt64LE(counter, 0);
+        }
+        bar0.copy(out, 0, offset, offset + out.length);
+      },
+      write(offset, data) {
+        const skip = offset < 8 ? 8 - offset : 0;
+        if (skip < data.length) data.copy(bar0, offset + skip, skip);
+      },
+    },
+  });
+  device.setupDma();
+  device.setupMigration({
+    features: { preCopy: true },
+    transition(from, to) {
+      if (to === MigState.PRE_COPY) pos = 0;
+      if (from === MigState.STOP && to === MigState.STOP_COPY) pos = 0;
+      if (to === MigState.RESUMING) wpos = 0;
+      if (from === MigState.RESUMING && to === MigState.STOP) {
+        if (wpos !== size) {
+          throw Object.assign(new Error(`bigstate: received ${wpos} of ${size} bytes`), { errno: 22, enterError: true });
+        }
+        st.receivedCrc = crc32(state);
+        device.log('info', `bigstate: received ${size} bytes, crc32 0x${st.receivedCrc.toString(16).padStart(8, '0')}`);
+      }
+      mig = to;
+    },
+    readData(max) {
+      const end = mig === MigState.STOP_COPY ? size : Math.max(pos, pre);
+      const n = Math.min(max, end - pos);
+      const out = state.subarray(pos, pos + n); // a view: sent before the next call
+      pos += n;
+      return out;
+    },
+    writeData(data) {
+      if (wpos + data.length > size) throw Object.assign(new Error('bigstate: stream too long'), { errno: 22 });
+      data.copy(state, wpos);
+      wpos += data.length;
+    },
+    precopyInfo: () => ({ initialBytes: Math.max(0, pre - pos), dirtyBytes: 0 }),
+    stopCopySize: () => size - (mig === MigState.PRE_COPY ? pos : 0),
+  });
+  return st;
+}
