@@ -2,6 +2,7 @@
 // vfu: the vfio-user command line.
 import { Command } from 'commander';
 import { serveCommand } from './serve.js';
+import { traceCommand } from './trace.js';
 
 const program = new Command();
 program.name('vfu').description('vfio-user for TypeScript: serve devices, inspect, migrate, trace').version('0.1.0');
@@ -18,6 +19,19 @@ program
   .option('--precopy-mib <n>', 'bigstate: MiB streamed in pre-copy')
   .option('--max-data-xfer-size <bytes>', 'largest data transfer accepted')
   .action(serveCommand);
+
+program
+  .command('trace')
+  .description('log every message between a vfio-user client and server (a transparent proxy), or decode a saved trace')
+  .option('--listen <path>', 'socket for the client to connect to (created mode 0600)')
+  .option('--connect <path>', "the real server's socket")
+  .option('--json [file]', 'live: also write JSON lines to FILE; --read: print JSON lines (to FILE if given)')
+  .option('--quiet', 'live: print nothing (JSON only)')
+  .option('--read <file>', 'decode a saved trace (JSON lines) instead of proxying')
+  .option('--label <name>', 'live: label field of every line')
+  .option('--max-payload <bytes>', 'live: payload bytes kept per message in the JSON (0: all; default 4 MiB)')
+  .option('--max-data <bytes>', 'data bytes shown in hex per line (default 16)')
+  .action(traceCommand);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`vfu: ${(e as Error).message}\n`);
