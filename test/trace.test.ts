@@ -231,6 +231,19 @@ describe('vfu trace between our client and our server', () => {
     await until(() => srv.server.session === null);
   });
 
+  test('an upstream that is not there: the client is closed, the failure logged', async () => {
+    const lost: TraceRecord[] = [];
+    const p2 = await startTraceProxy({ listen: join(t.dir, 'nowhere.sock'), connect: join(t.dir, 'missing.sock'), quiet: true, onRecord: (r) => lost.push(r) });
+    try {
+      await assert.rejects(VfioUserClient.connect(p2.path, { replyTimeoutMs: 5000 }));
+      const failed = lost.find((r) => (r as { event?: string }).event === 'connect-failed') as { error?: string } | undefined;
+      assert.equal(failed?.error, 'ENOENT');
+      assert.equal(p2.active, 0);
+    } finally {
+      await p2.close();
+    }
+  });
+
   test('what was printed and written: the recorded format, readable back, byte-exact', async () => {
     await proxy.close();
     const lines = readFileSync(jsonFile, 'utf8').split('\n').filter(Boolean);

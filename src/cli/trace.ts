@@ -366,9 +366,13 @@ class ProxyConnection {
     if (this.ending) return;
     this.ending = true;
     const open = this.eps.filter((e) => !e.closed);
-    void Promise.all(open.map((e) => e.whenDrained())).then(() => {
+    const closeAll = (): void => {
+      clearTimeout(timer);
       for (const e of this.eps) if (!e.closed) e.close();
-    });
+    };
+    // a peer that stopped reading must not keep the connection open forever
+    const timer = setTimeout(closeAll, 2000);
+    void Promise.all(open.map((e) => e.whenDrained())).then(closeAll);
   }
 }
 
