@@ -6,6 +6,7 @@ import { lspciCommand } from './lspci.js';
 import { migrateCommand } from './migrate.js';
 import { receiveCommand } from './receive.js';
 import { serveCommand } from './serve.js';
+import { traceCommand } from './trace.js';
 
 const program = new Command();
 program.name('vfu').description('vfio-user for TypeScript: serve devices, inspect, migrate, trace').version('0.1.0');
@@ -61,6 +62,19 @@ program
   .option('--json', 'machine-readable result')
   .option('--keep-listening', 'serve further migrations')
   .action(receiveCommand);
+
+program
+  .command('trace')
+  .description('log every message between a vfio-user client and server (a transparent proxy), or decode a saved trace')
+  .option('--listen <path>', 'socket for the client to connect to (created mode 0600)')
+  .option('--connect <path>', "the real server's socket")
+  .option('--json [file]', 'live: also write JSON lines to FILE; --read: print JSON lines (to FILE if given)')
+  .option('--quiet', 'live: print nothing (JSON only)')
+  .option('--read <file>', 'decode a saved trace (JSON lines) instead of proxying')
+  .option('--label <name>', 'live: label field of every line')
+  .option('--max-payload <bytes>', 'live: payload bytes kept per message in the JSON (0: all; default 4 MiB)')
+  .option('--max-data <bytes>', 'data bytes shown in hex per line (default 16)')
+  .action(traceCommand);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`vfu: ${(e as Error).message}\n`);

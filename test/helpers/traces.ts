@@ -22,6 +22,9 @@ export interface TraceMessage {
   fds: string[];
   payload_len: number;
   payload: string;
+  payload_truncated?: boolean;
+  /** `vfu trace`: the message went over the twin socket. */
+  twin?: boolean;
 }
 export interface TraceEvent {
   seq: number;
