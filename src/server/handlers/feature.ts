@@ -129,6 +129,8 @@ function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: 
       if (data.length < MigStateStruct.size) throw einval('short MIG_DEVICE_STATE');
       const target = data.readUInt32LE(0);
       const mig = s.device.migration!;
+      // ERROR is never a state to ask for, not even while in it.
+      if (target === MigState.ERROR) throw einval('migration state ERROR cannot be requested');
       if (target === mig.state) {
         // Requesting the current state is a no-op: no callback, no quiesce.
         s.conn.reply(via, f, echo);
