@@ -42,6 +42,7 @@ export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     fd: f.fds.length === 1 ? f.fds[0]! : null,
   };
   return quiesced(s, () => {
+    s.device.logging.checkMap(req.iova, req.size);
     const mapping = s.device.dma.map(req);
     f.fds = []; // the controller owns the descriptor now
     s.loggingOnMap(mapping.iova, mapping.size);
