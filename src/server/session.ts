@@ -33,13 +33,19 @@ interface Queued {
   via: Endpoint;
 }
 
-/** Commands a stopped device accepts (libvfio-user's list, plus read-only queries). */
+/**
+ * Commands a stopped device accepts (libvfio-user's list, plus read-only
+ * queries).  DIRTY_PAGES is the v1 equivalent of DMA_LOGGING_REPORT (which
+ * comes as DEVICE_FEATURE): a v1 client fetches dirty bitmaps in
+ * stop-and-copy, as libvfio-user's v1 allowed.
+ */
 const ALLOWED_WHEN_STOPPED = new Set<number>([
   Command.REGION_READ,
   Command.REGION_WRITE,
   Command.REGION_WRITE_MULTI,
   Command.DEVICE_FEATURE,
   Command.MIG_DATA_READ,
+  Command.DIRTY_PAGES,
   Command.DEVICE_GET_INFO,
   Command.DEVICE_GET_REGION_INFO,
   Command.DEVICE_GET_IRQ_INFO,
