@@ -5,7 +5,7 @@
 import { native } from '../native/index.js';
 import { type Capabilities } from '../protocol/capabilities.js';
 import { Command, Errno, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
-import { errnoOf } from '../protocol/errors.js';
+import { VfuError, errnoOf } from '../protocol/errors.js';
 import { DmaAccessStruct } from '../protocol/messages/dma.js';
 import { Connection } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
@@ -229,6 +229,16 @@ export class Session {
 
   loggingOnUnmap(iova: number, size: number): void {
     this.device.logging.onUnmap(iova, size);
+  }
+
+  /**
+   * E2BIG for a dirty bitmap larger than the client accepts in one reply
+   * (its migration.max_bitmap_size, else 256 MiB; never above 1 GiB):
+   * checked before the bitmap is allocated.
+   */
+  checkBitmapSize(bytes: number): void {
+    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? 256 * 1024 * 1024, 1 << 30);
+    if (bytes > limit) throw new VfuError(Errno.E2BIG, `bitmap of ${bytes} bytes is too large (limit ${limit})`);
   }
 
   /** Dirty bitmap of a range; ENOENT when it is not mapped at all. */

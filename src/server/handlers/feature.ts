@@ -110,8 +110,7 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
       }
       if (pageSize === 0 || (pageSize & (pageSize - 1)) !== 0 || pageSize > 2 ** 40) throw einval(`report page size ${pageSize}`);
       const size = bitmapSize(length, pageSize);
-      const limit = s.clientCaps?.migration?.maxBitmapSize ?? 256 * 1024 * 1024;
-      if (size > Math.min(limit, 1 << 30)) throw new VfuError(Errno.E2BIG, `bitmap of ${size} bytes is too large`);
+      s.checkBitmapSize(size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
       const bitmap = Buffer.alloc(size);
       s.reportDirty(iova, length, pageSize, bitmap);
