@@ -22,7 +22,7 @@ export interface FsmDevice {
 }
 
 /** A device with the given optional migration states that records its arcs. */
-export function createFsmDevice(features: MigrationFeatures, name = 'fsm'): FsmDevice {
+export function createFsmDevice(features: MigrationFeatures, name = 'fsm', v1 = false): FsmDevice {
   const device = new VfioUserDevice({ name, pci: { vendorId: 0x1234, deviceId: 0x0001 } });
   const st: FsmDevice = { device, hops: [], quiescedDuring: [], fail: new Map(), quiesces: 0 };
   device.onQuiesce(() => {
@@ -33,6 +33,7 @@ export function createFsmDevice(features: MigrationFeatures, name = 'fsm'): FsmD
   device.setupDma();
   device.setupMigration({
     features,
+    v1,
     transition(from, to) {
       st.hops.push([from, to]);
       st.quiescedDuring.push(device.dma.quiesced);
