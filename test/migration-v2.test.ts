@@ -39,7 +39,7 @@ import { closeFd, connect } from '../src/transport/socket.js';
 import { createFsmDevice, createStreamDevice, patternBytes, sha256, type FsmDevice, type Hop, type StreamDevice } from './helpers/mig-devices.js';
 import { rejectsWith, serve, tempDir, until, type Served } from './helpers/server.js';
 
-const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P } = MigState;
+const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
 const { GET, SET, PROBE } = FeatureFlag;
 const name = (s: number): string => migStateNames[s] ?? String(s);
 const ALL_FEATURES: MigrationFeatures[] = [
@@ -639,6 +639,61 @@ describe('v2: a large state, written in chunks of 64 KiB and more', () => {
     await rejectsWith(cd.migDataWrite(Buffer.alloc(1)), Errno.EOVERFLOW);
     await cd.setMigrationState(RUNNING);
     assert.equal(sha256(dst.state), sha256(stream));
+  });
+});
+
+describe('v2: the stream through the P2P states, and over node:net', () => {
+  const size = 2 * 1024 * 1024 + 333;
+  const precopy = 700_000;
+
+  test('PRE_COPY_P2P streams and sizes like PRE_COPY', async () => {
+    const src = createStreamDevice({ size, precopy, seed: 8, p2p: true });
+    const dst = createStreamDevice({ size, precopy, seed: 9, p2p: true });
+    const s1 = await serve(src.device);
+    const s2 = await serve(dst.device);
+    try {
+      const cs = await s1.connect();
+      const cd = await s2.connect();
+      await cs.setMigrationState(RUNNING_P2P);
+      await cs.setMigrationState(PRE_COPY_P2P);
+      assert.deepEqual(await cs.precopyInfo(), { initialBytes: precopy, dirtyBytes: 0 });
+      const pre = await readStream(cs, 65536);
+      assert.equal(pre.length, precopy);
+      await cs.setMigrationState(PRE_COPY); // still the same pre-copy stream
+      assert.equal((await cs.migDataRead(100)).length, 0);
+      await cs.setMigrationState(STOP_COPY);
+      await rejectsWith(cs.precopyInfo(), Errno.EINVAL);
+      const rest = await readStream(cs, 65536);
+      await cd.setMigrationState(RESUMING);
+      await writeStream(cd, Buffer.concat([pre, rest]), 300_000);
+      await cd.setMigrationState(RUNNING_P2P);
+      assert.equal(sha256(dst.state), sha256(src.state));
+    } finally {
+      await s1.close();
+      await s2.close();
+    }
+  });
+
+  test('1 MiB reads and writes over the node:net transport (no native addon)', async () => {
+    const src = createStreamDevice({ size, precopy, seed: 10 });
+    const dst = createStreamDevice({ size, precopy, seed: 11 });
+    const s1 = await serve(src.device, { transport: 'net' });
+    const s2 = await serve(dst.device, { transport: 'net' });
+    try {
+      const cs = await s1.connect();
+      const cd = await s2.connect();
+      await cs.setMigrationState(STOP_COPY);
+      const stream = await readStream(cs, 1 << 20);
+      assert.equal(sha256(stream), sha256(src.state));
+      await cd.setMigrationState(RESUMING);
+      await writeStream(cd, stream, 1 << 20);
+      assert.deepEqual(dst.writes, [1 << 20, 1 << 20, size - (2 << 20)]);
+      await cd.setMigrationState(RUNNING);
+      assert.equal(sha256(dst.state), sha256(src.state));
+    } finally {
+      await s1.close();
+      await s2.close();
+    }
   });
 });
 
