@@ -6,7 +6,11 @@
 // with GET_DIRTY_BITMAP).
 import { strict as assert } from 'node:assert';
 import { after, before, describe, test } from 'node:test';
-import type { VfioUserClient } from '../src/client/client.js';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { VfioUserClient } from '../src/client/client.js';
 import {
   V1Register,
   dirtyPagesGetBitmap,
@@ -39,7 +43,9 @@ import { VfuError } from '../src/protocol/errors.js';
 import { BitmapStruct, DmaMapStruct, DmaUnmapStruct } from '../src/protocol/messages/dma.js';
 import { BitmapRangeStruct, DirtyPagesStruct } from '../src/protocol/messages/migration.js';
 import { createFsmDevice, createStreamDevice, patternBytes, sha256 } from './helpers/mig-devices.js';
-import { rejectsWith, serve, type Served } from './helpers/server.js';
+import { rejectsWith, serve, tempDir, until, type Served } from './helpers/server.js';
+
+const cli = join(resolve(dirname(fileURLToPath(import.meta.url)), '..', '..'), 'dist', 'src', 'cli', 'main.js');
 
 const R = MIGR_REGION_V1_INDEX;
 const { STOP, RUNNING, SAVING, RESUMING } = MigV1State;
@@ -385,6 +391,37 @@ describe('v1 and v2 drive the same device callbacks', () => {
     } finally {
       await sx.close();
       await sy.close();
+    }
+  });
+});
+
+describe('v1 between two vfu serve --v1 processes', () => {
+  test('save with v1 from one process, restore with v1 into the other', async () => {
+    const t = tempDir('vfu-v1-');
+    const paths = [join(t.dir, 'a.sock'), join(t.dir, 'b.sock')];
+    const procs = paths.map((p) => spawn(process.execPath, [cli, 'serve', 'sample', '--v1', '--socket-path', p], { stdio: 'ignore' }));
+    const exits = procs.map((p) => new Promise<number | null>((res) => p.on('exit', (code) => res(code))));
+    const clients: VfioUserClient[] = [];
+    try {
+      await until(() => paths.every((p) => existsSync(p)), 10_000);
+      for (const p of paths) clients.push(await VfioUserClient.connect(p));
+      const [a, b] = clients as [VfioUserClient, VfioUserClient];
+      assert.equal((await a.deviceInfo()).numRegions, 10);
+      const bar1 = patternBytes(BAR1_SIZE, 51);
+      await a.regionWrite(PciRegion.BAR1, 0, bar1);
+      await setBar0(a, 5000n);
+      const chunks: Buffer[] = [];
+      await migrateV1Save(a, (ch) => void chunks.push(ch));
+      await migrateV1Restore(b, chunks);
+      assert.ok((await b.regionRead(PciRegion.BAR1, 0, BAR1_SIZE)).equals(bar1));
+      const now = BigInt(Math.floor(Date.now() / 1000));
+      const age = (await b.regionRead(PciRegion.BAR0, 0, 8)).readBigInt64LE(0);
+      assert.ok(age - (now - 5000n) >= -1n && age - (now - 5000n) <= 1n, 'BAR0 migrated');
+    } finally {
+      for (const c of clients) c.close();
+      for (const p of procs) p.kill('SIGTERM');
+      assert.deepEqual(await Promise.all(exits), [0, 0]);
+      t.cleanup();
     }
   });
 });
