@@ -5,14 +5,20 @@
 // (the second directly through its mapping, the first with DMA_READ/WRITE
 // messages) and checks what it reads back; BAR1 a 12 KiB memory area, the
 // first and last pages mmappable.  Its migration stream is BAR1 then BAR0:
-// 12,288 bytes in PRE_COPY, 12,296 in STOP_COPY.
+// 12,288 bytes in PRE_COPY, 12,296 in STOP_COPY.  A destination receives
+// whatever part of the pre-copy data the client read, then the stop-copy
+// image: the last 12,296 bytes are what it restores (RESUMING -> STOP fails
+// with EINVAL when data came but not a whole image).
 import { crc32 } from 'node:zlib';
-import { IrqIndex, MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { Errno, IrqIndex, MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
 import { VfioUserDevice } from '../server/device.js';
 import type { DmaMappingInfo } from '../server/dma.js';
 
 export const BAR1_SIZE = 0x3000;
 const CHUNK = 1024;
+/** The stop-copy image: BAR1 then BAR0. */
+const IMAGE = BAR1_SIZE + 8;
 const CHUNKS = 4;
 
 export interface SampleDevice {
@@ -36,6 +42,9 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   let timer: NodeJS.Timeout | null = null;
   let migState: MigStateId = MigState.RUNNING;
   let transferred = 0;
+  // Destination: the last IMAGE bytes received, as a ring, and how many came.
+  let incoming = Buffer.alloc(0);
+  let received = 0;
   const slots: (DmaMappingInfo | null)[] = new Array(96).fill(null);
   const st: SampleDevice = {
     device,
@@ -164,23 +173,7 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   });
   device.onReset(() => {});
 
-  const STOP_COPY_SIZE = BAR1_SIZE + 8;
-  let incoming = Buffer.alloc(0);
   const total = (): number => BAR1_SIZE + (migState === MigState.STOP_COPY ? 8 : 0);
-  /** Applies the collected stream at RESUMING -> STOP (and may refuse it). */
-  const applyIncoming = (): void => {
-    const n = incoming.length;
-    if (n !== STOP_COPY_SIZE && n !== BAR1_SIZE + STOP_COPY_SIZE) {
-      incoming = Buffer.alloc(0);
-      // Refuse, and go to ERROR: only a reset brings the device back.
-      throw Object.assign(new Error(`incomplete migration stream (${n} bytes)`), { errno: 22, enterError: true });
-    }
-    const img = incoming.subarray(n - STOP_COPY_SIZE);
-    img.copy(st.bar1, 0, 0, BAR1_SIZE);
-    bar0 = img.readBigInt64LE(BAR1_SIZE);
-    transferred = STOP_COPY_SIZE;
-    incoming = Buffer.alloc(0);
-  };
   const bar0Bytes = (): Buffer => {
     const b = Buffer.alloc(8);
     b.writeBigInt64LE(bar0);
@@ -190,13 +183,15 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
     features: { preCopy: opts.preCopy ?? true },
     ...(opts.v1 ? { v1: true } : {}),
     transition(from, to) {
-      if (from === MigState.RESUMING && to === MigState.STOP) applyIncoming();
-      if (to === MigState.RESUMING) incoming = Buffer.alloc(0);
+      if (from === MigState.RESUMING) restore();
       if (to === MigState.STOP_COPY) {
         disarm();
         transferred = 0;
-      } else if (to === MigState.PRE_COPY || to === MigState.RESUMING) {
+      } else if (to === MigState.PRE_COPY) {
         transferred = 0;
+      } else if (to === MigState.RESUMING) {
+        incoming = Buffer.alloc(IMAGE);
+        received = 0;
       } else if (to === MigState.RUNNING) {
         arm(bar0);
       }
@@ -223,18 +218,34 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
       return out;
     },
     writeData(data) {
-      // v2 carries pre-copy and stop-copy data as one stream, so a
-      // destination sees either the stop-copy image alone (12,296 bytes, as
-      // libvfio-user's client sends) or the pre-copy image first (12,288 +
-      // 12,296).  Collect it and decode when RESUMING ends.
-      if (incoming.length + data.length > BAR1_SIZE + STOP_COPY_SIZE) {
-        throw Object.assign(new Error('migration stream too long'), { errno: 22 });
-      }
-      incoming = Buffer.concat([incoming, data]);
+      // Keep only the newest IMAGE bytes: the pre-copy part before them is
+      // superseded by the stop-copy image, which always comes last.
+      let src = data;
+      if (src.length > IMAGE) src = src.subarray(src.length - IMAGE);
+      const at = (received + data.length - src.length) % IMAGE;
+      const first = Math.min(src.length, IMAGE - at);
+      src.copy(incoming, at, 0, first);
+      src.copy(incoming, 0, first);
+      received += data.length;
     },
     precopyInfo: () => ({ initialBytes: Math.max(0, BAR1_SIZE - transferred), dirtyBytes: 0 }),
     stopCopySize: () => BAR1_SIZE + 8,
   });
+  const restore = (): void => {
+    if (received === 0) return; // nothing sent: the device stays as it was
+    if (received < IMAGE) {
+      // Refuse, and drop what came: the client may send a whole image again,
+      // or leave RESUMING with the device as it was.
+      const n = received;
+      received = 0;
+      throw new VfuError(Errno.EINVAL, `incomplete device state: ${n} of at least ${IMAGE} bytes`);
+    }
+    const at = received % IMAGE;
+    const image = Buffer.concat([incoming.subarray(at), incoming.subarray(0, at)]);
+    image.copy(st.bar1, 0, 0, BAR1_SIZE);
+    bar0 = image.readBigInt64LE(BAR1_SIZE);
+    received = 0;
+  };
   device.on('close', disarm);
   return st;
 }

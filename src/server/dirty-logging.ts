@@ -66,10 +66,27 @@ export class DirtyLogging {
     this._pageSize = 0;
   }
 
+  /**
+   * Before a mapping is added: ENOMEM when logging covers every mapping and
+   * this one's bitmap would exceed the cap (a mapping we could not log would
+   * silently lose dirty pages).  The same range again needs nothing new.
+   */
+  checkMap(iova: number, length: number): void {
+    if (!this.everyMapping || this.logs(iova, length)) return;
+    const bytes = Math.ceil(length / this._pageSize / 64) * 8;
+    if (this.bitmapBytes + bytes > this.maxBitmapBytes) {
+      throw new VfuError(Errno.ENOMEM, `logging the new mapping would need ${bytes} more bytes of bitmap (limit ${this.maxBitmapBytes})`);
+    }
+  }
+
+  private logs(iova: number, length: number): boolean {
+    return this.ranges.some((r) => r.iova === iova && r.length === length);
+  }
+
   /** A new mapping: logged from now on when logging covers every mapping. */
   onMap(iova: number, length: number): void {
-    if (!this.everyMapping) return;
-    if (this.bitmapBytes + Math.ceil(length / this._pageSize / 64) * 8 > this.maxBitmapBytes) return;
+    // An identical DMA_MAP again is accepted as the same mapping: one log.
+    if (!this.everyMapping || this.logs(iova, length)) return;
     const i = this.maps.findIndex((m) => m.iova > iova);
     const at = i < 0 ? this.maps.length : i;
     this.maps.splice(at, 0, new DirtyBitmap(iova, length, this._pageSize));

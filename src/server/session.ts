@@ -5,7 +5,7 @@
 import { native } from '../native/index.js';
 import { type Capabilities } from '../protocol/capabilities.js';
 import { Command, Errno, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
-import { errnoOf } from '../protocol/errors.js';
+import { VfuError, errnoOf } from '../protocol/errors.js';
 import { DmaAccessStruct } from '../protocol/messages/dma.js';
 import { Connection } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
@@ -33,13 +33,19 @@ interface Queued {
   via: Endpoint;
 }
 
-/** Commands a stopped device accepts (libvfio-user's list, plus read-only queries). */
+/**
+ * Commands a stopped device accepts (libvfio-user's list, plus read-only
+ * queries).  DIRTY_PAGES is the v1 equivalent of DMA_LOGGING_REPORT (which
+ * comes as DEVICE_FEATURE): a v1 client fetches dirty bitmaps in
+ * stop-and-copy, as libvfio-user's v1 allowed.
+ */
 const ALLOWED_WHEN_STOPPED = new Set<number>([
   Command.REGION_READ,
   Command.REGION_WRITE,
   Command.REGION_WRITE_MULTI,
   Command.DEVICE_FEATURE,
   Command.MIG_DATA_READ,
+  Command.DIRTY_PAGES,
   Command.DEVICE_GET_INFO,
   Command.DEVICE_GET_REGION_INFO,
   Command.DEVICE_GET_IRQ_INFO,
@@ -223,6 +229,16 @@ export class Session {
 
   loggingOnUnmap(iova: number, size: number): void {
     this.device.logging.onUnmap(iova, size);
+  }
+
+  /**
+   * E2BIG for a dirty bitmap larger than the client accepts in one reply
+   * (its migration.max_bitmap_size, else 256 MiB; never above 1 GiB):
+   * checked before the bitmap is allocated.
+   */
+  checkBitmapSize(bytes: number): void {
+    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? 256 * 1024 * 1024, 1 << 30);
+    if (bytes > limit) throw new VfuError(Errno.E2BIG, `bitmap of ${bytes} bytes is too large (limit ${limit})`);
   }
 
   /** Dirty bitmap of a range; ENOENT when it is not mapped at all. */

@@ -35,6 +35,7 @@ export function dirtyPages(s: Session, f: Frame, via: Endpoint): void {
       const want = u64ToNumber(r.bitmapSize);
       if ([iova, size, pg, want].some(Number.isNaN) || pg === 0 || (pg & (pg - 1)) !== 0) throw einval('bad GET_BITMAP range');
       if (want !== bitmapSize(size, pg)) throw einval(`bitmap size ${want} != ${bitmapSize(size, pg)}`);
+      s.checkBitmapSize(want);
       if (argsz < DirtyPagesStruct.size + BitmapRangeStruct.size + want) throw einval('DIRTY_PAGES argsz too small');
       const bitmap = Buffer.alloc(want);
       s.reportDirty(iova, size, pg, bitmap);

@@ -42,6 +42,7 @@ export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     fd: f.fds.length === 1 ? f.fds[0]! : null,
   };
   return quiesced(s, () => {
+    s.device.logging.checkMap(req.iova, req.size);
     const mapping = s.device.dma.map(req);
     f.fds = []; // the controller owns the descriptor now
     s.loggingOnMap(mapping.iova, mapping.size);
@@ -65,7 +66,11 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     default:
       throw einval(`bad DMA_UNMAP flags 0x${u.flags.toString(16)}`);
   }
-  if (u.argsz < DmaUnmapStruct.size || u.argsz > s.opts.maxDataXferSize) throw einval('bad DMA_UNMAP argsz');
+  // With a dirty bitmap, argsz covers the bitmap: bounded by the bitmap
+  // limit below, not by max_data_xfer_size.
+  if (u.argsz < DmaUnmapStruct.size || (u.flags !== DmaUnmapFlag.GET_DIRTY_BITMAP && u.argsz > s.opts.maxDataXferSize)) {
+    throw einval('bad DMA_UNMAP argsz');
+  }
   const echo = Buffer.from(p.subarray(0, DmaUnmapStruct.size));
   if (u.flags === DmaUnmapFlag.ALL) {
     return quiesced(s, () => {
@@ -83,6 +88,7 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     const pg = num(bm.pgsize, 'bitmap page size');
     const want = num(bm.size, 'bitmap size');
     if (pg === 0 || (pg & (pg - 1)) !== 0 || want !== bitmapSize(size, pg)) throw einval('bad dirty bitmap request');
+    s.checkBitmapSize(want);
     if (u.argsz < DmaUnmapStruct.size + BitmapStruct.size + want) throw einval('DMA_UNMAP argsz too small for the bitmap');
     return quiesced(s, () => {
       const bitmap = Buffer.alloc(want);

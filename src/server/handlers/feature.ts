@@ -110,8 +110,7 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
       }
       if (pageSize === 0 || (pageSize & (pageSize - 1)) !== 0 || pageSize > 2 ** 40) throw einval(`report page size ${pageSize}`);
       const size = bitmapSize(length, pageSize);
-      const limit = s.clientCaps?.migration?.maxBitmapSize ?? 256 * 1024 * 1024;
-      if (size > Math.min(limit, 1 << 30)) throw new VfuError(Errno.E2BIG, `bitmap of ${size} bytes is too large`);
+      s.checkBitmapSize(size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
       const bitmap = Buffer.alloc(size);
       s.reportDirty(iova, length, pageSize, bitmap);
@@ -129,6 +128,8 @@ function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: 
       if (data.length < MigStateStruct.size) throw einval('short MIG_DEVICE_STATE');
       const target = data.readUInt32LE(0);
       const mig = s.device.migration!;
+      // ERROR is never a state to ask for, not even while in it.
+      if (target === MigState.ERROR) throw einval('migration state ERROR cannot be requested');
       if (target === mig.state) {
         // Requesting the current state is a no-op: no callback, no quiesce.
         s.conn.reply(via, f, echo);

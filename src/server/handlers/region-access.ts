@@ -1,7 +1,7 @@
 // REGION_READ, REGION_WRITE and REGION_WRITE_MULTI: bounds and overflow
 // checks (libvfio-user's errnos), then the config space model, the region's
 // callbacks or its memory.
-import { Errno, HEADER_SIZE, MigState, PciRegion } from '../../protocol/constants.js';
+import { Errno, HEADER_SIZE, MIGR_REGION_V1_INDEX, MigState, PciRegion } from '../../protocol/constants.js';
 import { VfuError } from '../../protocol/errors.js';
 import { RegionAccessStruct, WriteMultiEntryStruct, WriteMultiHeadStruct } from '../../protocol/messages/region.js';
 import type { Endpoint } from '../../transport/endpoint.js';
@@ -23,7 +23,11 @@ function check(s: Session, index: number, offsetLo: number, offsetHi: number, co
   const dev = s.device;
   if (count > s.opts.maxDataXferSize) throw einval(`region access of ${count} bytes exceeds max_data_xfer_size`);
   if (index >= dev.numRegions) throw einval(`bad region index ${index}`);
-  if (dev.migration?.state === MigState.STOP_COPY) throw einval('region access while in STOP_COPY');
+  // libvfio-user: no region access in STOP_COPY, except to the v1
+  // migration region, through which a v1 client reads the device's state.
+  if (dev.migration?.state === MigState.STOP_COPY && !(index === MIGR_REGION_V1_INDEX && dev.migrationV1 !== null)) {
+    throw einval('region access while in STOP_COPY');
+  }
   let size: number;
   if (index === PciRegion.CONFIG) size = dev.pci.size;
   else {
