@@ -81,6 +81,7 @@ export class Connection {
   private nextId = 0;
   private twin: Endpoint | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private timerPeriod = 0;
   private readonly hdr = Buffer.allocUnsafe(HEADER_SIZE);
   private _closed = false;
   private readonly replyTimeoutMs: number;
@@ -251,8 +252,11 @@ export class Connection {
   }
 
   private armTimer(timeout: number): void {
-    if (this.timer) return;
     const period = Math.max(5, Math.min(1000, Math.floor(timeout / 4)));
+    // A shorter timeout than the running sweep's needs a faster sweep.
+    if (this.timer && period >= this.timerPeriod) return;
+    if (this.timer) clearInterval(this.timer);
+    this.timerPeriod = period;
     this.timer = setInterval(() => this.expire(), period);
     this.timer.unref();
   }
