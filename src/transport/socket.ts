@@ -136,7 +136,7 @@ export async function connect(
 ): Promise<Endpoint> {
   const kind = opts.transport ?? defaultTransport();
   if (kind === 'native') {
-    const fd = native!.connect(path);
+    const fd = requireNative('connecting with descriptor passing').connect(path);
     if (fd < 0) throw new VfuError(-fd, `connect ${path}`);
     return new NativeEndpoint(fd, limits);
   }
