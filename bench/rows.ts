@@ -1,0 +1,34 @@
+// One measured figure, optionally against a baseline measured in the same run.
+export interface BenchRow {
+  name: string;
+  value: number;
+  unit: string;
+  baseline?: { name: string; value: number };
+  /** value / baseline.value (below 1 is better for times, above 1 for rates). */
+  ratio?: number;
+}
+
+export function withBaseline(row: BenchRow, baseline: BenchRow): BenchRow {
+  return { ...row, baseline: { name: baseline.name, value: baseline.value }, ratio: row.value / baseline.value };
+}
+
+/** Rows as an aligned text table. */
+export function formatRows(rows: readonly BenchRow[]): string {
+  const cells = rows.map((r) => [
+    r.name,
+    fmt(r.value),
+    r.unit,
+    r.baseline ? `${r.baseline.name}: ${fmt(r.baseline.value)}` : '',
+    r.ratio !== undefined ? `x${r.ratio.toFixed(2)}` : '',
+  ]);
+  const head = ['benchmark', 'value', 'unit', 'baseline', 'ratio'];
+  const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]): string => c.map((x, i) => (i === 1 ? x.padStart(w[i]!) : x.padEnd(w[i]!))).join('  ').trimEnd();
+  return [line(head), line(w.map((n) => '-'.repeat(n))), ...cells.map(line)].join('\n');
+}
+
+function fmt(v: number): string {
+  if (v >= 100) return v.toFixed(0);
+  if (v >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
