@@ -3,7 +3,7 @@
 // EOF, the Connection's request/reply matching, socket file mode, and no
 // descriptor leaks.
 import { strict as assert } from 'node:assert';
-import { fstatSync, mkdtempSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { fstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -381,6 +381,36 @@ test('the listening socket file has mode 0600 (and a requested mode otherwise)',
   } finally {
     process.umask(old);
   }
+});
+
+test('listen refuses a path a live server holds, replaces a stale socket, never another file', async () => {
+  const p = join(dir, 'busy.sock');
+  const l = await listen(p, LIMITS);
+  let accepted = 0;
+  l.onConnection = (ep) => {
+    accepted++;
+    ep.close();
+  };
+  await assert.rejects(listen(p, LIMITS), (e: unknown) => e instanceof VfuError && e.errno === Errno.EADDRINUSE);
+  await assert.rejects(listen(p, LIMITS, { transport: 'net' }), (e: unknown) => e instanceof VfuError && e.errno === Errno.EADDRINUSE);
+  // The first server still owns the path.
+  const c = await connect(p, LIMITS);
+  const qc = new FrameQueue(c);
+  await qc.whenClosed();
+  assert.ok(accepted >= 1);
+  l.close();
+
+  // A socket file nobody listens on any more is replaced.
+  const stale = join(dir, 'stale.sock');
+  native.close(native.listen(stale, 1, 0o600));
+  assert.ok(statSync(stale).isSocket());
+  const l2 = await listen(stale, LIMITS);
+  l2.close();
+
+  const plain = join(dir, 'plain-file');
+  writeFileSync(plain, 'x');
+  await assert.rejects(listen(plain, LIMITS), (e: unknown) => e instanceof VfuError && e.errno === Errno.EEXIST);
+  assert.equal(readFileSync(plain, 'utf8'), 'x');
 });
 
 test('no descriptor leaks over 200 connect/send/close cycles', async () => {

@@ -150,11 +150,14 @@ interface ChildReport {
   endpointPair: { name: string; message: string } | null;
   connectNative: { name: string; message: string } | null;
   listenNative: { name: string; message: string } | null;
+  listenAgain: { name: string; message: string; errno?: number } | null;
 }
 
 test('VFU_NO_NATIVE=1 child: no addon, requireNative throws, net transport serves a native client', async () => {
   const path = sockPath();
   const fixture = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'no-native-peer.js');
+  // A stale socket file (bound, never unlinked) for the child to replace.
+  if (native) native.close(native.listen(path + '.stale', 1, 0o600));
   const child = spawn(process.execPath, [fixture, path], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, VFU_NO_NATIVE: '1' },
@@ -184,6 +187,7 @@ async function talkToChild(stdout: NodeJS.ReadableStream, path: string): Promise
   assert.equal(rep.requireNative?.name, 'NativeUnavailableError');
   assert.equal(rep.requireNative?.errno, Errno.ENOTSUP);
   assert.match(rep.requireNative!.message, /^mapping memory needs the vfio-user native addon/);
+  assert.equal(rep.listenAgain?.errno, Errno.EADDRINUSE, 'a second listen on a live path is refused');
   for (const k of ['endpointPair', 'connectNative', 'listenNative'] as const) {
     assert.equal(rep[k]?.name, 'NativeUnavailableError', `${k}: ${JSON.stringify(rep[k])}`);
   }
