@@ -169,7 +169,12 @@ export class Connection {
     const size = HEADER_SIZE + (payload ? payload.length : 0) + (opts.extra ? opts.extra.length : 0);
     const flags = HeaderFlag.TYPE_COMMAND | (opts.noReply ? HeaderFlag.NO_REPLY : 0);
     if (opts.noReply) {
-      this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      // Failures reject like every other request instead of throwing.
+      try {
+        this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      } catch (e) {
+        return Promise.reject(e as Error);
+      }
       return Promise.resolve(undefined as T);
     }
     return new Promise<T>((resolve, reject) => {
