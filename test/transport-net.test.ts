@@ -135,6 +135,9 @@ test('net: sending descriptors throws NativeUnavailableError naming the native a
   const cc = new Connection(client, { closeFd });
   await assert.rejects(cc.request(Command.DMA_MAP, Buffer.alloc(32), { fds: [0] }), (e: unknown) => e instanceof NativeUnavailableError);
   assert.equal(cc.inFlight, 0);
+  // Fire-and-forget requests report it the same way (a rejection, not a throw).
+  const p = cc.request(Command.DMA_MAP, Buffer.alloc(32), { fds: [0], noReply: true });
+  await assert.rejects(p, (e: unknown) => e instanceof NativeUnavailableError);
   // No fds: fine.
   client.send(header(2, Command.DEVICE_RESET, HEADER_SIZE), null, []);
   cc.close();
