@@ -239,13 +239,11 @@ function connectionPair(replyTimeoutMs = 0): { client: Connection; server: Conne
 
 test('Connection: out-of-order replies and peer requests in between reach the right callers', async () => {
   const { client, server } = connectionPair();
-  const held: Frame[] = [];
   const saved: { msgId: number; cmd: number; flags: number; payload: Buffer }[] = [];
   const clientSaw: string[] = [];
   let serverRepliesFromClient: Promise<unknown>[] = [];
   server.onCommand = (f, _via) => {
     saved.push({ msgId: f.msgId, cmd: f.cmd, flags: f.flags, payload: Buffer.from(f.payload) });
-    held.push(f);
     if (saved.length === 5) {
       // Requests of our own first, then the replies in reverse order.
       serverRepliesFromClient = [1, 2].map((k) => server.request(Command.DMA_READ, Buffer.from(`srv${k}`)));
