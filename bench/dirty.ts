@@ -94,9 +94,9 @@ export async function benchDirty(): Promise<BenchRow[]> {
     for (const [what, bytes] of [['input', inputBytes], ['output', outBytes]] as const) {
       const v = bytes / tf / 1e9;
       const b = bytes / ts / 1e9;
-      rows.push({ name: `${name}, ${what} ${fmtBytes(bytes)}`, value: v, unit: 'GB/s', baseline: { name: base, value: b }, ratio: v / b });
+      rows.push({ name: `${name}, ${what} ${fmtBytes(bytes)}`, value: v, unit: 'GB/s', baseline: { name: base, value: b }, ratio: v / b, better: 'higher' });
     }
-    rows.push({ name: `${name}, time`, value: tf * 1000, unit: 'ms', baseline: { name: base, value: ts * 1000 }, ratio: ts / tf });
+    rows.push({ name: `${name}, time`, value: tf * 1000, unit: 'ms', baseline: { name: base, value: ts * 1000 }, ratio: tf / ts, better: 'lower' });
   }
   return rows;
 }

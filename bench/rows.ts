@@ -1,30 +1,40 @@
-/**
- * One measured figure.  With a baseline measured in the same process, ratio
- * says how many times better the value is (higher is better: value/baseline
- * for rates, baseline/value for times).
- */
+// One measured figure, optionally against a baseline measured in the same
+// run.  ratio = value / baseline; `better` says which direction wins.
 export interface BenchRow {
   name: string;
   value: number;
   unit: string;
   baseline?: { name: string; value: number };
+  /** value / baseline.value */
   ratio?: number;
+  /** Whether a higher or a lower value is better (rates vs times). */
+  better?: 'higher' | 'lower';
+  /** A target this figure is held to, when there is one. */
+  target?: string;
 }
 
-/** A plain-text table of rows, for standalone runs. */
+export function withBaseline(row: BenchRow, baseline: BenchRow): BenchRow {
+  return { ...row, baseline: { name: baseline.name, value: baseline.value }, ratio: row.value / baseline.value };
+}
+
+/** Rows as an aligned text table. */
 export function formatRows(rows: readonly BenchRow[]): string {
   const cells = rows.map((r) => [
     r.name,
-    `${fmt(r.value)} ${r.unit}`,
-    r.baseline ? `${r.baseline.name}: ${fmt(r.baseline.value)} ${r.unit}` : '',
-    r.ratio !== undefined ? `x${fmt(r.ratio)}` : '',
+    fmt(r.value),
+    r.unit,
+    r.baseline ? `${r.baseline.name}: ${fmt(r.baseline.value)}` : '',
+    r.ratio !== undefined ? `x${r.ratio.toFixed(2)}${r.better ? (r.better === 'higher' ? ' (higher is better)' : ' (lower is better)') : ''}` : '',
+    r.target ?? '',
   ]);
-  const head = ['benchmark', 'value', 'baseline', 'ratio'];
-  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
-  const line = (c: string[]) => c.map((x, i) => x.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n');
+  const head = ['benchmark', 'value', 'unit', 'baseline', 'ratio', 'target'];
+  const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]): string => c.map((x, i) => (i === 1 ? x.padStart(w[i]!) : x.padEnd(w[i]!))).join('  ').trimEnd();
+  return [line(head), line(w.map((n) => '-'.repeat(n))), ...cells.map(line)].join('\n');
 }
 
 function fmt(v: number): string {
-  return v >= 100 ? v.toFixed(0) : v.toPrecision(3);
+  if (v >= 100) return v.toFixed(0);
+  if (v >= 10) return v.toFixed(1);
+  return v.toFixed(2);
 }

@@ -204,10 +204,12 @@ export const Errno = {
   EBADMSG: 74,
   EMSGSIZE: 90,
   ENOTSUP: 95,
+  EADDRINUSE: 98,
   ECONNRESET: 104,
   ENOTCONN: 107,
   ESHUTDOWN: 108,
   ETIMEDOUT: 110,
+  ECONNREFUSED: 111,
 } as const;
 const errnoNames = new Map<number, string>(Object.entries(Errno).map(([k, v]) => [v, k]));
 export function errnoName(e: number): string {

@@ -83,6 +83,7 @@ export class Connection {
   private nextId = 0;
   private twin: Endpoint | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private timerPeriod = 0;
   private readonly hdr = Buffer.allocUnsafe(HEADER_SIZE);
   private _closed = false;
   private readonly replyTimeoutMs: number;
@@ -172,7 +173,12 @@ export class Connection {
     const size = HEADER_SIZE + (payload ? payload.length : 0) + (opts.extra ? opts.extra.length : 0);
     const flags = HeaderFlag.TYPE_COMMAND | (opts.noReply ? HeaderFlag.NO_REPLY : 0);
     if (opts.noReply) {
-      this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      // Failures reject like every other request instead of throwing.
+      try {
+        this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+      } catch (e) {
+        return Promise.reject(e as Error);
+      }
       return Promise.resolve(undefined as T);
     }
     return new Promise<T>((resolve, reject) => {
@@ -259,8 +265,11 @@ export class Connection {
   }
 
   private armTimer(timeout: number): void {
-    if (this.timer) return;
     const period = Math.max(5, Math.min(1000, Math.floor(timeout / 4)));
+    // A shorter timeout than the running sweep's needs a faster sweep.
+    if (this.timer && period >= this.timerPeriod) return;
+    if (this.timer) clearInterval(this.timer);
+    this.timerPeriod = period;
     this.timer = setInterval(() => this.expire(), period);
     this.timer.unref();
   }

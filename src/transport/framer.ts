@@ -101,6 +101,11 @@ export class Framer {
 
   /** Accounts for `n` bytes received at readTarget() with their fds. */
   commit(n: number, fds: number[] | null, truncated = false): void {
+    if (this.stopped) {
+      // Nobody will ever claim them: close rather than leak.
+      if (fds) this.closeAll(fds);
+      return;
+    }
     this.end += n;
     if ((fds && fds.length > 0) || truncated) {
       this.batches.push({ end: this.base + this.end, fds: fds ?? [], truncated });

@@ -16,6 +16,36 @@ const READ_BUDGET = 64;
 interface Pending {
   data: Buffer;
   fds: readonly number[] | null;
+  /** The pooled buffer `data` lies in, returned to the pool once sent. */
+  spill: Buffer | null;
+}
+
+// Copies of large sends the socket could not take at once go into reused
+// buffers: streaming 1 MiB messages, fresh allocations cost more (page faults
+// on new memory) than the copy itself.  Bounded, shared by all endpoints.
+const SPILL_MIN = 64 * 1024;
+const SPILL_POOL_BYTES = 8 * 1024 * 1024;
+const spillPool: Buffer[] = [];
+let spillPooled = 0;
+
+function takeSpill(n: number): Buffer {
+  let best = -1;
+  for (let i = 0; i < spillPool.length; i++) {
+    const len = spillPool[i]!.length;
+    if (len >= n && (best < 0 || len < spillPool[best]!.length)) best = i;
+  }
+  if (best < 0) return Buffer.allocUnsafeSlow(Math.ceil(n / SPILL_MIN) * SPILL_MIN);
+  const b = spillPool[best]!;
+  spillPool[best] = spillPool[spillPool.length - 1]!;
+  spillPool.pop();
+  spillPooled -= b.length;
+  return b;
+}
+
+function giveSpill(b: Buffer): void {
+  if (spillPooled + b.length > SPILL_POOL_BYTES) return;
+  spillPool.push(b);
+  spillPooled += b.length;
 }
 
 export class NativeEndpoint implements Endpoint {
@@ -94,7 +124,7 @@ export class NativeEndpoint implements Endpoint {
       if (r === total) return;
       if (r >= 0) {
         // Partial: the descriptors went with the first byte.
-        this.enqueue(concatFrom(a, b, r), null);
+        this.enqueue(a, b, r, null);
         return;
       }
       if (r !== EAGAIN) {
@@ -102,11 +132,15 @@ export class NativeEndpoint implements Endpoint {
         return;
       }
     }
-    this.enqueue(concatFrom(a, b, 0), fds && fds.length ? fds : null);
+    this.enqueue(a, b, 0, fds && fds.length ? fds : null);
   }
 
-  private enqueue(data: Buffer, fds: readonly number[] | null): void {
-    this.queue.push({ data, fds });
+  /** Queues a copy of bytes [skip, end) of a then b. */
+  private enqueue(a: Buffer, b: Buffer | null, skip: number, fds: readonly number[] | null): void {
+    const total = a.length + (b ? b.length : 0) - skip;
+    const spill = total >= SPILL_MIN ? takeSpill(total) : null;
+    const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
+    this.queue.push({ data, fds, spill });
     if (!this.writing) {
       this.writing = true;
       this.n.pollUpdate(this.poll, POLL_READABLE | POLL_WRITABLE);
@@ -128,6 +162,7 @@ export class NativeEndpoint implements Endpoint {
         return;
       }
       this.queue.shift();
+      if (p.spill) giveSpill(p.spill);
     }
     if (this._closed) return;
     this.writing = false;
@@ -164,10 +199,9 @@ export class NativeEndpoint implements Endpoint {
   }
 }
 
-/** Copies bytes [skip, a.length + b.length) of a then b into one buffer. */
-function concatFrom(a: Buffer, b: Buffer | null, skip: number): Buffer {
+/** Copies bytes [skip, a.length + b.length) of a then b to the start of `out`. */
+function concatFrom(a: Buffer, b: Buffer | null, skip: number, out: Buffer): Buffer {
   const total = a.length + (b ? b.length : 0) - skip;
-  const out = Buffer.allocUnsafe(total);
   let o = 0;
   if (skip < a.length) {
     o += a.copy(out, 0, skip);
@@ -175,5 +209,5 @@ function concatFrom(a: Buffer, b: Buffer | null, skip: number): Buffer {
   } else if (b) {
     b.copy(out, 0, skip - a.length);
   }
-  return out;
+  return out.length === total ? out : out.subarray(0, total);
 }

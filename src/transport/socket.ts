@@ -26,11 +26,37 @@ export function closeFd(fd: number): void {
   if (native) native.close(fd);
 }
 
-/** Removes a stale socket file left by a dead server (never other files). */
-function removeStaleSocket(path: string): void {
+/**
+ * Removes a stale socket file left by a dead server (never other files, and
+ * never the socket of a server still listening: that would take its path).
+ */
+async function removeStaleSocket(path: string): Promise<void> {
   if (!existsSync(path)) return;
   if (!lstatSync(path).isSocket()) throw new VfuError(Errno.EEXIST, `${path} exists and is not a socket`);
-  unlinkSync(path);
+  if (await someoneListens(path)) throw new VfuError(Errno.EADDRINUSE, `${path}: a server is listening there`);
+  try {
+    unlinkSync(path);
+  } catch {
+    // removed meanwhile
+  }
+}
+
+/** Whether a connect to `path` is answered (refused or missing: stale). */
+function someoneListens(path: string): Promise<boolean> {
+  const stale = (errno: number): boolean => errno === Errno.ECONNREFUSED || errno === Errno.ENOENT;
+  if (native) {
+    const fd = native.connect(path);
+    if (fd >= 0) native.close(fd);
+    return Promise.resolve(fd >= 0 || !stale(-fd));
+  }
+  return new Promise((resolve) => {
+    const s = createConnection(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(!(e.code === 'ECONNREFUSED' || e.code === 'ENOENT')));
+  });
 }
 
 export interface Listener {
@@ -53,7 +79,6 @@ class NativeListener implements Listener {
     mode: number,
   ) {
     const n = requireNative('listening with descriptor passing');
-    removeStaleSocket(path);
     this.fd = n.listen(path, 16, mode);
     this.poll = n.pollStart(this.fd, POLL_READABLE, () => this.acceptAll());
   }
@@ -95,7 +120,6 @@ class NetListener implements Listener {
     ready: () => void,
     failed: (e: Error) => void,
   ) {
-    removeStaleSocket(path);
     this.server = createServer((s: Socket) => this.onConnection(new NetEndpoint(s, limits)));
     this.server.once('error', failed);
     this.server.listen(path, () => {
@@ -122,6 +146,8 @@ export async function listen(
 ): Promise<Listener> {
   const kind = opts.transport ?? defaultTransport();
   const mode = opts.mode ?? 0o600;
+  if (kind === 'native') requireNative('listening with descriptor passing');
+  await removeStaleSocket(path);
   if (kind === 'native') return new NativeListener(path, limits, mode);
   return await new Promise<Listener>((resolve, reject) => {
     const l: NetListener = new NetListener(path, limits, mode, () => resolve(l), reject);
@@ -136,7 +162,7 @@ export async function connect(
 ): Promise<Endpoint> {
   const kind = opts.transport ?? defaultTransport();
   if (kind === 'native') {
-    const fd = native!.connect(path);
+    const fd = requireNative('connecting with descriptor passing').connect(path);
     if (fd < 0) throw new VfuError(-fd, `connect ${path}`);
     return new NativeEndpoint(fd, limits);
   }

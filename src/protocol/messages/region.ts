@@ -25,9 +25,13 @@ export interface SparseArea {
   offset: bigint;
   size: bigint;
 }
+/**
+ * `pad`: bytes between a known capability's end and the next one's start
+ * (the chain may leave room), kept so that re-encoding gives the same bytes.
+ */
 export type RegionCap =
-  | { id: typeof RegionCapId.SPARSE_MMAP; version: number; areas: SparseArea[]; reserved?: number }
-  | { id: typeof RegionCapId.TYPE; version: number; type: number; subtype: number }
+  | { id: typeof RegionCapId.SPARSE_MMAP; version: number; areas: SparseArea[]; reserved?: number; pad?: Buffer }
+  | { id: typeof RegionCapId.TYPE; version: number; type: number; subtype: number; pad?: Buffer }
   | { id: number; version: number; body: Buffer };
 
 export interface RegionInfoBody {
@@ -44,10 +48,11 @@ export interface RegionInfoBody {
 }
 
 function capSize(c: RegionCap): number {
+  const pad = 'pad' in c && c.pad ? c.pad.length : 0;
   if (c.id === RegionCapId.SPARSE_MMAP && 'areas' in c) {
-    return CapHeaderStruct.size + SparseMmapStruct.size + c.areas.length * SparseAreaStruct.size;
+    return CapHeaderStruct.size + SparseMmapStruct.size + c.areas.length * SparseAreaStruct.size + pad;
   }
-  if (c.id === RegionCapId.TYPE && 'subtype' in c) return CapHeaderStruct.size + RegionTypeStruct.size;
+  if (c.id === RegionCapId.TYPE && 'subtype' in c) return CapHeaderStruct.size + RegionTypeStruct.size + pad;
   return CapHeaderStruct.size + (c as { body: Buffer }).body.length;
 }
 
@@ -69,6 +74,7 @@ export function encodeCaps(caps: RegionCap[], base: number): Buffer {
     } else {
       (c as { body: Buffer }).body.copy(b, body);
     }
+    if ('pad' in c && c.pad) c.pad.copy(b, at + size - c.pad.length);
     at += size;
   });
   return b;
@@ -89,7 +95,8 @@ export function decodeCaps(p: Buffer, first: number): { caps: RegionCap[]; end: 
     }
     seen.add(at);
     const h = CapHeaderStruct.read(p, at);
-    if (h.next !== 0 && h.next <= at) throw malformed('region capability chain goes backwards');
+    // A link into this capability's own header would make it overlap the next.
+    if (h.next !== 0 && h.next < at + CapHeaderStruct.size) throw malformed('region capability chain goes backwards');
     const body = at + CapHeaderStruct.size;
     const limit = h.next !== 0 ? h.next : p.length;
     if (limit > p.length) throw malformed('region capability chain past the reply');
@@ -110,6 +117,10 @@ export function decodeCaps(p: Buffer, first: number): { caps: RegionCap[]; end: 
     } else {
       caps.push({ id: h.id, version: h.version, body: Buffer.from(p.subarray(body, limit)) });
       end = limit;
+    }
+    if (h.next !== 0 && end < h.next) {
+      (caps[caps.length - 1] as { pad?: Buffer }).pad = Buffer.from(p.subarray(end, h.next));
+      end = h.next;
     }
     at = h.next;
   }

@@ -2,7 +2,11 @@
 // capabilities object.  The text is kept verbatim (peers differ in spacing);
 // its meaning is parsed by protocol/capabilities.ts.
 import { defineStruct } from '../struct.js';
-import { type Codec, need } from './codec.js';
+import { type Codec, malformed, need } from './codec.js';
+
+// Fatal: text that is not UTF-8 could not be re-encoded to the same bytes.
+// ignoreBOM keeps a leading U+FEFF in the text instead of dropping it.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export const VersionStruct = defineStruct('vfio_user_version', { major: 'u16', minor: 'u16' });
 
@@ -22,7 +26,13 @@ export const version: Codec<VersionBody> = {
     if (p.length === VersionStruct.size) return { major, minor };
     const data = p.subarray(VersionStruct.size);
     const nul = data[data.length - 1] === 0;
-    return { major, minor, json: data.subarray(0, nul ? data.length - 1 : data.length).toString('utf8'), nul };
+    let json: string;
+    try {
+      json = utf8.decode(data.subarray(0, nul ? data.length - 1 : data.length));
+    } catch {
+      throw malformed('VERSION: capabilities are not UTF-8');
+    }
+    return { major, minor, json, nul };
   },
   encode(v) {
     const head = VersionStruct.encode({ major: v.major, minor: v.minor });

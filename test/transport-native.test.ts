@@ -1,0 +1,446 @@
+// Real sockets through the native addon: framing across reads, large
+// messages, descriptors travelling with the right message, backpressure,
+// EOF, the Connection's request/reply matching, socket file mode, and no
+// descriptor leaks.
+import { strict as assert } from 'node:assert';
+import { fstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { native as maybeNative } from '../src/native/index.js';
+import { Command, Errno, HEADER_SIZE, HeaderFlag } from '../src/protocol/constants.js';
+import { VfuError } from '../src/protocol/errors.js';
+import { writeHeader } from '../src/protocol/header.js';
+import { Connection, RemoteError } from '../src/transport/connection.js';
+import type { Endpoint } from '../src/transport/endpoint.js';
+import type { Frame } from '../src/transport/framer.js';
+import { NativeEndpoint } from '../src/transport/native-endpoint.js';
+import { closeFd, connect, endpointPair, listen } from '../src/transport/socket.js';
+import { FrameQueue, O_CLOEXEC, delay, fdFlags, openFds, turns } from './helpers/endpoints.js';
+import { encodeMsg, pattern } from './helpers/frames.js';
+
+if (maybeNative === null) throw new Error('these tests need the native addon');
+const native = maybeNative;
+
+const LIMITS = { maxMessageSize: 1024 * 1024 + 4096, maxFds: 8 };
+const dir = mkdtempSync(join(tmpdir(), 'vfu-native-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function header(msgId: number, cmd: number, size: number, flags = 0, errorNo = 0): Buffer {
+  const h = Buffer.allocUnsafe(HEADER_SIZE);
+  writeHeader(h, msgId, cmd, size, flags, errorNo);
+  return h;
+}
+
+/** Sends one whole message (header + payload) on an endpoint. */
+function sendMsg(ep: Endpoint, msgId: number, payload: Buffer, fds: number[] | null = null, cmd = Command.REGION_WRITE): void {
+  ep.send(header(msgId, cmd, HEADER_SIZE + payload.length), payload, fds);
+}
+
+/** A raw socket end we write to by hand, and a native endpoint on the other end. */
+function rawToEndpoint(limits = LIMITS): { raw: number; ep: NativeEndpoint; q: FrameQueue } {
+  const [raw, other] = native.socketpair();
+  const ep = new NativeEndpoint(other, limits);
+  return { raw, ep, q: new FrameQueue(ep) };
+}
+
+function rawSend(fd: number, data: Buffer, fds: number[] | null = null): void {
+  const r = native.sendmsg(fd, data, null, fds);
+  assert.equal(r, data.length, `raw sendmsg: ${r}`);
+}
+
+function framerBuffered(ep: NativeEndpoint): number {
+  return (ep as unknown as { framer: { buffered: number } }).framer.buffered;
+}
+
+test('a message split over many reads, and several messages in one read', async () => {
+  const { raw, ep, q } = rawToEndpoint();
+  const m1 = encodeMsg({ msgId: 1, cmd: 9, flags: 0, errorNo: 0, payload: pattern(1000, 1) });
+  // Byte ranges written with event-loop turns between them: each arrives in its own read.
+  const cuts = [0, 1, 10, 16, 17, 500, 999, m1.length];
+  for (let i = 0; i + 1 < cuts.length; i++) {
+    rawSend(raw, m1.subarray(cuts[i], cuts[i + 1]));
+    await turns();
+    if (cuts[i + 1]! < m1.length) {
+      assert.equal(q.frames.length, 0);
+      assert.equal(framerBuffered(ep), cuts[i + 1]);
+    }
+  }
+  const [f1] = await q.count(1);
+  assert.ok(f1!.payload.equals(pattern(1000, 1)));
+  // Three messages and the start of a fourth in one write.
+  const ms = [2, 3, 4, 5].map((id) => encodeMsg({ msgId: id, cmd: 9, flags: 0, errorNo: 0, payload: pattern(id * 10, id) }));
+  const all = Buffer.concat(ms);
+  rawSend(raw, all.subarray(0, all.length - 5));
+  await turns();
+  assert.equal(q.frames.length, 4);
+  rawSend(raw, all.subarray(all.length - 5));
+  const got = await q.count(5);
+  assert.deepStrictEqual(
+    got.map((f) => f.msgId),
+    [1, 2, 3, 4, 5],
+  );
+  for (const f of got.slice(1)) assert.ok(f.payload.equals(pattern(f.msgId * 10, f.msgId)));
+  ep.close();
+  native.close(raw);
+});
+
+test('a 4 MiB message with a raised limit; refused with EMSGSIZE under the default one', async () => {
+  const big = pattern(4 * 1024 * 1024, 42);
+  const [a, b] = endpointPair({ maxMessageSize: 8 * 1024 * 1024, maxFds: 1 });
+  const qb = new FrameQueue(b);
+  sendMsg(a, 1, big);
+  sendMsg(a, 2, Buffer.from('after'));
+  const [f1, f2] = await qb.count(2);
+  assert.equal(f1!.rejected, undefined);
+  assert.ok(f1!.payload.equals(big));
+  assert.equal(f2!.payload.toString(), 'after');
+  a.close();
+  b.close();
+
+  const [c, d] = endpointPair(LIMITS);
+  const qd = new FrameQueue(d);
+  sendMsg(c, 1, big);
+  sendMsg(c, 2, Buffer.from('after'));
+  const [g1, g2] = await qd.count(2);
+  assert.equal(g1!.rejected, Errno.EMSGSIZE);
+  assert.equal(g1!.msgSize, HEADER_SIZE + big.length);
+  assert.equal(g2!.payload.toString(), 'after');
+  c.close();
+  d.close();
+});
+
+/** The memfd name behind a descriptor ("/memfd:NAME (deleted)"). */
+function memfdName(fd: number): string {
+  const m = /^\/memfd:(.*) \(deleted\)$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+  assert.ok(m, `fd ${fd} is not a memfd`);
+  return m[1]!;
+}
+
+test('descriptors arrive with their own message, interleaved with fd-less ones', async () => {
+  const [a, b] = endpointPair(LIMITS);
+  const qb = new FrameQueue(b);
+  const sent: number[] = [];
+  const plan: { id: number; fds: string[] }[] = [];
+  for (let i = 0; i < 24; i++) {
+    const names = i % 3 === 0 ? [] : i % 3 === 1 ? [`vfu-t${i}`] : [`vfu-t${i}a`, `vfu-t${i}b`];
+    const fds = names.map((n, k) => native.memfdCreate(n, 4096 * (k + 1), true));
+    sent.push(...fds);
+    plan.push({ id: i, fds: names });
+    // Payload sizes vary so some messages share reads and some span several.
+    sendMsg(a, i, pattern(i % 4 === 0 ? 300_000 : 10 * i, i), fds.length ? fds : null);
+  }
+  const got = await qb.count(plan.length);
+  await a.whenDrained();
+  for (const fd of sent) native.close(fd);
+  for (const [i, f] of got.entries()) {
+    assert.equal(f.msgId, plan[i]!.id);
+    assert.ok(f.payload.equals(pattern(i % 4 === 0 ? 300_000 : 10 * i, i)));
+    assert.deepStrictEqual(f.fds.map(memfdName), plan[i]!.fds, `message ${i}`);
+    for (const [k, fd] of f.fds.entries()) assert.equal(fstatSync(fd).size, 4096 * (k + 1));
+    for (const fd of f.fds) native.close(fd);
+  }
+  a.close();
+  b.close();
+});
+
+test('received descriptors are close-on-exec', async () => {
+  const [a, b] = endpointPair(LIMITS);
+  const qb = new FrameQueue(b);
+  const efd = native.eventfd(0, 0);
+  // Sent without O_CLOEXEC on our side would not matter: the flag is per descriptor.
+  sendMsg(a, 1, Buffer.alloc(4), [efd]);
+  const [f] = await qb.count(1);
+  assert.equal(f!.fds.length, 1);
+  assert.notEqual(f!.fds[0], efd);
+  assert.ok(fdFlags(f!.fds[0]!) & O_CLOEXEC, 'received fd has O_CLOEXEC');
+  // The endpoint's own sockets too.
+  assert.ok(fdFlags((a as NativeEndpoint).fd) & O_CLOEXEC);
+  native.close(f!.fds[0]!);
+  native.close(efd);
+  a.close();
+  b.close();
+});
+
+test('backpressure: 64 MiB with descriptors queued while the receiver is not reading, all intact and in order', async () => {
+  const [senderFd, rawReceiver] = native.socketpair();
+  const sender = new NativeEndpoint(senderFd, LIMITS);
+  const qs = new FrameQueue(sender);
+  const MSG = 1024 * 1024;
+  const COUNT = 64;
+  const fds: number[] = [];
+  let drained = false;
+  for (let i = 0; i < COUNT; i++) {
+    let f: number[] | null = null;
+    if (i % 8 === 3) {
+      f = [native.memfdCreate(`bp${i}`, 4096, true)];
+      fds.push(f[0]!);
+    }
+    // Small messages in between exercise queueing behind large ones.
+    sendMsg(sender, 2 * i, pattern(MSG, i), f);
+    sendMsg(sender, 2 * i + 1, Buffer.from(`small ${i}`));
+  }
+  const whenDrained = sender.whenDrained().then(() => (drained = true));
+  // Nothing reads: the socket buffer fills and the rest waits in the queue.
+  await delay(50);
+  assert.equal(drained, false, 'cannot be drained before the receiver reads');
+  const receiver = new NativeEndpoint(rawReceiver, LIMITS);
+  const qr = new FrameQueue(receiver);
+  const got = await qr.count(2 * COUNT, 30_000);
+  await whenDrained;
+  let fdIdx = 0;
+  for (let i = 0; i < COUNT; i++) {
+    const big = got[2 * i]!;
+    const small = got[2 * i + 1]!;
+    assert.equal(big.msgId, 2 * i);
+    assert.ok(big.payload.equals(pattern(MSG, i)), `payload ${i}`);
+    assert.equal(small.payload.toString(), `small ${i}`);
+    assert.deepStrictEqual(small.fds, []);
+    if (i % 8 === 3) {
+      assert.equal(big.fds.length, 1);
+      assert.equal(memfdName(big.fds[0]!), `bp${i}`);
+      native.close(big.fds[0]!);
+      native.close(fds[fdIdx++]!);
+    } else assert.deepStrictEqual(big.fds, []);
+  }
+  assert.equal(qs.frames.length, 0);
+  sender.close();
+  receiver.close();
+});
+
+test('peer close gives onClose(null) once; send after close throws ENOTCONN', async () => {
+  const [a, b] = endpointPair(LIMITS);
+  const qa = new FrameQueue(a);
+  const qb = new FrameQueue(b);
+  let closes = 0;
+  const prev = b.onClose;
+  b.onClose = (e) => {
+    closes++;
+    prev(e);
+  };
+  a.close();
+  assert.equal(await qb.whenClosed(), null);
+  assert.equal(qa.closed, null);
+  assert.equal(b.closed, true);
+  await turns();
+  assert.equal(closes, 1);
+  assert.throws(() => sendMsg(b, 1, Buffer.alloc(1)), (e: unknown) => e instanceof VfuError && e.errno === Errno.ENOTCONN);
+});
+
+// ------------------------------------------------------------ Connection
+
+function connectionPair(replyTimeoutMs = 0): { client: Connection; server: Connection } {
+  const [a, b] = endpointPair(LIMITS);
+  return {
+    client: new Connection(a, { closeFd, replyTimeoutMs }),
+    server: new Connection(b, { closeFd, replyTimeoutMs }),
+  };
+}
+
+test('Connection: out-of-order replies and peer requests in between reach the right callers', async () => {
+  const { client, server } = connectionPair();
+  const saved: { msgId: number; cmd: number; flags: number; payload: Buffer }[] = [];
+  const clientSaw: string[] = [];
+  let serverRepliesFromClient: Promise<unknown>[] = [];
+  server.onCommand = (f, _via) => {
+    saved.push({ msgId: f.msgId, cmd: f.cmd, flags: f.flags, payload: Buffer.from(f.payload) });
+    if (saved.length === 5) {
+      // Requests of our own first, then the replies in reverse order.
+      serverRepliesFromClient = [1, 2].map((k) => server.request(Command.DMA_READ, Buffer.from(`srv${k}`)));
+      for (let i = saved.length - 1; i >= 0; i--) {
+        const s = saved[i]!;
+        server.reply(server.main, { ...s, msgSize: 0, errorNo: 0, fds: [], payload: s.payload }, Buffer.from(`re:${s.payload.toString()}`));
+      }
+    }
+  };
+  client.onCommand = (f, via) => {
+    clientSaw.push(f.payload.toString());
+    client.reply(via, f, Buffer.from(`ok ${f.payload.toString()}`));
+  };
+  const reqs = [0, 1, 2, 3, 4].map((i) => client.request(Command.REGION_READ, Buffer.from(`q${i}`)));
+  const replies = await Promise.all(reqs);
+  assert.deepStrictEqual(
+    replies.map((r) => r.payload.toString()),
+    ['re:q0', 're:q1', 're:q2', 're:q3', 're:q4'],
+  );
+  for (const r of replies) assert.equal(r.cmd, Command.REGION_READ);
+  const fromClient = (await Promise.all(serverRepliesFromClient)) as { payload: Buffer }[];
+  assert.deepStrictEqual(
+    fromClient.map((r) => r.payload.toString()),
+    ['ok srv1', 'ok srv2'],
+  );
+  assert.deepStrictEqual(clientSaw, ['srv1', 'srv2']);
+  assert.equal(client.protocolErrors, 0);
+  assert.equal(server.protocolErrors, 0);
+  assert.equal(client.inFlight, 0);
+  client.close();
+  server.close();
+});
+
+test('Connection: no reply in time rejects with ETIMEDOUT', async () => {
+  const { client, server } = connectionPair();
+  server.onCommand = () => {};
+  const t0 = Date.now();
+  await assert.rejects(
+    client.request(Command.DEVICE_GET_INFO, Buffer.alloc(16), { timeoutMs: 60 }),
+    (e: unknown) => e instanceof VfuError && e.errno === Errno.ETIMEDOUT,
+  );
+  assert.ok(Date.now() - t0 >= 55);
+  assert.equal(client.inFlight, 0);
+  client.close();
+  server.close();
+});
+
+test('Connection: a short timeout fires in time even while a long one is pending', async () => {
+  const { client, server } = connectionPair(30_000);
+  server.onCommand = () => {};
+  const slow = client.request(Command.DEVICE_GET_INFO, Buffer.alloc(16));
+  slow.catch(() => {});
+  const t0 = Date.now();
+  await assert.rejects(
+    client.request(Command.DEVICE_RESET, null, { timeoutMs: 60 }),
+    (e: unknown) => e instanceof VfuError && e.errno === Errno.ETIMEDOUT,
+  );
+  const took = Date.now() - t0;
+  assert.ok(took < 400, `60 ms timeout fired after ${took} ms`);
+  assert.equal(client.inFlight, 1);
+  client.close();
+  server.close();
+  await assert.rejects(slow, (e: unknown) => e instanceof VfuError && e.errno === Errno.ENOTCONN);
+});
+
+test('Connection: a reply with an unknown id is ignored and counted', async () => {
+  const { client, server } = connectionPair();
+  let pendingReq: Frame | null = null;
+  server.onCommand = (f) => {
+    pendingReq = { ...f, payload: Buffer.from(f.payload) };
+  };
+  const p = client.request(Command.REGION_READ, Buffer.from('x'));
+  while (pendingReq === null) await turns(1);
+  const req: Frame = pendingReq;
+  // A stray reply (id nobody asked with) and one with the right id but the wrong command.
+  server.reply(server.main, { ...req, msgId: (req.msgId + 100) & 0xffff }, Buffer.from('stray'));
+  server.reply(server.main, { ...req, cmd: Command.REGION_WRITE }, Buffer.from('wrong cmd'));
+  await delay(20);
+  assert.equal(client.protocolErrors, 2);
+  assert.equal(client.inFlight, 1);
+  server.reply(server.main, req, Buffer.from('real'));
+  assert.equal((await p).payload.toString(), 'real');
+  client.close();
+  server.close();
+});
+
+test('Connection: an error reply rejects with its errno', async () => {
+  const { client, server } = connectionPair();
+  server.onCommand = (f, via) => server.replyError(via, f, Errno.ENOENT);
+  await assert.rejects(
+    client.request(Command.DEVICE_GET_REGION_INFO, Buffer.alloc(32)),
+    (e: unknown) => e instanceof RemoteError && e.errno === Errno.ENOENT,
+  );
+  // An out-of-range errno reads as EINVAL.
+  server.onCommand = (f, via) => server.replyError(via, f, 100000);
+  await assert.rejects(client.request(Command.DEVICE_RESET, null), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EINVAL);
+  client.close();
+  server.close();
+});
+
+test('Connection: fds on an error reply are closed; peer close fails pending requests with ENOTCONN', async () => {
+  const { client, server } = connectionPair();
+  const efd = native.eventfd(0, 0);
+  server.onCommand = (f, via) => {
+    const h = header(f.msgId, f.cmd, HEADER_SIZE, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, Errno.EIO);
+    via.send(h, null, [efd]);
+  };
+  const before = openFds().length;
+  await assert.rejects(client.request(Command.DEVICE_RESET, null), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EIO);
+  await server.main.whenDrained();
+  assert.equal(openFds().length, before, 'the received duplicate was closed');
+  server.onCommand = () => {};
+  const p = client.request(Command.DEVICE_RESET, null);
+  server.close();
+  await assert.rejects(p, (e: unknown) => e instanceof VfuError && e.errno === Errno.ENOTCONN);
+  assert.equal(client.closed, true);
+  native.close(efd);
+});
+
+// ------------------------------------------------------------ listen/connect
+
+test('the listening socket file has mode 0600 (and a requested mode otherwise)', async () => {
+  const old = process.umask(0);
+  try {
+    const p = join(dir, 'mode.sock');
+    const l = await listen(p, LIMITS);
+    assert.equal(statSync(p).mode & 0o777, 0o600);
+    assert.ok(statSync(p).isSocket());
+    l.close();
+    const l2 = await listen(p, LIMITS, { mode: 0o660 });
+    assert.equal(statSync(p).mode & 0o777, 0o660);
+    l2.close();
+  } finally {
+    process.umask(old);
+  }
+});
+
+test('listen refuses a path a live server holds, replaces a stale socket, never another file', async () => {
+  const p = join(dir, 'busy.sock');
+  const l = await listen(p, LIMITS);
+  let accepted = 0;
+  l.onConnection = (ep) => {
+    accepted++;
+    ep.close();
+  };
+  await assert.rejects(listen(p, LIMITS), (e: unknown) => e instanceof VfuError && e.errno === Errno.EADDRINUSE);
+  await assert.rejects(listen(p, LIMITS, { transport: 'net' }), (e: unknown) => e instanceof VfuError && e.errno === Errno.EADDRINUSE);
+  // The first server still owns the path.
+  const c = await connect(p, LIMITS);
+  const qc = new FrameQueue(c);
+  await qc.whenClosed();
+  assert.ok(accepted >= 1);
+  l.close();
+
+  // A socket file nobody listens on any more is replaced.
+  const stale = join(dir, 'stale.sock');
+  native.close(native.listen(stale, 1, 0o600));
+  assert.ok(statSync(stale).isSocket());
+  const l2 = await listen(stale, LIMITS);
+  l2.close();
+
+  const plain = join(dir, 'plain-file');
+  writeFileSync(plain, 'x');
+  await assert.rejects(listen(plain, LIMITS), (e: unknown) => e instanceof VfuError && e.errno === Errno.EEXIST);
+  assert.equal(readFileSync(plain, 'utf8'), 'x');
+});
+
+test('no descriptor leaks over 200 connect/send/close cycles', async () => {
+  const p = join(dir, 'leak.sock');
+  const l = await listen(p, { maxMessageSize: 65536, maxFds: 1 });
+  const serverSide: FrameQueue[] = [];
+  l.onConnection = (ep) => serverSide.push(new FrameQueue(ep));
+  // One warm-up cycle so lazily opened descriptors (epoll, ...) are counted.
+  const cycle = async (i: number): Promise<void> => {
+    const c = await connect(p, { maxMessageSize: 65536, maxFds: 1 });
+    const qc = new FrameQueue(c);
+    const fd = native.memfdCreate(`leak${i}`, 4096, false);
+    const efd = native.eventfd(0, 0);
+    // Every third message carries one fd more than the server accepts.
+    sendMsg(c, 1, pattern(64, i), i % 3 === 0 ? [fd, efd] : [fd]);
+    await c.whenDrained();
+    native.close(fd);
+    native.close(efd);
+    while (serverSide.length === 0) await turns(1);
+    const s = serverSide.shift()!;
+    const [f] = await s.count(1);
+    if (i % 3 === 0) assert.equal(f!.rejected, Errno.EINVAL);
+    else for (const x of f!.fds) native.close(x);
+    if (i % 2 === 0) s.ep.close();
+    else c.close();
+    await qc.whenClosed();
+    await s.whenClosed();
+  };
+  await cycle(-1);
+  const before = openFds();
+  for (let i = 0; i < 200; i++) await cycle(i);
+  const afterFds = openFds();
+  l.close();
+  assert.deepStrictEqual(afterFds, before);
+});
