@@ -125,6 +125,22 @@ describe('server with the sample device', () => {
     c.close();
   });
 
+  test('twin-socket mode: server requests on the twin, client requests on the main socket', async () => {
+    const c = await srv.connect({ twinSocket: true, maxDataXferSize: 1024 });
+    assert.equal(c.serverCaps.twinSocket?.supported, true);
+    const session = srv.server.session!;
+    assert.notEqual(session.conn.requestEndpoint, session.conn.main, 'server requests go on the twin');
+    assert.equal(c.conn.requestEndpoint, c.conn.main, 'client requests stay on the main socket');
+    const priv = c.memory.add(0x200000, 0x2000, { shared: false });
+    await c.dmaMap({ iova: 0x200000, size: 0x2000 });
+    const data = Buffer.alloc(3000, 0x33);
+    await dev.device.dma.write(0x200100, data);
+    assert.ok(priv.bytes.subarray(0x100, 0x100 + 3000).equals(data));
+    assert.equal((await c.regionRead(PciRegion.CONFIG, 0, 2)).readUInt16LE(0), 0xdead);
+    await c.dmaUnmapAll();
+    c.close();
+  });
+
   test('a read-only mapping refuses device writes', async () => {
     const c = await srv.connect();
     c.memory.add(0x40000, 0x1000);

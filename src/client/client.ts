@@ -213,7 +213,7 @@ export class VfioUserClient extends EventEmitter {
         const fd = twin.fdIndex !== undefined ? r.fds[twin.fdIndex] : undefined;
         if (fd === undefined) throw bad(Command.VERSION, 'twin socket promised but no descriptor');
         r.fds.splice(twin.fdIndex!, 1);
-        this.conn.attachTwin(new NativeEndpoint(fd, this.limits()));
+        this.conn.attachTwin(new NativeEndpoint(fd, this.limits()), false);
       }
     } finally {
       for (const fd of r.fds) closeFd(fd);

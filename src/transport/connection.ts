@@ -82,6 +82,7 @@ export class Connection {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private twin: Endpoint | null = null;
+  private twinForRequests = false;
   private timer: NodeJS.Timeout | null = null;
   private timerPeriod = 0;
   private readonly hdr = Buffer.allocUnsafe(HEADER_SIZE);
@@ -107,13 +108,28 @@ export class Connection {
     return this.pending.size;
   }
 
-  /** Endpoint our requests go out on (the twin socket when negotiated). */
-  get requestEndpoint(): Endpoint {
-    return this.twin ?? this.main;
+  /** Whether a twin socket was negotiated. */
+  get hasTwin(): boolean {
+    return this.twin !== null;
   }
 
-  attachTwin(twin: Endpoint): void {
+  /**
+   * Endpoint our requests go out on.  The twin socket carries only the
+   * server's requests (DMA_READ/WRITE) and their replies, so it is ours to
+   * request on when we are the server, never when we are the client.
+   */
+  get requestEndpoint(): Endpoint {
+    return this.twinForRequests && this.twin ? this.twin : this.main;
+  }
+
+  /**
+   * Adds the twin socket: `requestsGoThere` for the server (its requests and
+   * their replies travel on it); false for the client, which answers the
+   * server's requests there and keeps its own on the main socket.
+   */
+  attachTwin(twin: Endpoint, requestsGoThere: boolean): void {
     this.twin = twin;
+    this.twinForRequests = requestsGoThere;
     twin.onFrame = (f) => this.onFrame(f, twin);
     twin.onClose = (err) => {
       if (!this._closed) this.shutdown(err ?? new VfuError(Errno.ECONNRESET, 'twin socket closed'));

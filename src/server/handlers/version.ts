@@ -38,7 +38,7 @@ export function negotiate(s: Session, f: Frame, via: Endpoint): void {
   let twinFds: number[] | null = null;
   if (client.twinSocket?.supported && s.opts.twinSocket && fdsOk && native) {
     const [mine, theirs] = native.socketpair();
-    s.conn.attachTwin(new NativeEndpoint(mine, { maxMessageSize: s.opts.maxDataXferSize + 4096, maxFds: 0 }));
+    s.conn.attachTwin(new NativeEndpoint(mine, { maxMessageSize: s.opts.maxDataXferSize + 4096, maxFds: 0 }), true);
     ours.twinSocket = { supported: true, fdIndex: 0 };
     twinFds = [theirs];
   }

@@ -1,0 +1,34 @@
+// vfio-user for TypeScript: the public API.
+export * from './protocol/constants.js';
+export { VfuError, errnoOf } from './protocol/errors.js';
+export { parseCapabilities, formatCapabilities, type Capabilities } from './protocol/capabilities.js';
+export { describeMessage } from './protocol/describe.js';
+export { native, nativeLoadError, NativeUnavailableError } from './native/index.js';
+
+export { VfioUserDevice, type DeviceOptions, type PciIdentity, type ResetReason, type MigrationSetup } from './server/device.js';
+export { VfioUserServer, type ServeOptions } from './server/server.js';
+export type { RegionSpec, RegionAccess, SparseArea } from './server/regions.js';
+export type { DmaMappingInfo, DmaSegment } from './server/dma.js';
+
+export { PciConfigSpace, MsixTable, decodeConfigSpace, formatDescription } from './pci/index.js';
+
+export { MigrationController, type MigrationCallbacks, type PrecopyInfo } from './migration/controller.js';
+export { deriveNextState, planPath, migrationFlags, type MigrationFeatures } from './migration/fsm.js';
+export { DirtyBitmap, bitmapSize } from './migration/dirty.js';
+
+export { VfioUserClient, type ClientOptions, type RegionInfo, type DeviceInfo, type IrqInfo } from './client/client.js';
+export { GuestMemory, type GuestRange } from './client/guest-memory.js';
+export {
+  migrate,
+  LocalTarget,
+  MigrationError,
+  formatReport,
+  type MigrateOptions,
+  type MigrationReport,
+  type MigrationTarget,
+} from './client/migrate.js';
+export { TcpTarget, receiveMigrations, ChunkReader, BrokenStreamError } from './client/tcp-stream.js';
+
+export { createSample } from './devices/sample.js';
+export { createGpio } from './devices/gpio.js';
+export { createBigState } from './devices/bigstate.js';
