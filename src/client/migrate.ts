@@ -97,6 +97,13 @@ export interface MigrateOptions {
   roundDelayMs?: number;
   /** Skip pre-copy even when the device offers it. */
   noPreCopy?: boolean;
+  /**
+   * Read the device's pre-copy data but do not forward it.  Only for
+   * destinations that cannot take a pre-copy prefix in their stream, such as
+   * libvfio-user's samples/server (its client discards that data too); the
+   * v2 protocol otherwise carries one continuous stream.
+   */
+  discardPrecopyDeviceData?: boolean;
   /** Stop the guest's CPUs (before STOP_COPY) and resume them on the destination. */
   pauseGuest?: () => void | Promise<void>;
   resumeGuest?: (on: 'destination' | 'source') => void | Promise<void>;
@@ -216,10 +223,11 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
 
   const sendDevice = async (untilEnd: boolean): Promise<number> => {
     let sent = 0;
+    const forward = untilEnd || !opts.discardPrecopyDeviceData;
     for (;;) {
       const data = await source.migDataRead(chunk);
       if (data.length > 0) {
-        await target.deviceData(data);
+        if (forward) await target.deviceData(data);
         sent += data.length;
         report.deviceBytes += data.length;
         phaseDev += data.length;
