@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { MigrationController, type MigrationCallbacks } from '../migration/controller.js';
 import { MigrationRegionV1 } from '../migration/v1-region.js';
-import { PciConfigSpace } from '../pci/config-space.js';
+import { PciConfigSpace, type PciConfigOptions } from '../pci/config-space.js';
 import {
   Errno,
   IrqIndex,
@@ -23,17 +23,8 @@ import { Region, type RegionSpec } from './regions.js';
 
 export type ResetReason = 'client' | 'lost-connection' | 'flr';
 
-export interface PciIdentity {
-  vendorId: number;
-  deviceId: number;
-  subsystemVendorId?: number;
-  subsystemId?: number;
-  /** 24-bit class code: base << 16 | sub << 8 | programming interface. */
-  classCode?: number;
-  revision?: number;
-  /** PCI Express: 4 KiB config space with extended capabilities. */
-  express?: boolean;
-}
+/** The device's identity in config space (the PCI model's options, minus the pin). */
+export type PciIdentity = Omit<PciConfigOptions, 'interruptPin'>;
 
 export interface DeviceOptions {
   pci: PciIdentity;

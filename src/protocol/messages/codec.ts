@@ -33,3 +33,27 @@ export const emptyBody: Codec<EmptyBody> = {
   decode: (p) => (p.length ? { extra: Buffer.from(p) } : {}),
   encode: (v) => (v.extra ? Buffer.from(v.extra) : Buffer.alloc(0)),
 };
+
+/**
+ * A fixed struct followed by a variable tail of bytes kept under `key`
+ * (`data` for message data, `extra` for bytes the format does not describe).
+ */
+export function withTail<T extends object, K extends string>(
+  s: { size: number; read(b: Buffer, at?: number): T; encode(v: T): Buffer },
+  what: string,
+  key: K,
+): Codec<T & { [P in K]?: Buffer }> {
+  return {
+    decode(p) {
+      need(p, s.size, what);
+      const v = s.read(p) as unknown as Record<string, unknown>;
+      if (p.length > s.size) v[key] = tail(p, s.size);
+      return v as T & { [P in K]?: Buffer };
+    },
+    encode(v) {
+      const head = s.encode(v);
+      const t = (v as Record<string, unknown>)[key] as Buffer | undefined;
+      return t ? Buffer.concat([head, t]) : head;
+    },
+  };
+}

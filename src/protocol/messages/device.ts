@@ -1,6 +1,6 @@
 // DEVICE_GET_INFO, DEVICE_GET_IRQ_INFO, DEVICE_SET_IRQS, DEVICE_RESET.
 import { defineStruct } from '../struct.js';
-import { type Codec, type EmptyBody, emptyBody, need, tail } from './codec.js';
+import { type Codec, type EmptyBody, emptyBody, withTail } from './codec.js';
 
 export const DeviceInfoStruct = defineStruct('vfio_user_device_info', {
   argsz: 'u32',
@@ -21,18 +21,7 @@ export function fixedWithExtra<T extends object>(
   s: { size: number; read(b: Buffer, at?: number): T; encode(v: T): Buffer },
   what: string,
 ): Codec<T & { extra?: Buffer }> {
-  return {
-    decode(p) {
-      need(p, s.size, what);
-      const v = s.read(p) as T & { extra?: Buffer };
-      if (p.length > s.size) v.extra = tail(p, s.size);
-      return v;
-    },
-    encode(v) {
-      const b = s.encode(v);
-      return v.extra ? Buffer.concat([b, v.extra]) : b;
-    },
-  };
+  return withTail(s, what, 'extra');
 }
 
 export const deviceGetInfo: Codec<DeviceInfoBody> = fixedWithExtra(DeviceInfoStruct, 'DEVICE_GET_INFO');
@@ -70,18 +59,7 @@ export interface IrqSetBody {
   /** DATA_BOOL: one byte per vector (anything else that followed is kept too). */
   data?: Buffer;
 }
-export const deviceSetIrqs: Codec<IrqSetBody> = {
-  decode(p) {
-    need(p, IrqSetStruct.size, 'DEVICE_SET_IRQS');
-    const v: IrqSetBody = IrqSetStruct.read(p);
-    if (p.length > IrqSetStruct.size) v.data = tail(p, IrqSetStruct.size);
-    return v;
-  },
-  encode(v) {
-    const b = IrqSetStruct.encode(v);
-    return v.data ? Buffer.concat([b, v.data]) : b;
-  },
-};
+export const deviceSetIrqs: Codec<IrqSetBody> = withTail(IrqSetStruct, 'DEVICE_SET_IRQS', 'data');
 export const deviceSetIrqsReply: Codec<EmptyBody> = emptyBody;
 export const deviceReset: Codec<EmptyBody> = emptyBody;
 export const deviceResetReply: Codec<EmptyBody> = emptyBody;

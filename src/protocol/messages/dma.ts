@@ -1,7 +1,7 @@
 // DMA_MAP, DMA_UNMAP (with the legacy dirty-bitmap tail), DMA_READ, DMA_WRITE.
 import { DmaUnmapFlag } from '../constants.js';
 import { defineStruct } from '../struct.js';
-import { type Codec, type EmptyBody, emptyBody, need, tail } from './codec.js';
+import { type Codec, type EmptyBody, emptyBody, need, tail, withTail } from './codec.js';
 
 export const DmaMapStruct = defineStruct('vfio_user_dma_map', {
   argsz: 'u32',
@@ -18,18 +18,7 @@ export interface DmaMapBody {
   size: bigint;
   extra?: Buffer;
 }
-export const dmaMap: Codec<DmaMapBody> = {
-  decode(p) {
-    need(p, DmaMapStruct.size, 'DMA_MAP');
-    const v: DmaMapBody = DmaMapStruct.read(p);
-    if (p.length > DmaMapStruct.size) v.extra = tail(p, DmaMapStruct.size);
-    return v;
-  },
-  encode(v) {
-    const b = DmaMapStruct.encode(v);
-    return v.extra ? Buffer.concat([b, v.extra]) : b;
-  },
-};
+export const dmaMap: Codec<DmaMapBody> = withTail(DmaMapStruct, 'DMA_MAP', 'extra');
 export const dmaMapReply: Codec<EmptyBody> = emptyBody;
 
 export const DmaUnmapStruct = defineStruct('vfio_user_dma_unmap', {
@@ -94,23 +83,16 @@ export interface DmaAccessBody {
    */
   countBytes?: 4 | 8;
 }
-function decodeAccess(p: Buffer, what: string): DmaAccessBody {
-  need(p, DmaAccessStruct.size, what);
-  const v: DmaAccessBody = DmaAccessStruct.read(p);
-  if (p.length > DmaAccessStruct.size) v.data = tail(p, DmaAccessStruct.size);
-  return v;
-}
-function encodeAccess(v: DmaAccessBody): Buffer {
-  const b = DmaAccessStruct.encode({ addr: v.addr, count: v.count });
-  return v.data ? Buffer.concat([b, v.data]) : b;
-}
-export const dmaRead: Codec<DmaAccessBody> = { decode: (p) => decodeAccess(p, 'DMA_READ'), encode: encodeAccess };
+const dmaAccess = withTail(DmaAccessStruct, 'DMA access', 'data');
+const decodeAccess = (p: Buffer): DmaAccessBody => dmaAccess.decode(p);
+const encodeAccess = (v: DmaAccessBody): Buffer => dmaAccess.encode({ addr: v.addr, count: v.count, ...(v.data ? { data: v.data } : {}) });
+export const dmaRead: Codec<DmaAccessBody> = { decode: decodeAccess, encode: encodeAccess };
 export const dmaReadReply: Codec<DmaAccessBody> = dmaRead;
-export const dmaWrite: Codec<DmaAccessBody> = { decode: (p) => decodeAccess(p, 'DMA_WRITE'), encode: encodeAccess };
+export const dmaWrite: Codec<DmaAccessBody> = { decode: decodeAccess, encode: encodeAccess };
 export const dmaWriteReply: Codec<DmaAccessBody> = {
   decode(p) {
     if (p.length === 12) return { addr: p.readBigUInt64LE(0), count: BigInt(p.readUInt32LE(8)), countBytes: 4 };
-    const v = decodeAccess(p, 'DMA_WRITE reply');
+    const v = decodeAccess(p);
     v.countBytes = 8;
     return v;
   },
@@ -121,7 +103,7 @@ export const dmaWriteReply: Codec<DmaAccessBody> = {
       b.writeUInt32LE(Number(v.count), 8);
       return b;
     }
-    return encodeAccess({ addr: v.addr, count: v.count, ...(v.data ? { data: v.data } : {}) });
+    return encodeAccess(v);
   },
 };
 

@@ -1,7 +1,7 @@
 // MIG_DATA_READ / MIG_DATA_WRITE (v2) and the legacy DIRTY_PAGES command (v1).
 import { DirtyPagesFlag } from '../constants.js';
 import { defineStruct } from '../struct.js';
-import { type Codec, type EmptyBody, emptyBody, need, tail } from './codec.js';
+import { type Codec, type EmptyBody, emptyBody, need, tail, withTail } from './codec.js';
 
 export const MigDataStruct = defineStruct('vfio_user_mig_data', { argsz: 'u32', size: 'u32' });
 export interface MigDataBody {
@@ -10,22 +10,12 @@ export interface MigDataBody {
   /** MIG_DATA_WRITE request / MIG_DATA_READ reply: the bytes. */
   data?: Buffer;
 }
-const migData: Codec<MigDataBody> = {
-  decode(p) {
-    need(p, MigDataStruct.size, 'MIG_DATA');
-    const v: MigDataBody = MigDataStruct.read(p);
-    if (p.length > MigDataStruct.size) v.data = tail(p, MigDataStruct.size);
-    return v;
-  },
-  encode(v) {
-    const h = MigDataStruct.encode(v);
-    return v.data ? Buffer.concat([h, v.data]) : h;
-  },
-};
+const migData: Codec<MigDataBody> = withTail(MigDataStruct, 'MIG_DATA', 'data');
 export const migDataRead = migData;
 /**
- * libvfio-user pads the reply to the requested size (data_len 1024 with
- * size 8 in the trace); we send exactly `size` bytes and read only `size`.
+ * `size` says how many bytes the device produced; the payload is padded to
+ * the size asked for (data_len 1024 with size 8 in the trace), as
+ * libvfio-user does and its client expects.  Readers use only `size` bytes.
  */
 export const migDataReadReply = migData;
 export const migDataWrite = migData;

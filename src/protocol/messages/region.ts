@@ -2,7 +2,7 @@
 // REGION_WRITE, REGION_WRITE_MULTI, DEVICE_GET_REGION_IO_FDS.
 import { RegionCapId, RegionFlag } from '../constants.js';
 import { defineStruct } from '../struct.js';
-import { type Codec, malformed, need, tail } from './codec.js';
+import { type Codec, malformed, need, tail, withTail } from './codec.js';
 import { fixedWithExtra } from './device.js';
 
 export const RegionInfoStruct = defineStruct('vfio_region_info', {
@@ -170,18 +170,7 @@ export interface RegionAccessBody {
   /** REGION_WRITE request / REGION_READ reply: the bytes. */
   data?: Buffer;
 }
-const regionAccess: Codec<RegionAccessBody> = {
-  decode(p) {
-    need(p, RegionAccessStruct.size, 'region access');
-    const v: RegionAccessBody = RegionAccessStruct.read(p);
-    if (p.length > RegionAccessStruct.size) v.data = tail(p, RegionAccessStruct.size);
-    return v;
-  },
-  encode(v) {
-    const b = RegionAccessStruct.encode(v);
-    return v.data ? Buffer.concat([b, v.data]) : b;
-  },
-};
+const regionAccess: Codec<RegionAccessBody> = withTail(RegionAccessStruct, 'region access', 'data');
 export const regionRead = regionAccess;
 export const regionReadReply = regionAccess;
 export const regionWrite = regionAccess;
