@@ -362,7 +362,7 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     step = 'resuming the destination';
     await target.finish();
     report.downtimeMs = performance.now() - downtimeStart - verifyMs;
-    if (target.checksum) report.destinationChecksum = await target.checksum();
+    if (opts.sourceChecksum && target.checksum) report.destinationChecksum = await target.checksum();
     if (opts.resumeGuest) await opts.resumeGuest('destination');
   } catch (e) {
     await rollback(e);

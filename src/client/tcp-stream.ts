@@ -311,7 +311,8 @@ function handle(sock: Socket, opts: ReceiveOptions): void {
     chain = chain
       .then(async () => {
         for (const c of chunks) {
-          if (done) return;
+          // after the end only a checksum question still gets an answer
+          if (done && (c.type !== ChunkType.CHECKSUM || !finished)) return;
           if (target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
           await apply(c);
         }
