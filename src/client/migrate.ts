@@ -212,8 +212,9 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     phaseDev = phaseGuest = 0;
     phaseMsgs = source.conn.stats.sent;
   };
+  let round = 0;
   const progress = (extra: Partial<ProgressEvent> = {}): void =>
-    opts.onProgress?.({ phase, deviceBytes: report.deviceBytes, guestBytes: report.guestBytes, ...extra });
+    opts.onProgress?.({ phase, round, deviceBytes: report.deviceBytes, guestBytes: report.guestBytes, ...extra });
 
   let step = 'checking the source';
   let logging = false;
@@ -308,7 +309,7 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
       endPhase('pre-copy');
       step = 'entering PRE_COPY';
       await source.setMigrationState(MigState.PRE_COPY);
-      for (let round = 0; ; round++) {
+      for (round = 0; ; round++) {
         const rs = performance.now();
         step = `pre-copy round ${round}`;
         const [dirtyPages, guestBytes] = await sendDirty(round === 0);
@@ -332,6 +333,7 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     }
 
     endPhase('stop-copy');
+    round = report.rounds.length;
     step = 'pausing the guest';
     if (opts.pauseGuest) await opts.pauseGuest();
     paused = true;
