@@ -13,6 +13,8 @@ export interface BigStateOptions {
   precopyMib?: number;
   /** Generate the state (source); a destination starts zeroed. */
   seed?: number;
+  /** Also expose the legacy v1 migration region (1 MiB data window). */
+  v1?: boolean;
 }
 
 export interface BigStateDevice {
@@ -79,6 +81,7 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
   device.setupDma();
   device.setupMigration({
     features: { preCopy: true },
+    ...(o.v1 ? { v1: true } : {}),
     transition(from, to) {
       if (to === MigState.PRE_COPY) pos = 0;
       if (from === MigState.STOP && to === MigState.STOP_COPY) pos = 0;
