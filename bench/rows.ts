@@ -11,6 +11,8 @@ export interface BenchRow {
   better?: 'higher' | 'lower';
   /** A target this figure is held to, when there is one. */
   target?: string;
+  /** Whether the target is met (shown after it). */
+  met?: boolean;
 }
 
 export function withBaseline(row: BenchRow, baseline: BenchRow): BenchRow {
@@ -25,7 +27,7 @@ export function formatRows(rows: readonly BenchRow[]): string {
     r.unit,
     r.baseline ? `${r.baseline.name}: ${fmt(r.baseline.value)}` : '',
     r.ratio !== undefined ? `x${r.ratio.toFixed(2)}${r.better ? (r.better === 'higher' ? ' (higher is better)' : ' (lower is better)') : ''}` : '',
-    r.target ?? '',
+    r.target === undefined ? '' : r.met === undefined ? r.target : `${r.target} ${r.met ? 'met' : 'MISSED'}`,
   ]);
   const head = ['benchmark', 'value', 'unit', 'baseline', 'ratio', 'target'];
   const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
