@@ -618,6 +618,38 @@ describe('v2: a large state, written in chunks of 64 KiB and more', () => {
     });
   }
 
+  test('pipelined reads from a device that reuses one buffer arrive intact (each read waits for the previous reply to leave)', async () => {
+    // Replies carry the device's buffer by reference: without the wait, a
+    // later readData would overwrite bytes still queued for the socket.
+    const total = 8 * 1024 * 1024;
+    const state = patternBytes(total, 9);
+    const device = new VfioUserDevice({ name: 'reuse', pci: { vendorId: 0x1234, deviceId: 0x0002 } });
+    const one = Buffer.alloc(1024 * 1024);
+    let pos = 0;
+    device.setupMigration({
+      transition(_from, to) {
+        if (to === STOP_COPY) pos = 0;
+      },
+      readData(max) {
+        const n = Math.min(max, total - pos, one.length);
+        state.copy(one, 0, pos, pos + n);
+        pos += n;
+        return one.subarray(0, n);
+      },
+      writeData() {},
+    });
+    const s = await serve(device);
+    try {
+      const c = await s.connect();
+      await c.setMigrationState(STOP_COPY);
+      const parts = await Promise.all(Array.from({ length: 8 }, () => c.migDataRead(1024 * 1024)));
+      assert.ok(Buffer.concat(parts).equals(state));
+      assert.equal((await c.migDataRead(1024 * 1024)).length, 0);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('without pre-copy the stop-copy stream carries everything', async () => {
     src.state = patternBytes(size, 77);
     await cs.setMigrationState(STOP_COPY);

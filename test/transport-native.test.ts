@@ -208,6 +208,43 @@ test('backpressure: 64 MiB with descriptors queued while the receiver is not rea
   receiver.close();
 });
 
+test('stable payloads queue by reference: intact across partial writes, with descriptors, and whenDrained marks when they may change', async () => {
+  const [senderFd, rawReceiver] = native.socketpair();
+  const sender = new NativeEndpoint(senderFd, LIMITS);
+  const MSG = 1024 * 1024;
+  const COUNT = 8;
+  const payloads: Buffer[] = [];
+  const memfd = native.memfdCreate('stable', 4096, true);
+  for (let i = 0; i < COUNT; i++) {
+    payloads.push(pattern(MSG, 100 + i));
+    // A header longer than the socket takes is copied; the payload is not.
+    sender.send(header(i, Command.MIG_DATA_READ, HEADER_SIZE + MSG), payloads[i]!, i === 5 ? [memfd] : null, true);
+    sendMsg(sender, 1000 + i, Buffer.from(`small ${i}`));
+  }
+  assert.equal(sender.sending, true, 'the socket cannot take 8 MiB at once');
+  let drained = false;
+  const whenDrained = sender.whenDrained().then(() => (drained = true));
+  await delay(20);
+  assert.equal(drained, false);
+  const receiver = new NativeEndpoint(rawReceiver, LIMITS);
+  const got = await new FrameQueue(receiver).count(2 * COUNT, 30_000);
+  await whenDrained;
+  assert.equal(sender.sending, false);
+  for (let i = 0; i < COUNT; i++) {
+    assert.equal(got[2 * i]!.msgId, i);
+    assert.ok(got[2 * i]!.payload.equals(pattern(MSG, 100 + i)), `payload ${i}`);
+    assert.equal(got[2 * i + 1]!.payload.toString(), `small ${i}`);
+    assert.equal(got[2 * i]!.fds.length, i === 5 ? 1 : 0);
+    for (const fd of got[2 * i]!.fds) {
+      assert.equal(memfdName(fd), 'stable');
+      native.close(fd);
+    }
+  }
+  native.close(memfd);
+  sender.close();
+  receiver.close();
+});
+
 test('peer close gives onClose(null) once; send after close throws ENOTCONN', async () => {
   const [a, b] = endpointPair(LIMITS);
   const qa = new FrameQueue(a);

@@ -692,9 +692,13 @@ export class VfioUserClient extends EventEmitter {
     });
   }
 
+  /**
+   * MIG_DATA_WRITE.  `data` is sent by reference (no copy into the send
+   * queue), so it must stay unchanged until the returned promise settles.
+   */
   async migDataWrite(data: Buffer): Promise<void> {
     const req = MigDataStruct.encode({ argsz: MigDataStruct.size + data.length, size: data.length });
-    this.noFds(await this.call(Command.MIG_DATA_WRITE, req, null, data));
+    this.noFds(await this.conn.request(Command.MIG_DATA_WRITE, req, { extra: data, extraStable: true }));
   }
 
   // ------------------------------------------------------------ lifecycle

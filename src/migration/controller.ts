@@ -26,7 +26,10 @@ export interface MigrationCallbacks {
   /**
    * The next bytes of the outgoing stream, at most `max`.  In PRE_COPY fewer
    * than `max` means "nothing more for now"; in STOP_COPY it means the end.
-   * The buffer is sent before the next call, so it may be a view.
+   * The buffer is sent by reference, without a copy: it may be a view (of
+   * the device's state, say), and its bytes must stay unchanged until the
+   * next call (the server waits for it to be sent before calling again) or
+   * the end of the migration.
    */
   readData(max: number): Buffer | Promise<Buffer>;
   /** The next bytes of the incoming stream (valid until return/first await). */

@@ -16,8 +16,15 @@ export interface Endpoint {
    * Sends one message given as one or two byte ranges, plus descriptors.
    * Bytes not sent at once are copied, so callers may reuse their buffers;
    * descriptors must stay open until whenDrained() resolves.
+   *
+   * With `bStable` the caller promises that `b` stays unchanged until
+   * whenDrained() resolves (or the endpoint closes): what the socket does
+   * not take at once is then queued by reference instead of copied, so
+   * large payloads (migration data) leave with no copy in user space.
    */
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void;
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable?: boolean): void;
+  /** Whether bytes are still queued (whenDrained() would wait). */
+  readonly sending: boolean;
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;
   setLimits(maxMessageSize: number, maxFds: number): void;

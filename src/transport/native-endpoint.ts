@@ -14,11 +14,15 @@ const recvState = new Int32Array(RECV_STATE_LEN);
 const READ_BUDGET = 64;
 
 interface Pending {
+  /** What is left to send: `data` then `more` (a caller's stable buffer, or null). */
   data: Buffer;
+  more: Buffer | null;
   fds: readonly number[] | null;
   /** The pooled buffer `data` lies in, returned to the pool once sent. */
   spill: Buffer | null;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 // Copies of large sends the socket could not take at once go into reused
 // buffers: streaming 1 MiB messages, fresh allocations cost more (page faults
@@ -116,7 +120,7 @@ export class NativeEndpoint implements Endpoint {
     }
   }
 
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void {
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable = false): void {
     if (this._closed) throw new VfuError(Errno.ENOTCONN, 'endpoint closed');
     const total = a.length + (b ? b.length : 0);
     if (this.queue.length === 0) {
@@ -124,7 +128,7 @@ export class NativeEndpoint implements Endpoint {
       if (r === total) return;
       if (r >= 0) {
         // Partial: the descriptors went with the first byte.
-        this.enqueue(a, b, r, null);
+        this.enqueue(a, b, r, null, bStable);
         return;
       }
       if (r !== EAGAIN) {
@@ -132,15 +136,28 @@ export class NativeEndpoint implements Endpoint {
         return;
       }
     }
-    this.enqueue(a, b, 0, fds && fds.length ? fds : null);
+    this.enqueue(a, b, 0, fds && fds.length ? fds : null, bStable);
   }
 
-  /** Queues a copy of bytes [skip, end) of a then b. */
-  private enqueue(a: Buffer, b: Buffer | null, skip: number, fds: readonly number[] | null): void {
-    const total = a.length + (b ? b.length : 0) - skip;
-    const spill = total >= SPILL_MIN ? takeSpill(total) : null;
-    const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
-    this.queue.push({ data, fds, spill });
+  get sending(): boolean {
+    return this.queue.length > 0;
+  }
+
+  /**
+   * Queues bytes [skip, end) of a then b: a copy, except that the unsent
+   * part of a stable `b` is kept by reference (only a's rest is copied).
+   */
+  private enqueue(a: Buffer, b: Buffer | null, skip: number, fds: readonly number[] | null, bStable: boolean): void {
+    if (bStable && b !== null && b.length > 0) {
+      const data = skip < a.length ? Buffer.from(a.subarray(skip)) : EMPTY;
+      const more = skip <= a.length ? b : b.subarray(skip - a.length);
+      this.queue.push({ data, more, fds, spill: null });
+    } else {
+      const total = a.length + (b ? b.length : 0) - skip;
+      const spill = total >= SPILL_MIN ? takeSpill(total) : null;
+      const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
+      this.queue.push({ data, more: null, fds, spill });
+    }
     if (!this.writing) {
       this.writing = true;
       this.n.pollUpdate(this.poll, POLL_READABLE | POLL_WRITABLE);
@@ -150,14 +167,19 @@ export class NativeEndpoint implements Endpoint {
   private flush(): void {
     while (this.queue.length > 0 && !this._closed) {
       const p = this.queue[0]!;
-      const r = this.n.sendmsg(this.fd, p.data, null, p.fds);
+      const r = this.n.sendmsg(this.fd, p.data, p.more, p.fds);
       if (r === EAGAIN) return;
       if (r < 0) {
         this.fail(new VfuError(-r, 'sendmsg failed'));
         return;
       }
-      if (r < p.data.length) {
-        p.data = p.data.subarray(r);
+      const left = p.data.length + (p.more ? p.more.length : 0) - r;
+      if (left > 0) {
+        if (r < p.data.length) p.data = p.data.subarray(r);
+        else {
+          p.more = p.more!.subarray(r - p.data.length);
+          p.data = EMPTY;
+        }
         p.fds = null;
         return;
       }

@@ -40,11 +40,23 @@ export class NetEndpoint implements Endpoint {
     else this.socket.unref();
   }
 
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void {
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable = false): void {
     if (fds && fds.length > 0) throw new NativeUnavailableError('sending file descriptors');
     if (this._closed) return;
-    // net.Socket keeps a reference until flushed: copy so callers may reuse.
+    // net.Socket keeps a reference until flushed: copy so callers may reuse,
+    // except a stable `b`, which goes by reference (one writev with a).
+    if (bStable && b && b.length) {
+      this.socket.cork();
+      this.socket.write(Buffer.from(a));
+      this.socket.write(b);
+      this.socket.uncork();
+      return;
+    }
     this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
+  }
+
+  get sending(): boolean {
+    return !this._closed && this.socket.writableLength > 0;
   }
 
   whenDrained(): Promise<void> {
