@@ -674,6 +674,39 @@ describe('v2: a large state, written in chunks of 64 KiB and more', () => {
   });
 });
 
+describe('v2: zero-copy restore (the device\'s receiveBuffer)', () => {
+  const size = 5 * 1024 * 1024 + 4321;
+  for (const transport of ['native', 'net'] as const) {
+    test(`large MIG_DATA_WRITEs land in the device's buffer, small ones are copied, all intact (${transport})`, async () => {
+      const dst = createStreamDevice({ size, precopy: 0, seed: 3, zeroCopy: true });
+      const s = await serve(dst.device, { transport });
+      try {
+        const c = await s.connect();
+        const stream = patternBytes(size, 12);
+        await c.setMigrationState(RESUMING);
+        // 1 MiB chunks (several reads each: placed), then small ones, then
+        // a pipelined burst of 256 KiB writes
+        await writeStream(c, stream.subarray(0, 3 << 20), 1 << 20);
+        await writeStream(c, stream.subarray(3 << 20, (3 << 20) + 40_000), 4000);
+        const rest = stream.subarray((3 << 20) + 40_000);
+        const parts: Promise<void>[] = [];
+        for (let at = 0; at < rest.length; at += 256 * 1024) parts.push(c.migDataWrite(rest.subarray(at, at + 256 * 1024)));
+        await Promise.all(parts);
+        assert.ok(dst.placed >= 3, `placed ${dst.placed} of ${dst.writes.length} writes`);
+        assert.ok(dst.placed < dst.writes.length, 'the 4000-byte writes are copied');
+        await c.setMigrationState(STOP);
+        assert.equal(sha256(dst.state), sha256(stream));
+        // a write beyond the state is not placed: the device's errno as before
+        await c.setMigrationState(RESUMING);
+        await writeStream(c, stream, 1 << 20);
+        await rejectsWith(c.migDataWrite(Buffer.alloc(1 << 20)), Errno.EOVERFLOW);
+      } finally {
+        await s.close();
+      }
+    });
+  }
+});
+
 describe('v2: the stream through the P2P states, and over node:net', () => {
   const size = 2 * 1024 * 1024 + 333;
   const precopy = 700_000;

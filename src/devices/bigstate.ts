@@ -102,9 +102,14 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
       pos += n;
       return out;
     },
+    // Zero-copy restore: large chunks are received straight into the state
+    // at the write position; writeData then gets that very view back.
+    receiveBuffer(n) {
+      return wpos + n <= size ? state.subarray(wpos, wpos + n) : null;
+    },
     writeData(data) {
       if (wpos + data.length > size) throw Object.assign(new Error('bigstate: stream too long'), { errno: 22 });
-      data.copy(state, wpos);
+      if (data.buffer !== state.buffer || data.byteOffset !== state.byteOffset + wpos) data.copy(state, wpos);
       wpos += data.length;
     },
     precopyInfo: () => ({ initialBytes: Math.max(0, pre - pos), dirtyBytes: 0 }),

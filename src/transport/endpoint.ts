@@ -2,7 +2,7 @@
 // bytes and descriptors out.  Two implementations share this interface:
 // NativeEndpoint (addon: sendmsg/recvmsg with SCM_RIGHTS) and NetEndpoint
 // (node:net, no descriptors).
-import type { Frame } from './framer.js';
+import type { Frame, Placement } from './framer.js';
 
 export interface Endpoint {
   /** Whether descriptors can be sent and received. */
@@ -28,6 +28,8 @@ export interface Endpoint {
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;
   setLimits(maxMessageSize: number, maxFds: number): void;
+  /** Lets the consumer receive large bodies into its own buffers (see Framer). */
+  setPlacement(p: Placement | null): void;
   close(): void;
   /** Whether this endpoint keeps the process alive. */
   ref(keep: boolean): void;

@@ -5,7 +5,7 @@ import { POLL_READABLE, POLL_WRITABLE, RECV_FLAG_CTRUNC, RECV_STATE_LEN, require
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { Endpoint } from './endpoint.js';
-import { type Frame, Framer } from './framer.js';
+import { type Frame, Framer, type Placement } from './framer.js';
 
 const EAGAIN = -Errno.EAGAIN;
 /** Shared recvmsg result array ([nfds, flags, fds...]); single-threaded use. */
@@ -83,6 +83,10 @@ export class NativeEndpoint implements Endpoint {
     this.framer.setMaxFds(maxFds);
   }
 
+  setPlacement(p: Placement | null): void {
+    this.framer.placement = p;
+  }
+
   ref(keep: boolean): void {
     if (!this._closed) this.n.pollRef(this.poll, keep);
   }
@@ -100,14 +104,15 @@ export class NativeEndpoint implements Endpoint {
   private readSome(): void {
     for (let i = 0; i < READ_BUDGET && !this._closed; i++) {
       const t = this.framer.readTarget();
-      const r = this.n.recvmsg(this.fd, t.buf, t.off, t.len, recvState);
+      const len = t.len;
+      const r = this.n.recvmsg(this.fd, t.buf, t.off, len, recvState);
       if (r > 0) {
         const nfds = recvState[0]!;
         const fds = nfds > 0 ? Array.from(recvState.subarray(2, 2 + nfds)) : null;
         this.framer.commit(r, fds, (recvState[1]! & RECV_FLAG_CTRUNC) !== 0);
         // uv_poll is level-triggered: a short read means the socket is empty
         // for now, and more data brings another callback.
-        if (r < t.len) return;
+        if (r < len) return;
       } else if (r === 0) {
         this.finish(null);
         return;

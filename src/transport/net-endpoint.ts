@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { NativeUnavailableError } from '../native/index.js';
 import type { Endpoint } from './endpoint.js';
-import { type Frame, Framer } from './framer.js';
+import { type Frame, Framer, type Placement } from './framer.js';
 
 export class NetEndpoint implements Endpoint {
   readonly canPassFds = false;
@@ -33,6 +33,10 @@ export class NetEndpoint implements Endpoint {
 
   setLimits(maxMessageSize: number): void {
     this.framer.setMaxMessageSize(maxMessageSize);
+  }
+
+  setPlacement(p: Placement | null): void {
+    this.framer.placement = p;
   }
 
   ref(keep: boolean): void {

@@ -60,10 +60,13 @@ export function migDataWrite(s: Session, f: Frame, via: Endpoint): void | Promis
   if (mig === null) throw einval('device is not migratable');
   if (size > s.opts.maxDataXferSize) throw einval(`MIG_DATA_WRITE of ${size} bytes exceeds max_data_xfer_size`);
   if (argsz < MigDataStruct.size + size) throw einval('MIG_DATA_WRITE argsz too small');
-  if (p.length !== MigDataStruct.size + size) throw einval(`MIG_DATA_WRITE carries ${p.length - MigDataStruct.size} bytes for size ${size}`);
-  // The bytes are a view of the receive buffer: the device copies them once,
-  // into its own state, and that is the only copy in user space.
-  const r = mig.write(p.subarray(MigDataStruct.size));
+  // A large body may have been received straight into the device's own
+  // buffer (Session.placeMigData): then it is handed back as is, with no
+  // copy at all.  Otherwise the bytes are a view of the receive buffer and
+  // the device copies them once, into its state.
+  const carried = p.length - MigDataStruct.size + (f.placed ? f.placed.length : 0);
+  if (carried !== size) throw einval(`MIG_DATA_WRITE carries ${carried} bytes for size ${size}`);
+  const r = mig.write(f.placed ?? p.subarray(MigDataStruct.size));
   if (r instanceof Promise) return r.then(() => s.conn.reply(via, f, null));
   s.conn.reply(via, f, null);
 }
