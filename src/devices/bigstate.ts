@@ -48,7 +48,9 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
   fillPseudoRandom(state, o.seed ?? 1);
   const expectedCrc = crc32(state);
   const bar0 = Buffer.alloc(4096);
-  let counter = 0n;
+  // A plain number (exact to 2^53 reads) written as two u32 halves: BigInt
+  // arithmetic allocated on every read of this hot register.
+  let counter = 0;
   let mig: MigStateId = MigState.RUNNING;
   let pos = 0; // read position in the outgoing stream
   let wpos = 0; // write position of the incoming stream
@@ -58,7 +60,7 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
     expectedCrc,
     receivedCrc: null,
     get bar0Reads() {
-      return counter;
+      return BigInt(counter);
     },
   };
 
@@ -68,7 +70,8 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
       read(offset, out) {
         if (offset < 8) {
           counter++;
-          bar0.writeBigUInt64LE(counter, 0);
+          bar0.writeUInt32LE(counter >>> 0, 0);
+          bar0.writeUInt32LE(Math.floor(counter / 2 ** 32), 4);
         }
         bar0.copy(out, 0, offset, offset + out.length);
       },
