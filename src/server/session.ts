@@ -8,6 +8,7 @@ import { Command, Errno, HEADER_SIZE, HeaderFlag, MigState, commandName } from '
 import { VfuError, errnoOf } from '../protocol/errors.js';
 import { DmaAccessStruct } from '../protocol/messages/dma.js';
 import { MigDataStruct } from '../protocol/messages/migration.js';
+import { RegionAccessStruct } from '../protocol/messages/region.js';
 import { Connection } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
@@ -63,6 +64,15 @@ export class Session {
   private queue: Queued[] = [];
   /** Reusable reply buffer for small REGION_READs (sends copy what they queue). */
   replyBuf = Buffer.allocUnsafe(4096 + 32);
+  /**
+   * Views of replyBuf for REGION_READ replies of 0..8 bytes (the register
+   * accesses that make up nearly all of them), made once instead of two
+   * subarrays per read: [whole reply, data part].
+   */
+  readonly smallReplies: [frame: Buffer, out: Buffer][] = Array.from({ length: 9 }, (_, n) => [
+    this.replyBuf.subarray(0, HEADER_SIZE + RegionAccessStruct.size + n),
+    this.replyBuf.subarray(HEADER_SIZE + RegionAccessStruct.size, HEADER_SIZE + RegionAccessStruct.size + n),
+  ]);
   onClosed: (() => void) | null = null;
   /** Page size for the v1 DIRTY_PAGES command (migration.pgsize). */
   dirtyPageSize = 4096;
@@ -169,6 +179,7 @@ export class Session {
 
   /** Closes descriptors a handler did not take (it sets f.fds = [] when it does). */
   private closeFds(fds: number[]): void {
+    if (fds.length === 0) return; // nearly every message: skip the length store
     for (const fd of fds) native?.close(fd);
     fds.length = 0;
   }

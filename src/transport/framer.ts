@@ -92,6 +92,7 @@ export class Framer {
   /** Stream position where the skipped message ends. */
   private skipEnd = 0;
   private batches: FdBatch[] = [];
+  private truncatedFds = false;
   private stopped = false;
   placement: Placement | null = null;
   /** A message being received into a placement buffer. */
@@ -204,17 +205,22 @@ export class Framer {
     this.start = 0;
   }
 
-  /** Fds whose read ended at or before stream position `upTo`. */
-  private takeFds(upTo: number): { fds: number[]; truncated: boolean } {
+  /**
+   * Fds whose read ended at or before stream position `upTo`; whether the
+   * kernel truncated any of them is left in `truncatedFds`.  (No result
+   * object: this runs for every message, and almost always finds none.)
+   */
+  private takeFds(upTo: number): number[] {
+    this.truncatedFds = false;
+    if (this.batches.length === 0) return [];
     let fds: number[] | null = null;
-    let truncated = false;
     while (this.batches.length > 0 && this.batches[0]!.end <= upTo) {
       const b = this.batches.shift()!;
-      truncated ||= b.truncated;
+      if (b.truncated) this.truncatedFds = true;
       if (fds === null) fds = b.fds;
       else fds.push(...b.fds);
     }
-    return { fds: fds ?? [], truncated };
+    return fds ?? [];
   }
 
   private closeAll(fds: number[]): void {
@@ -248,7 +254,8 @@ export class Framer {
     const b = this.buf;
     const s = p.msgStart;
     const msgSize = b.readUInt32LE(s + 4);
-    const { fds, truncated } = this.takeFds(this.streamPos());
+    const fds = this.takeFds(this.streamPos());
+    const truncated = this.truncatedFds;
     this.placing = null;
     // The body never entered buf: account for it in the stream position.
     this.start = this.end;
@@ -285,7 +292,7 @@ export class Framer {
         this.start += n;
         this.skipping -= n;
         if (this.skipping > 0) break;
-        this.closeAll(this.takeFds(this.skipEnd).fds);
+        this.closeAll(this.takeFds(this.skipEnd));
         continue;
       }
       const avail = this.end - this.start;
@@ -305,7 +312,7 @@ export class Framer {
         this.skipping = bodyLen;
         this.skipEnd = msgEnd;
         const errno = msgSize < HEADER_SIZE ? Errno.EINVAL : Errno.EMSGSIZE;
-        if (bodyLen === 0) this.closeAll(this.takeFds(msgEnd).fds);
+        if (bodyLen === 0) this.closeAll(this.takeFds(msgEnd));
         this.onFrame({ msgId, cmd, msgSize, flags, errorNo, payload: EMPTY, fds: [], rejected: errno });
         continue;
       }
@@ -313,7 +320,8 @@ export class Framer {
         this.offerPlacement(s, cmd, flags, msgSize);
         break;
       }
-      const { fds, truncated } = this.takeFds(this.base + s + msgSize);
+      const fds = this.takeFds(this.base + s + msgSize);
+      const truncated = this.truncatedFds;
       this.start += msgSize;
       let list = fds;
       if (list.length > this.opts.maxFds) {
