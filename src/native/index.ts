@@ -21,6 +21,9 @@ export const POLL_DISCONNECT = 4;
 /** recvmsg state array length: [nfds, flags, fds...] */
 export const RECV_STATE_LEN = 2 + 253;
 export const RECV_FLAG_CTRUNC = 1;
+/** pollSetReceive: the state array's slots for the next read's offset and length. */
+export const RECV_AHEAD_OFF = RECV_STATE_LEN;
+export const RECV_AHEAD_LEN = RECV_STATE_LEN + 1;
 
 export interface NativeAddon {
   socketpair(): [number, number];
@@ -33,10 +36,17 @@ export interface NativeAddon {
   dup(fd: number): number;
   setNonBlocking(fd: number): number;
   isUnixStream(fd: number): number;
-  pollStart(fd: number, events: number, cb: (events: number, status: number) => void): PollHandle;
+  /** `got`: the result of the receive-ahead read (pollSetReceive), or null when none was made. */
+  pollStart(fd: number, events: number, cb: (events: number, status: number, got: number | null) => void): PollHandle;
   pollUpdate(h: PollHandle, events: number): number;
   pollClose(h: PollHandle): void;
   pollRef(h: PollHandle, ref: boolean): void;
+  /**
+   * On readable, recvmsg into buf[state[RECV_AHEAD_OFF], +state[RECV_AHEAD_LEN])
+   * before calling back (nothing when that length is 0); the fds go to
+   * `state` as with recvmsg.  null unregisters.
+   */
+  pollSetReceive(h: PollHandle, buf: Uint8Array | null, state: Int32Array | null): void;
   memfdCreate(name: string, size: number, seal: boolean): number;
   getSeals(fd: number): number;
   mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;

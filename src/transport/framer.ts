@@ -114,6 +114,11 @@ export class Framer {
     this.opts = { ...this.opts, maxFds: n };
   }
 
+  /** Whether reads now go to a placement buffer (not the reassembly buffer). */
+  get placingNow(): boolean {
+    return this.placing !== null;
+  }
+
   /** Bytes currently buffered and not yet delivered (for tests/limits). */
   get buffered(): number {
     return this.end - this.start;

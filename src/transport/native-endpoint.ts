@@ -1,15 +1,29 @@
 // Endpoint over a non-blocking AF_UNIX socket driven by the native addon:
 // uv_poll for readiness, recvmsg straight into the framer's buffer, sendmsg
 // gathering header and payload with their descriptors.
-import { POLL_READABLE, POLL_WRITABLE, RECV_FLAG_CTRUNC, RECV_STATE_LEN, requireNative, type NativeAddon, type PollHandle } from '../native/index.js';
+//
+// Receive-ahead: after each batch of reads the endpoint tells the addon
+// where the next one goes (pollSetReceive when the framer's buffer changes,
+// then just two Int32Array stores), and the addon reads as soon as the
+// socket is readable, before calling into JS.  A request then costs one
+// JS->C call (the reply's sendmsg) instead of two.
+import {
+  POLL_READABLE,
+  POLL_WRITABLE,
+  RECV_AHEAD_LEN,
+  RECV_AHEAD_OFF,
+  RECV_FLAG_CTRUNC,
+  RECV_STATE_LEN,
+  requireNative,
+  type NativeAddon,
+  type PollHandle,
+} from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { Endpoint } from './endpoint.js';
 import { type Frame, Framer, type Placement } from './framer.js';
 
 const EAGAIN = -Errno.EAGAIN;
-/** Shared recvmsg result array ([nfds, flags, fds...]); single-threaded use. */
-const recvState = new Int32Array(RECV_STATE_LEN);
 /** Reads per readiness callback before yielding to the loop. */
 const READ_BUDGET = 64;
 
@@ -63,6 +77,10 @@ export class NativeEndpoint implements Endpoint {
   private drainWaiters: (() => void)[] = [];
   private _closed = false;
   private writing = false;
+  /** recvmsg results ([nfds, flags, fds...]) and the receive-ahead target. */
+  private readonly io = new Int32Array(RECV_STATE_LEN + 2);
+  /** The buffer registered for receive-ahead. */
+  private aheadBuf: Buffer | null = null;
 
   constructor(
     readonly fd: number,
@@ -71,7 +89,30 @@ export class NativeEndpoint implements Endpoint {
     this.n = requireNative('fd-passing transport');
     const n = this.n;
     this.framer = new Framer((f) => this.onFrame(f), { ...opts, closeFd: (x) => void n.close(x) });
-    this.poll = n.pollStart(fd, POLL_READABLE, (events, status) => this.onEvents(events, status));
+    this.poll = n.pollStart(fd, POLL_READABLE, (events, status, got) => this.onEvents(events, status, got));
+    this.armReceive();
+  }
+
+  /**
+   * Points the addon's receive-ahead at where the framer wants the next
+   * bytes: its own reassembly buffer only (a placement target is a
+   * consumer's memory, which we do not hand to C across event-loop turns;
+   * those reads are made from JS).
+   */
+  private armReceive(): void {
+    if (this._closed) return;
+    const io = this.io;
+    if (this.framer.placingNow) {
+      io[RECV_AHEAD_LEN] = 0;
+      return;
+    }
+    const t = this.framer.readTarget();
+    if (t.buf !== this.aheadBuf) {
+      this.n.pollSetReceive(this.poll, t.buf, io);
+      this.aheadBuf = t.buf;
+    }
+    io[RECV_AHEAD_OFF] = t.off;
+    io[RECV_AHEAD_LEN] = t.len;
   }
 
   get closed(): boolean {
@@ -91,25 +132,36 @@ export class NativeEndpoint implements Endpoint {
     if (!this._closed) this.n.pollRef(this.poll, keep);
   }
 
-  private onEvents(events: number, status: number): void {
+  private onEvents(events: number, status: number, got: number | null): void {
     if (this._closed) return;
     if (status < 0) {
       this.fail(new VfuError(-status, 'socket poll failed'));
       return;
     }
     if (events & POLL_WRITABLE) this.flush();
-    if (events & POLL_READABLE || events & 4) this.readSome();
+    if (got !== null || events & POLL_READABLE || events & 4) this.readSome(got);
+    this.armReceive();
   }
 
-  private readSome(): void {
+  /** Reads until the socket is empty (or the budget is spent); `first` is the addon's read, if it made one. */
+  private readSome(first: number | null): void {
+    const io = this.io;
     for (let i = 0; i < READ_BUDGET && !this._closed; i++) {
-      const t = this.framer.readTarget();
-      const len = t.len;
-      const r = this.n.recvmsg(this.fd, t.buf, t.off, len, recvState);
+      let r: number;
+      let len: number;
+      if (i === 0 && first !== null) {
+        // already read into the armed target, which is still readTarget()
+        r = first;
+        len = io[RECV_AHEAD_LEN]!;
+      } else {
+        const t = this.framer.readTarget();
+        len = t.len;
+        r = this.n.recvmsg(this.fd, t.buf, t.off, len, io);
+      }
       if (r > 0) {
-        const nfds = recvState[0]!;
-        const fds = nfds > 0 ? Array.from(recvState.subarray(2, 2 + nfds)) : null;
-        this.framer.commit(r, fds, (recvState[1]! & RECV_FLAG_CTRUNC) !== 0);
+        const nfds = io[0]!;
+        const fds = nfds > 0 ? Array.from(io.subarray(2, 2 + nfds)) : null;
+        this.framer.commit(r, fds, (io[1]! & RECV_FLAG_CTRUNC) !== 0);
         // uv_poll is level-triggered: a short read means the socket is empty
         // for now, and more data brings another callback.
         if (r < len) return;
