@@ -4,7 +4,8 @@
  *   - AF_UNIX stream sockets: listen/accept/connect/socketpair, sendmsg and
  *     recvmsg with SCM_RIGHTS descriptors (received close-on-exec);
  *   - readiness notification for any fd through uv_poll on Node's loop, with
- *     an optional receive-ahead: the read done before JS is called;
+ *     optional receive-ahead (the read done before JS is called) and outbox
+ *     (the replies JS gathers sent after it returns);
  *   - memfd_create with seals, mmap/munmap into external ArrayBuffers that
  *     are unmapped explicitly (and detached) or, failing that, when collected;
  *   - eventfd create/read/write, F_GET_SEALS, dup, close.
@@ -437,10 +438,13 @@ static napi_value n_is_unix_stream(napi_env env, napi_callback_info info) {
 
 /* --------------------------------------------------------------------- poll */
 
-/* Receive-ahead slots after the recvmsg state: where the next read goes. */
+/* pollSetIo slots after the recvmsg state: where the next read goes, the
+ * bytes waiting in the outbox, and whether a callback of ours is running. */
 #define STATE_RECV_OFF STATE_LEN
 #define STATE_RECV_LEN (STATE_LEN + 1)
-#define STATE_RECV_SLOTS (STATE_LEN + 2)
+#define STATE_OUT_LEN (STATE_LEN + 2)
+#define STATE_IN_CB (STATE_LEN + 3)
+#define STATE_IO_SLOTS (STATE_LEN + 4)
 
 typedef struct {
     uv_poll_t handle;
@@ -451,11 +455,11 @@ typedef struct {
     int closing;
     int uv_closed;
     int finalized;
-    /* Receive-ahead (pollSetReceive): the buffer and state array, held by
-     * strong references while registered, and their memory. */
-    napi_ref rbuf_ref, rstate_ref;
-    uint8_t *rbuf;
-    size_t rbuf_len;
+    /* pollSetIo: the receive-ahead buffer, the state array and the outbox,
+     * held by strong references while registered, and their memory. */
+    napi_ref rbuf_ref, rstate_ref, obuf_ref;
+    uint8_t *rbuf, *obuf;
+    size_t rbuf_len, obuf_len;
     int32_t *rstate;
 } poll_ctx_t;
 
@@ -474,6 +478,33 @@ static void poll_finalize(napi_env env, void *data, void *hint) {
     /* The handle can only be collected after pollClose dropped `self`. */
     p->finalized = 1;
     poll_maybe_free(p);
+}
+
+static void poll_on_event(uv_poll_t *h, int status, int events);
+
+/* Sends what JS gathered in the outbox during the callback, in one system
+ * call.  What the socket does not take stays at the front of the outbox and
+ * we poll for writability: the JS side sends it first when that comes
+ * (errors surface there too, as the socket then reads as writable). */
+static void send_outbox(poll_ctx_t *p) {
+    int32_t n = p->rstate[STATE_OUT_LEN];
+    ssize_t r;
+    int fd;
+    if (n <= 0 || p->obuf == NULL || (size_t)n > p->obuf_len || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
+        return;
+    }
+    do {
+        r = send(fd, p->obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r == n) {
+        p->rstate[STATE_OUT_LEN] = 0;
+        return;
+    }
+    if (r > 0) {
+        memmove(p->obuf, p->obuf + r, (size_t)(n - r));
+        p->rstate[STATE_OUT_LEN] = (int32_t)(n - r);
+    }
+    uv_poll_start(&p->handle, UV_READABLE | UV_WRITABLE, poll_on_event);
 }
 
 static void poll_on_event(uv_poll_t *h, int status, int events) {
@@ -501,11 +532,17 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
             argv[2] = make_int(env, recv_into(fd, p->rbuf + off, (size_t)len, p->rstate));
         }
     }
+    if (p->rstate != NULL) p->rstate[STATE_IN_CB] = 1;
     st = napi_make_callback(env, p->actx, recv, cb, 3, argv, &result);
     if (st == napi_pending_exception) {
         napi_value err;
         napi_get_and_clear_last_exception(env, &err);
         napi_fatal_exception(env, err);
+    }
+    /* The registration may have changed (or the handle closed) meanwhile. */
+    if (p->rstate != NULL) {
+        p->rstate[STATE_IN_CB] = 0;
+        if (!p->closing) send_outbox(p);
     }
     napi_close_handle_scope(env, scope);
 }
@@ -585,41 +622,52 @@ static napi_value n_poll_ref(napi_env env, napi_callback_info info) {
     return NULL;
 }
 
-static void poll_release_receive(napi_env env, poll_ctx_t *p) {
+static void poll_release_io(napi_env env, poll_ctx_t *p) {
     if (p->rbuf_ref) napi_delete_reference(env, p->rbuf_ref);
     if (p->rstate_ref) napi_delete_reference(env, p->rstate_ref);
-    p->rbuf_ref = p->rstate_ref = NULL;
-    p->rbuf = NULL;
-    p->rbuf_len = 0;
+    if (p->obuf_ref) napi_delete_reference(env, p->obuf_ref);
+    p->rbuf_ref = p->rstate_ref = p->obuf_ref = NULL;
+    p->rbuf = p->obuf = NULL;
+    p->rbuf_len = p->obuf_len = 0;
     p->rstate = NULL;
 }
 
-/* pollSetReceive(handle, buf|null, state:Int32Array): on READABLE, recvmsg
- * into buf[state[255], +state[256]) (nothing when that length is 0) before
- * calling back, with the fds in state as for recvmsg.  The references keep
- * both alive until replaced, cleared (null) or the handle is closed. */
-static napi_value n_poll_set_receive(napi_env env, napi_callback_info info) {
-    napi_value argv[3];
+/*
+ * pollSetIo(handle, recvBuf|null, state:Int32Array|null, outbox|null):
+ *  - receive-ahead: on READABLE, recvmsg into recvBuf[state[255], +state[256])
+ *    (nothing when that length is 0) before calling back, the fds going to
+ *    `state` as for recvmsg;
+ *  - outbox: while a callback runs state[258] is 1, and JS may gather small
+ *    messages in outbox[0, state[257]); they are sent after it returns.
+ * The references keep everything alive until replaced, cleared (state
+ * null) or the handle is closed.
+ */
+static napi_value n_poll_set_io(napi_env env, napi_callback_info info) {
+    napi_value argv[4];
     poll_ctx_t *p;
-    uint8_t *buf, *st8;
-    size_t buflen, stlen;
-    if (get_args(env, info, 3, argv) < 0) return throw_last(env);
+    uint8_t *rbuf = NULL, *st8, *obuf = NULL;
+    size_t rlen = 0, stlen, olen = 0;
+    if (get_args(env, info, 4, argv) < 0) return throw_last(env);
     p = unwrap_poll(env, argv[0]);
-    if (p == NULL || p->closing) return throw_errno(env, "pollSetReceive", EBADF);
-    if (is_nullish(env, argv[1])) {
-        poll_release_receive(env, p);
+    if (p == NULL || p->closing) return throw_errno(env, "pollSetIo", EBADF);
+    if (is_nullish(env, argv[2])) {
+        poll_release_io(env, p);
         return NULL;
     }
-    if (get_bytes(env, argv[1], &buf, &buflen) < 0 || get_bytes(env, argv[2], &st8, &stlen) < 0 ||
-        stlen < STATE_RECV_SLOTS * sizeof(int32_t)) {
-        return throw_errno(env, "pollSetReceive: arguments", EINVAL);
+    if (get_bytes(env, argv[2], &st8, &stlen) < 0 || stlen < STATE_IO_SLOTS * sizeof(int32_t) ||
+        (!is_nullish(env, argv[1]) && get_bytes(env, argv[1], &rbuf, &rlen) < 0) ||
+        (!is_nullish(env, argv[3]) && get_bytes(env, argv[3], &obuf, &olen) < 0)) {
+        return throw_errno(env, "pollSetIo: arguments", EINVAL);
     }
-    poll_release_receive(env, p);
-    CHECK(napi_create_reference(env, argv[1], 1, &p->rbuf_ref));
+    poll_release_io(env, p);
     CHECK(napi_create_reference(env, argv[2], 1, &p->rstate_ref));
-    p->rbuf = buf;
-    p->rbuf_len = buflen;
+    if (rbuf != NULL) CHECK(napi_create_reference(env, argv[1], 1, &p->rbuf_ref));
+    if (obuf != NULL) CHECK(napi_create_reference(env, argv[3], 1, &p->obuf_ref));
     p->rstate = (int32_t *)st8;
+    p->rbuf = rbuf;
+    p->rbuf_len = rlen;
+    p->obuf = obuf;
+    p->obuf_len = olen;
     return NULL;
 }
 
@@ -636,7 +684,7 @@ static napi_value n_poll_close(napi_env env, napi_callback_info info) {
     napi_async_destroy(env, p->actx);
     napi_delete_reference(env, p->callback);
     napi_delete_reference(env, p->self);
-    poll_release_receive(env, p);
+    poll_release_io(env, p);
     return NULL;
 }
 
@@ -892,7 +940,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("pollUpdate", n_poll_update);
     EXPORT_FN("pollClose", n_poll_close);
     EXPORT_FN("pollRef", n_poll_ref);
-    EXPORT_FN("pollSetReceive", n_poll_set_receive);
+    EXPORT_FN("pollSetIo", n_poll_set_io);
     EXPORT_FN("memfdCreate", n_memfd_create);
     EXPORT_FN("getSeals", n_get_seals);
     EXPORT_FN("mmap", n_mmap);

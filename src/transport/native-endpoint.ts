@@ -2,18 +2,27 @@
 // uv_poll for readiness, recvmsg straight into the framer's buffer, sendmsg
 // gathering header and payload with their descriptors.
 //
-// Receive-ahead: after each batch of reads the endpoint tells the addon
-// where the next one goes (pollSetReceive when the framer's buffer changes,
-// then just two Int32Array stores), and the addon reads as soon as the
-// socket is readable, before calling into JS.  A request then costs one
-// JS->C call (the reply's sendmsg) instead of two.
+// A round trip costs a JS entry and two N-API calls (recvmsg, sendmsg),
+// which on a small machine weigh as much as the system calls themselves.
+// Two registrations with the addon (pollSetIo) take both calls off the
+// common path, leaving only Int32Array loads and stores to JS:
+//  - receive-ahead: after each batch of reads the endpoint tells the addon
+//    where the next one goes (a new pollSetIo only when the framer's buffer
+//    changes), and the addon reads as soon as the socket is readable,
+//    before calling into JS;
+//  - outbox: while our callback runs (including the promise continuations
+//    run at its end), small fd-less messages are copied into an outbox,
+//    which the addon sends in one system call once the callback returns.
+//    Replies leave without an N-API call, and several leave together.
 import {
+  IO_IN_CALLBACK,
+  IO_OUT_LEN,
+  IO_RECV_LEN,
+  IO_RECV_OFF,
+  IO_STATE_LEN,
   POLL_READABLE,
   POLL_WRITABLE,
-  RECV_AHEAD_LEN,
-  RECV_AHEAD_OFF,
   RECV_FLAG_CTRUNC,
-  RECV_STATE_LEN,
   requireNative,
   type NativeAddon,
   type PollHandle,
@@ -37,6 +46,8 @@ interface Pending {
 }
 
 const EMPTY = Buffer.alloc(0);
+/** Outbox size: replies and requests up to this go out through it. */
+const OUTBOX = 8192;
 
 // Copies of large sends the socket could not take at once go into reused
 // buffers: streaming 1 MiB messages, fresh allocations cost more (page faults
@@ -77,8 +88,10 @@ export class NativeEndpoint implements Endpoint {
   private drainWaiters: (() => void)[] = [];
   private _closed = false;
   private writing = false;
-  /** recvmsg results ([nfds, flags, fds...]) and the receive-ahead target. */
-  private readonly io = new Int32Array(RECV_STATE_LEN + 2);
+  /** recvmsg results ([nfds, flags, fds...]), then the pollSetIo slots. */
+  private readonly io = new Int32Array(IO_STATE_LEN);
+  /** Small messages gathered during a callback (see the file header). */
+  private readonly outbox = Buffer.allocUnsafeSlow(OUTBOX);
   /** The buffer registered for receive-ahead. */
   private aheadBuf: Buffer | null = null;
 
@@ -103,16 +116,16 @@ export class NativeEndpoint implements Endpoint {
     if (this._closed) return;
     const io = this.io;
     if (this.framer.placingNow) {
-      io[RECV_AHEAD_LEN] = 0;
+      io[IO_RECV_LEN] = 0;
       return;
     }
     const t = this.framer.readTarget();
     if (t.buf !== this.aheadBuf) {
-      this.n.pollSetReceive(this.poll, t.buf, io);
+      this.n.pollSetIo(this.poll, t.buf, io, this.outbox);
       this.aheadBuf = t.buf;
     }
-    io[RECV_AHEAD_OFF] = t.off;
-    io[RECV_AHEAD_LEN] = t.len;
+    io[IO_RECV_OFF] = t.off;
+    io[IO_RECV_LEN] = t.len;
   }
 
   get closed(): boolean {
@@ -152,7 +165,7 @@ export class NativeEndpoint implements Endpoint {
       if (i === 0 && first !== null) {
         // already read into the armed target, which is still readTarget()
         r = first;
-        len = io[RECV_AHEAD_LEN]!;
+        len = io[IO_RECV_LEN]!;
       } else {
         const t = this.framer.readTarget();
         len = t.len;
@@ -179,9 +192,23 @@ export class NativeEndpoint implements Endpoint {
 
   send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable = false): void {
     if (this._closed) throw new VfuError(Errno.ENOTCONN, 'endpoint closed');
+    const io = this.io;
     const total = a.length + (b ? b.length : 0);
+    const noFds = fds === null || fds.length === 0;
+    // Inside our callback, small fd-less messages go to the outbox (sent by
+    // the addon when the callback returns).  The outbox is only ever used
+    // with an empty queue, so it never overtakes queued bytes.
+    if (io[IO_IN_CALLBACK] === 1 && noFds && this.queue.length === 0 && io[IO_OUT_LEN]! + total <= OUTBOX) {
+      let at = io[IO_OUT_LEN]!;
+      at += a.copy(this.outbox, at);
+      if (b !== null) at += b.copy(this.outbox, at);
+      io[IO_OUT_LEN] = at;
+      return;
+    }
+    // Anything else must not overtake what the outbox holds.
+    if (io[IO_OUT_LEN]! > 0) this.flushOutbox();
     if (this.queue.length === 0) {
-      const r = this.n.sendmsg(this.fd, a, b, fds && fds.length ? fds : null);
+      const r = this.n.sendmsg(this.fd, a, b, noFds ? null : fds);
       if (r === total) return;
       if (r >= 0) {
         // Partial: the descriptors went with the first byte.
@@ -193,11 +220,26 @@ export class NativeEndpoint implements Endpoint {
         return;
       }
     }
-    this.enqueue(a, b, 0, fds && fds.length ? fds : null, bStable);
+    this.enqueue(a, b, 0, noFds ? null : fds, bStable);
+  }
+
+  /** Sends the outbox now (what the socket does not take joins the queue, which is empty). */
+  private flushOutbox(): void {
+    const io = this.io;
+    const n = io[IO_OUT_LEN]!;
+    io[IO_OUT_LEN] = 0;
+    const out = this.outbox.subarray(0, n);
+    const r = this.n.sendmsg(this.fd, out, null, null);
+    if (r === n) return;
+    if (r >= 0 || r === EAGAIN) {
+      this.enqueue(out, null, Math.max(0, r), null, false);
+      return;
+    }
+    this.fail(new VfuError(-r, 'sendmsg failed'));
   }
 
   get sending(): boolean {
-    return this.queue.length > 0;
+    return this.queue.length > 0 || this.io[IO_OUT_LEN]! > 0;
   }
 
   /**
@@ -222,6 +264,8 @@ export class NativeEndpoint implements Endpoint {
   }
 
   private flush(): void {
+    // The addon leaves in the outbox what the socket did not take: it goes first.
+    if (this.io[IO_OUT_LEN]! > 0) this.flushOutbox();
     while (this.queue.length > 0 && !this._closed) {
       const p = this.queue[0]!;
       const r = this.n.sendmsg(this.fd, p.data, p.more, p.fds);
@@ -252,6 +296,10 @@ export class NativeEndpoint implements Endpoint {
   }
 
   whenDrained(): Promise<void> {
+    if (this._closed) return Promise.resolve();
+    // The addon would send the outbox after the callback; a waiter needs it
+    // sent (or queued, which flush() then reports) now.
+    if (this.io[IO_OUT_LEN]! > 0) this.flushOutbox();
     if (this.queue.length === 0 || this._closed) return Promise.resolve();
     return new Promise((res) => this.drainWaiters.push(res));
   }
@@ -266,6 +314,13 @@ export class NativeEndpoint implements Endpoint {
 
   private finish(err: Error | null): void {
     if (this._closed) return;
+    // A reply gathered just before a close still leaves (best effort, as a
+    // direct send would have).
+    if (err === null && this.io[IO_OUT_LEN]! > 0 && this.queue.length === 0) {
+      const out = this.outbox.subarray(0, this.io[IO_OUT_LEN]);
+      this.n.sendmsg(this.fd, out, null, null);
+    }
+    this.io[IO_OUT_LEN] = 0;
     this._closed = true;
     this.n.pollClose(this.poll);
     this.n.close(this.fd);
