@@ -682,20 +682,25 @@ export class VfioUserClient extends EventEmitter {
   // ------------------------------------------------------- migration data
 
   /**
-   * MIG_DATA_READ of up to `size` bytes.  `into` (optional) receives the
-   * bytes straight from the receive buffer; the result is the count (or the
-   * copied bytes when `into` is absent).
+   * MIG_DATA_READ of up to `size` bytes: a copy of the bytes, made in `into`
+   * when given (at least `size` bytes; the result is then a view of it), so
+   * a caller streaming chunks can reuse one buffer instead of allocating
+   * (and page-faulting) a fresh one per chunk.
    */
-  async migDataRead(size: number): Promise<Buffer> {
+  migDataRead(size: number, into?: Buffer): Promise<Buffer> {
+    if (into !== undefined && into.length < size) return Promise.reject(new RangeError(`a ${into.length}-byte buffer for a ${size}-byte read`));
     const req = MigDataStruct.encode({ argsz: MigDataStruct.size + size, size });
-    return this.conn.request(Command.MIG_DATA_READ, req, {}, (f: Frame) => {
+    return this.conn.request(Command.MIG_DATA_READ, req, NO_OPTIONS, (f: Frame) => {
       this.dropFds(f);
       const p = f.payload;
       if (p.length < MigDataStruct.size) throw bad(Command.MIG_DATA_READ, 'short');
       const n = p.readUInt32LE(4);
       // libvfio-user pads replies to the requested size: read only `size` bytes.
       if (n > size || p.length < MigDataStruct.size + n) throw bad(Command.MIG_DATA_READ, `size ${n} for a ${size}-byte read`);
-      return Buffer.from(p.subarray(MigDataStruct.size, MigDataStruct.size + n));
+      const data = p.subarray(MigDataStruct.size, MigDataStruct.size + n);
+      if (into === undefined) return Buffer.from(data);
+      data.copy(into);
+      return into.subarray(0, n);
     });
   }
 
