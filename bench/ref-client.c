@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -165,6 +166,13 @@ static void set_state(uint32_t state) {
     recv_reply(send_msg(CMD_DEVICE_FEATURE, p, sizeof(p), NULL, 0), CMD_DEVICE_FEATURE, &len);
 }
 
+/* CPU time (user + system) this process has used, in ms. */
+static double cpu_ms(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e3 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
+}
+
 /* Peak resident set of this process, from /proc. */
 static long hwm_kib(void) {
     char line[256];
@@ -217,7 +225,7 @@ static int migread(int argc, char **argv) {
     connect_to(argv[2]);
     version(chunk > (1u << 20) ? chunk : 1u << 20);
     uint64_t msgs0 = messages;
-    double t0 = now();
+    double c0 = cpu_ms(), t0 = now();
     for (int phase = precopy ? 0 : 1; phase < 2; phase++) {
         set_state(phase == 0 ? ST_PRE_COPY : ST_STOP_COPY);
         for (;;) { /* a short read ends the phase */
@@ -232,11 +240,11 @@ static int migread(int argc, char **argv) {
             if (size < chunk) break;
         }
     }
-    double secs = now() - t0;
+    double secs = now() - t0, cpu = cpu_ms() - c0;
     uint64_t msgs = messages - msgs0;
     set_state(ST_RUNNING); /* leave the device reusable */
-    printf("mode=migread chunk=%u bytes=%llu precopy_bytes=%llu seconds=%.6f gbps=%.3f msgs=%llu hwm_kib=%ld\n", chunk,
-           (unsigned long long)bytes, (unsigned long long)pre, secs, bytes / secs / 1e9, (unsigned long long)msgs, hwm_kib());
+    printf("mode=migread chunk=%u bytes=%llu precopy_bytes=%llu seconds=%.6f gbps=%.3f msgs=%llu cpu_ms=%.1f hwm_kib=%ld\n", chunk,
+           (unsigned long long)bytes, (unsigned long long)pre, secs, bytes / secs / 1e9, (unsigned long long)msgs, cpu, hwm_kib());
     return 0;
 }
 
@@ -258,21 +266,21 @@ static int migwrite(int argc, char **argv) {
     version(chunk > (1u << 20) ? chunk : 1u << 20);
     set_state(ST_RESUMING);
     uint64_t msgs0 = messages;
-    double t0 = now();
+    double c0 = cpu_ms(), t0 = now();
     for (size_t at = 0; at < total; at += chunk) {
         uint32_t n = (uint32_t)(total - at < chunk ? total - at : chunk);
         uint32_t req[2] = {8 + n, n};
         size_t len;
         recv_reply(send_msg(CMD_MIG_DATA_WRITE, req, sizeof(req), data + at, n), CMD_MIG_DATA_WRITE, &len);
     }
-    double secs = now() - t0;
+    double secs = now() - t0, cpu = cpu_ms() - c0;
     uint64_t msgs = messages - msgs0;
     double s0 = now();
     set_state(ST_STOP); /* the device checks what it received */
     double stop = now() - s0;
     set_state(ST_RUNNING);
-    printf("mode=migwrite chunk=%u bytes=%zu seconds=%.6f gbps=%.3f msgs=%llu stop_ms=%.3f hwm_kib=%ld\n", chunk, total, secs,
-           total / secs / 1e9, (unsigned long long)msgs, stop * 1e3, hwm_kib());
+    printf("mode=migwrite chunk=%u bytes=%zu seconds=%.6f gbps=%.3f msgs=%llu cpu_ms=%.1f stop_ms=%.3f hwm_kib=%ld\n", chunk, total,
+           secs, total / secs / 1e9, (unsigned long long)msgs, cpu, stop * 1e3, hwm_kib());
     return 0;
 }
 

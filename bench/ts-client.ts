@@ -13,8 +13,8 @@
 // pages, so the stop-copy phase carries the last round's writes.
 //
 // migread hands each chunk to a sink while it is still in the receive buffer
-// (migDataReadInto); with `copy` it uses migDataRead, which returns a copy,
-// as the orchestrator does.  migwrite sends bigstate's pattern (seed 1).
+// (migDataReadInto); with `copy` it uses migDataRead into one reused
+// buffer, as the orchestrator does.  migwrite sends bigstate's pattern (seed 1).
 // migread and migwrite take `--warm N`: N untimed passes first, in this
 // process, so that the figure is V8's optimised code rather than its JIT
 // warm-up (the first pass's rate is printed as first_gbps).
@@ -25,6 +25,12 @@ import { LocalTarget, migrate as runMigration } from '../src/client/migrate.js';
 import { migrateV1Save } from '../src/client/migration-v1.js';
 import { fillPseudoRandom } from '../src/devices/bigstate.js';
 import { MigState } from '../src/protocol/constants.js';
+
+/** CPU time (user + system, all threads) since `from`, in ms. */
+function cpuMs(from: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1000;
+}
 
 function hwmKib(): number {
   const m = /VmHWM:\s*(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'));
@@ -69,6 +75,7 @@ async function migread(argv: string[]): Promise<string> {
   const chunk = Number(chunkArg);
   const c = await connect(path!, chunk);
   const copy = how === 'copy';
+  const into = Buffer.allocUnsafeSlow(chunk);
   const sink = (): void => {};
   let first = 0;
   let line = '';
@@ -76,21 +83,23 @@ async function migread(argv: string[]): Promise<string> {
     let bytes = 0;
     let pre = 0;
     const msgs0 = c.conn.stats.sent;
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     for (let phase = how === 'precopy' ? 0 : 1; phase < 2; phase++) {
       await c.setMigrationState(phase === 0 ? MigState.PRE_COPY : MigState.STOP_COPY);
       for (;;) {
-        const n = copy ? (await c.migDataRead(chunk)).length : await c.migDataReadInto(chunk, sink);
+        const n = copy ? (await c.migDataRead(chunk, into)).length : await c.migDataReadInto(chunk, sink);
         bytes += n;
         if (phase === 0) pre += n;
         if (n < chunk) break;
       }
     }
     const secs = (performance.now() - t0) / 1000;
+    const cpu = cpuMs(cpu0);
     const msgs = c.conn.stats.sent - msgs0;
     await c.setMigrationState(MigState.RUNNING);
     if (pass === 0) first = bytes / secs / 1e9;
-    line = `mode=migread chunk=${chunk} bytes=${bytes} precopy_bytes=${pre} seconds=${secs.toFixed(6)} gbps=${(bytes / secs / 1e9).toFixed(3)} msgs=${msgs}`;
+    line = `mode=migread chunk=${chunk} bytes=${bytes} precopy_bytes=${pre} seconds=${secs.toFixed(6)} gbps=${(bytes / secs / 1e9).toFixed(3)} msgs=${msgs} cpu_ms=${cpu.toFixed(1)}`;
   }
   c.close();
   return `${line} first_gbps=${first.toFixed(3)} hwm_kib=${hwmKib()}`;
@@ -109,16 +118,18 @@ async function migwrite(argv: string[]): Promise<string> {
   for (let pass = 0; pass <= warm; pass++) {
     await c.setMigrationState(MigState.RESUMING);
     const msgs0 = c.conn.stats.sent;
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     for (let at = 0; at < total; at += chunk) await c.migDataWrite(data.subarray(at, Math.min(total, at + chunk)));
     const secs = (performance.now() - t0) / 1000;
+    const cpu = cpuMs(cpu0);
     const msgs = c.conn.stats.sent - msgs0;
     const s0 = performance.now();
     await c.setMigrationState(MigState.STOP);
     const stopMs = performance.now() - s0;
     await c.setMigrationState(MigState.RUNNING);
     if (pass === 0) first = total / secs / 1e9;
-    line = `mode=migwrite chunk=${chunk} bytes=${total} seconds=${secs.toFixed(6)} gbps=${(total / secs / 1e9).toFixed(3)} msgs=${msgs} stop_ms=${stopMs.toFixed(3)}`;
+    line = `mode=migwrite chunk=${chunk} bytes=${total} seconds=${secs.toFixed(6)} gbps=${(total / secs / 1e9).toFixed(3)} msgs=${msgs} cpu_ms=${cpu.toFixed(1)} stop_ms=${stopMs.toFixed(3)}`;
   }
   c.close();
   return `${line} first_gbps=${first.toFixed(3)} hwm_kib=${hwmKib()}`;
