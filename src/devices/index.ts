@@ -18,5 +18,6 @@ export const deviceFactories: Record<string, (o: DeviceFactoryOptions) => VfioUs
       ...(typeof o['stateMib'] === 'number' ? { stateMib: o['stateMib'] } : {}),
       ...(typeof o['precopyMib'] === 'number' ? { precopyMib: o['precopyMib'] } : {}),
       ...(o.v1 ? { v1: true } : {}),
+      ...(o['verify'] === false ? { verify: false } : {}),
     }).device,
 };
