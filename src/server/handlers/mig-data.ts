@@ -9,6 +9,17 @@ import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 
+/**
+ * `n` zero bytes from one shared, never written buffer: the padding of the
+ * empty read that ends every phase would otherwise allocate (and fault in)
+ * up to max_data_xfer_size each time.
+ */
+let zeroBuf = Buffer.alloc(0);
+function zeros(n: number): Buffer {
+  if (zeroBuf.length < n) zeroBuf = Buffer.alloc(n);
+  return zeroBuf.subarray(0, n);
+}
+
 function einval(why: string): VfuError {
   return new VfuError(Errno.EINVAL, why);
 }
@@ -40,7 +51,7 @@ function send(s: Session, f: Frame, via: Endpoint, size: number, data: Buffer): 
   // argsz and size give what the device produced; like libvfio-user we pad
   // the payload to the size asked for, because libvfio-user's client reads
   // exactly that many bytes (a shorter reply looks like a broken stream).
-  const body = data.length < size ? Buffer.concat([data, Buffer.alloc(size - data.length)]) : data;
+  const body = data.length === size ? data : data.length === 0 ? zeros(size) : Buffer.concat([data, zeros(size - data.length)]);
   // Header and vfio_user_mig_data laid out in the session's reply buffer
   // (copied if the socket cannot take them at once); the data follows in
   // the same sendmsg, by reference: a 1 MiB chunk is never copied in user
