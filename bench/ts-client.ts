@@ -190,8 +190,10 @@ async function migrate(args: string[]): Promise<string> {
   src.close();
   dst.close();
   const last = report.rounds[report.rounds.length - 1]!;
+  const phase = (p: string): string => (report.phases.find((x) => x.phase === p)?.ms ?? 0).toFixed(3);
   return (
     `mode=migrate downtime_ms=${report.downtimeMs.toFixed(3)} total_ms=${report.totalMs.toFixed(3)} rounds=${report.rounds.length} ` +
+    `stop_copy_ms=${phase('stop-copy')} resume_ms=${phase('resume')} ` +
     `device_bytes=${report.deviceBytes} guest_bytes=${report.guestBytes} final_pages=${last.dirtyPages} ram_match=${same ? 1 : 0}`
   );
 }
