@@ -40,3 +40,16 @@ function fmt(v: number): string {
   if (v >= 10) return v.toFixed(1);
   return v.toFixed(2);
 }
+
+/** Rows as a Markdown table (ratio as value/baseline, target with met/MISSED). */
+export function formatMarkdown(rows: readonly BenchRow[]): string {
+  const esc = (t: string): string => t.replace(/\|/g, '\\|');
+  const lines = ['| benchmark | value | baseline | ratio | target |', '| --- | ---: | --- | ---: | --- |'];
+  for (const r of rows) {
+    const base = r.baseline ? `${esc(r.baseline.name)}: ${fmt(r.baseline.value)} ${r.unit}` : '';
+    const ratio = r.ratio !== undefined ? `x${r.ratio.toFixed(2)}` : '';
+    const target = r.target === undefined ? '' : r.met === undefined ? esc(r.target) : `${esc(r.target)} ${r.met ? '**met**' : '**MISSED**'}`;
+    lines.push(`| ${esc(r.name)} | ${fmt(r.value)} ${r.unit} | ${base} | ${ratio} | ${target} |`);
+  }
+  return lines.join('\n');
+}
