@@ -451,6 +451,7 @@ async function main(): Promise<void> {
   const when = new Date().toISOString().slice(0, 10);
   console.log(`vfio-user benchmarks, ${when}, node ${process.version}, ${pin ? 'all processes pinned to CPU 0' : 'unpinned'}, ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   for (const n of ctx.notes) console.log(`note: ${n}`);
+  if (markdown) console.log('');
   console.log(markdown ? formatMarkdown(ctx.rows) : formatRows(ctx.rows));
   if (json) console.log(JSON.stringify(ctx.rows, null, 2));
 }
