@@ -3,7 +3,9 @@
  *
  *   - AF_UNIX stream sockets: listen/accept/connect/socketpair, sendmsg and
  *     recvmsg with SCM_RIGHTS descriptors (received close-on-exec);
- *   - readiness notification for any fd through uv_poll on Node's loop;
+ *   - readiness notification for any fd through uv_poll on Node's loop, with
+ *     optional receive-ahead (the read done before JS is called) and outbox
+ *     (the replies JS gathers sent after it returns);
  *   - memfd_create with seals, mmap/munmap into external ArrayBuffers that
  *     are unmapped explicitly (and detached) or, failing that, when collected;
  *   - eventfd create/read/write, F_GET_SEALS, dup, close.
@@ -318,19 +320,11 @@ static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
     return make_int(env, n < 0 ? -errno : n);
 }
 
-/*
- * recvmsg(fd, buf, off, len, state:Int32Array) -> bytes (0 = EOF) or -errno.
+/* One non-blocking recvmsg into buf[0, len): bytes (0 = EOF) or -errno;
  * state[0] = number of fds received, state[1] = flags (1: MSG_CTRUNC),
- * state[2..] = the fds.  Descriptors arrive close-on-exec.
- */
-static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
-    napi_value argv[5];
-    int32_t fd;
-    int64_t off, len;
-    uint8_t *buf, *st8;
-    size_t buflen, stlen;
-    int32_t *state;
-    struct iovec iov;
+ * state[2..] = the fds, received close-on-exec. */
+static ssize_t recv_into(int fd, uint8_t *buf, size_t len, int32_t *state) {
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
     struct msghdr msg;
     union {
         char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
@@ -339,20 +333,6 @@ static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
     ssize_t n;
     int nfds = 0;
 
-    if (get_args(env, info, 5, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
-        get_i64(env, argv[2], &off) < 0 || get_i64(env, argv[3], &len) < 0) {
-        return throw_last(env);
-    }
-    if (get_bytes(env, argv[1], &buf, &buflen) < 0 ||
-        get_bytes(env, argv[4], &st8, &stlen) < 0 || stlen < STATE_LEN * sizeof(int32_t)) {
-        return throw_errno(env, "recvmsg: arguments", EINVAL);
-    }
-    if (off < 0 || len <= 0 || (uint64_t)off + (uint64_t)len > buflen) {
-        return throw_errno(env, "recvmsg: range", ERANGE);
-    }
-    state = (int32_t *)st8;
-    iov.iov_base = buf + off;
-    iov.iov_len = (size_t)len;
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -363,7 +343,7 @@ static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
     } while (n < 0 && errno == EINTR);
     state[0] = 0;
     state[1] = 0;
-    if (n < 0) return make_int(env, -errno);
+    if (n < 0) return -errno;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             int cnt = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
@@ -379,7 +359,32 @@ static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
     }
     state[0] = nfds;
     if (msg.msg_flags & MSG_CTRUNC) state[1] |= RECV_FLAG_CTRUNC;
-    return make_int(env, n);
+    return n;
+}
+
+/*
+ * recvmsg(fd, buf, off, len, state:Int32Array) -> bytes (0 = EOF) or -errno,
+ * with the fds in `state` (see recv_into).
+ */
+static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
+    napi_value argv[5];
+    int32_t fd;
+    int64_t off, len;
+    uint8_t *buf, *st8;
+    size_t buflen, stlen;
+
+    if (get_args(env, info, 5, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
+        get_i64(env, argv[2], &off) < 0 || get_i64(env, argv[3], &len) < 0) {
+        return throw_last(env);
+    }
+    if (get_bytes(env, argv[1], &buf, &buflen) < 0 ||
+        get_bytes(env, argv[4], &st8, &stlen) < 0 || stlen < STATE_LEN * sizeof(int32_t)) {
+        return throw_errno(env, "recvmsg: arguments", EINVAL);
+    }
+    if (off < 0 || len <= 0 || (uint64_t)off + (uint64_t)len > buflen) {
+        return throw_errno(env, "recvmsg: range", ERANGE);
+    }
+    return make_int(env, recv_into(fd, buf + off, (size_t)len, (int32_t *)st8));
 }
 
 static napi_value n_close(napi_env env, napi_callback_info info) {
@@ -433,6 +438,14 @@ static napi_value n_is_unix_stream(napi_env env, napi_callback_info info) {
 
 /* --------------------------------------------------------------------- poll */
 
+/* pollSetIo slots after the recvmsg state: where the next read goes, the
+ * bytes waiting in the outbox, and whether a callback of ours is running. */
+#define STATE_RECV_OFF STATE_LEN
+#define STATE_RECV_LEN (STATE_LEN + 1)
+#define STATE_OUT_LEN (STATE_LEN + 2)
+#define STATE_IN_CB (STATE_LEN + 3)
+#define STATE_IO_SLOTS (STATE_LEN + 4)
+
 typedef struct {
     uv_poll_t handle;
     napi_env env;
@@ -442,6 +455,12 @@ typedef struct {
     int closing;
     int uv_closed;
     int finalized;
+    /* pollSetIo: the receive-ahead buffer, the state array and the outbox,
+     * held by strong references while registered, and their memory. */
+    napi_ref rbuf_ref, rstate_ref, obuf_ref;
+    uint8_t *rbuf, *obuf;
+    size_t rbuf_len, obuf_len;
+    int32_t *rstate;
 } poll_ctx_t;
 
 static void poll_maybe_free(poll_ctx_t *p) {
@@ -461,11 +480,38 @@ static void poll_finalize(napi_env env, void *data, void *hint) {
     poll_maybe_free(p);
 }
 
+static void poll_on_event(uv_poll_t *h, int status, int events);
+
+/* Sends what JS gathered in the outbox during the callback, in one system
+ * call.  What the socket does not take stays at the front of the outbox and
+ * we poll for writability: the JS side sends it first when that comes
+ * (errors surface there too, as the socket then reads as writable). */
+static void send_outbox(poll_ctx_t *p) {
+    int32_t n = p->rstate[STATE_OUT_LEN];
+    ssize_t r;
+    int fd;
+    if (n <= 0 || p->obuf == NULL || (size_t)n > p->obuf_len || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
+        return;
+    }
+    do {
+        r = send(fd, p->obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r == n) {
+        p->rstate[STATE_OUT_LEN] = 0;
+        return;
+    }
+    if (r > 0) {
+        memmove(p->obuf, p->obuf + r, (size_t)(n - r));
+        p->rstate[STATE_OUT_LEN] = (int32_t)(n - r);
+    }
+    uv_poll_start(&p->handle, UV_READABLE | UV_WRITABLE, poll_on_event);
+}
+
 static void poll_on_event(uv_poll_t *h, int status, int events) {
     poll_ctx_t *p = (poll_ctx_t *)h->data;
     napi_env env = p->env;
     napi_handle_scope scope;
-    napi_value cb, recv, argv[2], result;
+    napi_value cb, recv, argv[3], result;
     napi_status st;
 
     if (p->closing) return;
@@ -474,11 +520,29 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
     napi_get_reference_value(env, p->self, &recv);
     argv[0] = make_int(env, events & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT));
     argv[1] = make_int(env, status);
-    st = napi_make_callback(env, p->actx, recv, cb, 2, argv, &result);
+    /* Receive-ahead: read into the registered target before entering JS,
+     * which gets the result as a third argument (null: nothing read).  The
+     * JS side saves the N-API call, and its cost, on every message. */
+    napi_get_null(env, &argv[2]);
+    if (status == 0 && (events & UV_READABLE) && p->rbuf != NULL) {
+        int32_t off = p->rstate[STATE_RECV_OFF], len = p->rstate[STATE_RECV_LEN];
+        int fd;
+        if (len > 0 && off >= 0 && (size_t)off + (size_t)len <= p->rbuf_len &&
+            uv_fileno((uv_handle_t *)h, &fd) == 0) {
+            argv[2] = make_int(env, recv_into(fd, p->rbuf + off, (size_t)len, p->rstate));
+        }
+    }
+    if (p->rstate != NULL) p->rstate[STATE_IN_CB] = 1;
+    st = napi_make_callback(env, p->actx, recv, cb, 3, argv, &result);
     if (st == napi_pending_exception) {
         napi_value err;
         napi_get_and_clear_last_exception(env, &err);
         napi_fatal_exception(env, err);
+    }
+    /* The registration may have changed (or the handle closed) meanwhile. */
+    if (p->rstate != NULL) {
+        p->rstate[STATE_IN_CB] = 0;
+        if (!p->closing) send_outbox(p);
     }
     napi_close_handle_scope(env, scope);
 }
@@ -558,6 +622,55 @@ static napi_value n_poll_ref(napi_env env, napi_callback_info info) {
     return NULL;
 }
 
+static void poll_release_io(napi_env env, poll_ctx_t *p) {
+    if (p->rbuf_ref) napi_delete_reference(env, p->rbuf_ref);
+    if (p->rstate_ref) napi_delete_reference(env, p->rstate_ref);
+    if (p->obuf_ref) napi_delete_reference(env, p->obuf_ref);
+    p->rbuf_ref = p->rstate_ref = p->obuf_ref = NULL;
+    p->rbuf = p->obuf = NULL;
+    p->rbuf_len = p->obuf_len = 0;
+    p->rstate = NULL;
+}
+
+/*
+ * pollSetIo(handle, recvBuf|null, state:Int32Array|null, outbox|null):
+ *  - receive-ahead: on READABLE, recvmsg into recvBuf[state[255], +state[256])
+ *    (nothing when that length is 0) before calling back, the fds going to
+ *    `state` as for recvmsg;
+ *  - outbox: while a callback runs state[258] is 1, and JS may gather small
+ *    messages in outbox[0, state[257]); they are sent after it returns.
+ * The references keep everything alive until replaced, cleared (state
+ * null) or the handle is closed.
+ */
+static napi_value n_poll_set_io(napi_env env, napi_callback_info info) {
+    napi_value argv[4];
+    poll_ctx_t *p;
+    uint8_t *rbuf = NULL, *st8, *obuf = NULL;
+    size_t rlen = 0, stlen, olen = 0;
+    if (get_args(env, info, 4, argv) < 0) return throw_last(env);
+    p = unwrap_poll(env, argv[0]);
+    if (p == NULL || p->closing) return throw_errno(env, "pollSetIo", EBADF);
+    if (is_nullish(env, argv[2])) {
+        poll_release_io(env, p);
+        return NULL;
+    }
+    if (get_bytes(env, argv[2], &st8, &stlen) < 0 || stlen < STATE_IO_SLOTS * sizeof(int32_t) ||
+        (!is_nullish(env, argv[1]) && get_bytes(env, argv[1], &rbuf, &rlen) < 0) ||
+        (!is_nullish(env, argv[3]) && get_bytes(env, argv[3], &obuf, &olen) < 0)) {
+        return throw_errno(env, "pollSetIo: arguments", EINVAL);
+    }
+    poll_release_io(env, p);
+    CHECK(napi_create_reference(env, argv[2], 1, &p->rstate_ref));
+    if (rbuf != NULL) CHECK(napi_create_reference(env, argv[1], 1, &p->rbuf_ref));
+    if (obuf != NULL) CHECK(napi_create_reference(env, argv[3], 1, &p->obuf_ref));
+    p->rstate = (int32_t *)st8;
+    p->rbuf = rbuf;
+    p->rbuf_len = rlen;
+    p->obuf = obuf;
+    p->obuf_len = olen;
+    return NULL;
+}
+
 /* pollClose(handle): stop and release; call before closing the fd. */
 static napi_value n_poll_close(napi_env env, napi_callback_info info) {
     napi_value argv[1];
@@ -571,6 +684,7 @@ static napi_value n_poll_close(napi_env env, napi_callback_info info) {
     napi_async_destroy(env, p->actx);
     napi_delete_reference(env, p->callback);
     napi_delete_reference(env, p->self);
+    poll_release_io(env, p);
     return NULL;
 }
 
@@ -826,6 +940,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("pollUpdate", n_poll_update);
     EXPORT_FN("pollClose", n_poll_close);
     EXPORT_FN("pollRef", n_poll_ref);
+    EXPORT_FN("pollSetIo", n_poll_set_io);
     EXPORT_FN("memfdCreate", n_memfd_create);
     EXPORT_FN("getSeals", n_get_seals);
     EXPORT_FN("mmap", n_mmap);

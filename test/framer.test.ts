@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { Errno, HEADER_SIZE } from '../src/protocol/constants.js';
-import { Framer } from '../src/transport/framer.js';
+import { Framer, PLACE_MIN } from '../src/transport/framer.js';
 import { type RawMsg, type SavedFrame, encodeMsg, pattern, saveFrame } from './helpers/frames.js';
 
 const RUNS = Number(process.env.VFU_PROP_RUNS ?? 300);
@@ -386,4 +386,102 @@ test('a large message grows the buffer; limits can be raised at run time', () =>
   // After it, small messages still frame normally.
   h.framer.push(encodeMsg(msg({ msgId: 2, len: 3 })));
   assert.equal(h.frames[1]!.msgId, 2);
+});
+
+// ---------------------------------------------------------------- placement
+
+const PLACE_CMD = 18;
+const PLACE_HEAD = 8;
+const PLACE_LIMIT = 64 * 1024;
+
+/** Small messages, and large ones (of the command the hook places) around PLACE_MIN. */
+const placeMsg: fc.Arbitrary<RawMsg> = fc.oneof(
+  fc.record({ msgId: fc.nat(0xffff), len: fc.nat(200), seed: fc.nat(), cmd: fc.constantFrom(9, PLACE_CMD) }),
+  fc.record({
+    msgId: fc.nat(0xffff),
+    len: fc.integer({ min: PLACE_MIN + PLACE_HEAD - 100, max: 3 * PLACE_MIN }),
+    seed: fc.nat(),
+    cmd: fc.constantFrom(9, PLACE_CMD, PLACE_CMD),
+  }),
+).map(({ len, seed, ...h }) => ({ ...h, flags: 0, errorNo: 0, payload: pattern(len, seed) }));
+
+/** A framer whose hook places PLACE_CMD bodies (every other one, when `decline`). */
+function placingHarness(decline: boolean): Harness & { offers: number; placedInto: Buffer[] } {
+  const h = { ...harness(PLACE_LIMIT, 64), offers: 0, placedInto: [] as Buffer[] };
+  h.framer = new Framer(
+    (f) => {
+      const saved = saveFrame(f);
+      if (f.placed) {
+        assert.equal(f.payload.length, PLACE_HEAD);
+        assert.ok(h.placedInto.includes(f.placed), 'placed is the hook\'s own buffer');
+        saved.payload = Buffer.concat([saved.payload, f.placed]);
+      }
+      h.frames.push(saved);
+    },
+    { maxMessageSize: PLACE_LIMIT, maxFds: 64, closeFd: (fd) => h.closed.push(fd) },
+  );
+  h.framer.placement = {
+    headLen: PLACE_HEAD,
+    place(cmd, _flags, msgSize, head) {
+      assert.equal(head.length, PLACE_HEAD);
+      h.offers++;
+      if (cmd !== PLACE_CMD || (decline && h.offers % 2 === 0)) return null;
+      const b = Buffer.alloc(msgSize - HEADER_SIZE - PLACE_HEAD);
+      h.placedInto.push(b);
+      return b;
+    },
+  };
+  return h;
+}
+
+test('placement: bodies received into the hook\'s buffers frame exactly as buffered ones, whatever the reads and wherever the fds', () => {
+  fc.assert(
+    fc.property(fc.array(placeMsg, { minLength: 1, maxLength: 8 }), cuts, fc.boolean(), (msgs, fr, decline) => {
+      const stream = Buffer.concat(msgs.map(encodeMsg));
+      const sizes = splitAt(stream.length, fr);
+      // the same reads, each bringing one descriptor, with and without placement
+      const feed = (framer: Framer): void => {
+        let off = 0;
+        sizes.forEach((n, i) => {
+          read(framer, stream.subarray(off, off + n), [1000 + i]);
+          off += n;
+        });
+      };
+      const plain = harness(PLACE_LIMIT, 64);
+      feed(plain.framer);
+      const placed = placingHarness(decline);
+      feed(placed.framer);
+      assert.deepStrictEqual(placed.frames, plain.frames);
+      assert.equal(placed.framer.buffered, 0);
+      // pushed (the node:net transport) as well
+      const pushed = placingHarness(decline);
+      let off = 0;
+      for (const n of sizes) {
+        pushed.framer.push(stream.subarray(off, off + n));
+        off += n;
+      }
+      assert.deepStrictEqual(pushed.frames.map((f) => f.payload), plain.frames.map((f) => f.payload));
+    }),
+    { numRuns: Math.max(50, RUNS / 3) },
+  );
+});
+
+test('placement: offered once per message, only for large bodies not yet complete; the bytes read before land in the buffer too', () => {
+  const h = placingHarness(false);
+  const small = encodeMsg(msg({ msgId: 1, cmd: PLACE_CMD, len: PLACE_MIN - 1 }));
+  const whole = encodeMsg(msg({ msgId: 2, cmd: PLACE_CMD, len: 2 * PLACE_MIN }));
+  read(h.framer, Buffer.concat([small, whole])); // complete in one read: not offered
+  assert.equal(h.offers, 0);
+  const big = msg({ msgId: 3, cmd: PLACE_CMD, len: 3 * PLACE_MIN, seed: 9 });
+  const s = encodeMsg(big);
+  read(h.framer, s.subarray(0, HEADER_SIZE + 4)); // head not complete: not yet
+  assert.equal(h.offers, 0);
+  read(h.framer, s.subarray(HEADER_SIZE + 4, 5000));
+  assert.equal(h.offers, 1);
+  assert.equal(h.framer.buffered, HEADER_SIZE + PLACE_HEAD, 'the body bytes read so far moved to the placement buffer');
+  for (let off = 5000; off < s.length; off += 7000) read(h.framer, s.subarray(off, Math.min(s.length, off + 7000)));
+  assert.equal(h.offers, 1);
+  assert.equal(h.frames.length, 3);
+  assert.ok(h.frames[2]!.payload.equals(big.payload));
+  assert.equal(h.framer.buffered, 0);
 });

@@ -618,6 +618,38 @@ describe('v2: a large state, written in chunks of 64 KiB and more', () => {
     });
   }
 
+  test('pipelined reads from a device that reuses one buffer arrive intact (each read waits for the previous reply to leave)', async () => {
+    // Replies carry the device's buffer by reference: without the wait, a
+    // later readData would overwrite bytes still queued for the socket.
+    const total = 8 * 1024 * 1024;
+    const state = patternBytes(total, 9);
+    const device = new VfioUserDevice({ name: 'reuse', pci: { vendorId: 0x1234, deviceId: 0x0002 } });
+    const one = Buffer.alloc(1024 * 1024);
+    let pos = 0;
+    device.setupMigration({
+      transition(_from, to) {
+        if (to === STOP_COPY) pos = 0;
+      },
+      readData(max) {
+        const n = Math.min(max, total - pos, one.length);
+        state.copy(one, 0, pos, pos + n);
+        pos += n;
+        return one.subarray(0, n);
+      },
+      writeData() {},
+    });
+    const s = await serve(device);
+    try {
+      const c = await s.connect();
+      await c.setMigrationState(STOP_COPY);
+      const parts = await Promise.all(Array.from({ length: 8 }, () => c.migDataRead(1024 * 1024)));
+      assert.ok(Buffer.concat(parts).equals(state));
+      assert.equal((await c.migDataRead(1024 * 1024)).length, 0);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('without pre-copy the stop-copy stream carries everything', async () => {
     src.state = patternBytes(size, 77);
     await cs.setMigrationState(STOP_COPY);
@@ -640,6 +672,39 @@ describe('v2: a large state, written in chunks of 64 KiB and more', () => {
     await cd.setMigrationState(RUNNING);
     assert.equal(sha256(dst.state), sha256(stream));
   });
+});
+
+describe('v2: zero-copy restore (the device\'s receiveBuffer)', () => {
+  const size = 5 * 1024 * 1024 + 4321;
+  for (const transport of ['native', 'net'] as const) {
+    test(`large MIG_DATA_WRITEs land in the device's buffer, small ones are copied, all intact (${transport})`, async () => {
+      const dst = createStreamDevice({ size, precopy: 0, seed: 3, zeroCopy: true });
+      const s = await serve(dst.device, { transport });
+      try {
+        const c = await s.connect();
+        const stream = patternBytes(size, 12);
+        await c.setMigrationState(RESUMING);
+        // 1 MiB chunks (several reads each: placed), then small ones, then
+        // a pipelined burst of 256 KiB writes
+        await writeStream(c, stream.subarray(0, 3 << 20), 1 << 20);
+        await writeStream(c, stream.subarray(3 << 20, (3 << 20) + 40_000), 4000);
+        const rest = stream.subarray((3 << 20) + 40_000);
+        const parts: Promise<void>[] = [];
+        for (let at = 0; at < rest.length; at += 256 * 1024) parts.push(c.migDataWrite(rest.subarray(at, at + 256 * 1024)));
+        await Promise.all(parts);
+        assert.ok(dst.placed >= 3, `placed ${dst.placed} of ${dst.writes.length} writes`);
+        assert.ok(dst.placed < dst.writes.length, 'the 4000-byte writes are copied');
+        await c.setMigrationState(STOP);
+        assert.equal(sha256(dst.state), sha256(stream));
+        // a write beyond the state is not placed: the device's errno as before
+        await c.setMigrationState(RESUMING);
+        await writeStream(c, stream, 1 << 20);
+        await rejectsWith(c.migDataWrite(Buffer.alloc(1 << 20)), Errno.EOVERFLOW);
+      } finally {
+        await s.close();
+      }
+    });
+  }
 });
 
 describe('v2: the stream through the P2P states, and over node:net', () => {

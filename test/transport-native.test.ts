@@ -208,6 +208,135 @@ test('backpressure: 64 MiB with descriptors queued while the receiver is not rea
   receiver.close();
 });
 
+test('stable payloads queue by reference: intact across partial writes, with descriptors, and whenDrained marks when they may change', async () => {
+  const [senderFd, rawReceiver] = native.socketpair();
+  const sender = new NativeEndpoint(senderFd, LIMITS);
+  const MSG = 1024 * 1024;
+  const COUNT = 8;
+  const payloads: Buffer[] = [];
+  const memfd = native.memfdCreate('stable', 4096, true);
+  for (let i = 0; i < COUNT; i++) {
+    payloads.push(pattern(MSG, 100 + i));
+    // A header longer than the socket takes is copied; the payload is not.
+    sender.send(header(i, Command.MIG_DATA_READ, HEADER_SIZE + MSG), payloads[i]!, i === 5 ? [memfd] : null, true);
+    sendMsg(sender, 1000 + i, Buffer.from(`small ${i}`));
+  }
+  assert.equal(sender.sending, true, 'the socket cannot take 8 MiB at once');
+  let drained = false;
+  const whenDrained = sender.whenDrained().then(() => (drained = true));
+  await delay(20);
+  assert.equal(drained, false);
+  const receiver = new NativeEndpoint(rawReceiver, LIMITS);
+  const got = await new FrameQueue(receiver).count(2 * COUNT, 30_000);
+  await whenDrained;
+  assert.equal(sender.sending, false);
+  for (let i = 0; i < COUNT; i++) {
+    assert.equal(got[2 * i]!.msgId, i);
+    assert.ok(got[2 * i]!.payload.equals(pattern(MSG, 100 + i)), `payload ${i}`);
+    assert.equal(got[2 * i + 1]!.payload.toString(), `small ${i}`);
+    assert.equal(got[2 * i]!.fds.length, i === 5 ? 1 : 0);
+    for (const fd of got[2 * i]!.fds) {
+      assert.equal(memfdName(fd), 'stable');
+      native.close(fd);
+    }
+  }
+  native.close(memfd);
+  sender.close();
+  receiver.close();
+});
+
+test('outbox: replies sent from inside callbacks keep their order with fd-carrying and large messages, across a full socket', async () => {
+  const [serverFd, clientFd] = native.socketpair();
+  const server = new NativeEndpoint(serverFd, LIMITS);
+  const memfd = native.memfdCreate('outbox', 4096, true);
+  const N = 300;
+  // Per request, from inside the server's callback: small replies (the
+  // outbox); for the second half, now and then one with a descriptor and a
+  // large stable one too (both must wait for what the outbox holds).  The
+  // first half fills the socket with outbox sends alone, which the addon
+  // then leaves part-sent.
+  const mixed = (i: number): boolean => i >= N / 2;
+  server.onFrame = (f) => {
+    const i = f.msgId;
+    sendMsg(server, i * 4, pattern(3000, i));
+    if (mixed(i) && i % 10 === 3) sendMsg(server, i * 4 + 1, Buffer.from(`fd ${i}`), [memfd]);
+    sendMsg(server, i * 4 + 2, pattern(3000, i + 1000));
+    if (mixed(i) && i % 7 === 0) server.send(header(i * 4 + 3, Command.REGION_WRITE, HEADER_SIZE + 100_000), pattern(100_000, i), null, true);
+  };
+  // The client writes every request, in batches the server handles in
+  // separate callbacks, before reading anything: the replies fill the
+  // socket and the outbox is left part-sent again and again.
+  for (let i = 0; i < N; ) {
+    // one request per callback at first (its replies fit the outbox), then batches
+    const k = mixed(i) ? 10 : 1;
+    const batch = Array.from({ length: k }, (_, j) => encodeMsg({ msgId: i + j, cmd: Command.REGION_READ, flags: 0, errorNo: 0, payload: Buffer.alloc(16) }));
+    rawSend(clientFd, Buffer.concat(batch));
+    i += k;
+    await turns(2);
+  }
+  await delay(50);
+  assert.equal(server.sending, true);
+  const client = new NativeEndpoint(clientFd, LIMITS);
+  const expected: [number, Buffer][] = [];
+  for (let i = 0; i < N; i++) {
+    expected.push([i * 4, pattern(3000, i)]);
+    if (mixed(i) && i % 10 === 3) expected.push([i * 4 + 1, Buffer.from(`fd ${i}`)]);
+    expected.push([i * 4 + 2, pattern(3000, i + 1000)]);
+    if (mixed(i) && i % 7 === 0) expected.push([i * 4 + 3, pattern(100_000, i)]);
+  }
+  const got = await new FrameQueue(client).count(expected.length, 30_000);
+  got.forEach((f, k) => {
+    assert.equal(f.msgId, expected[k]![0], `message ${k}`);
+    assert.ok(f.payload.equals(expected[k]![1]), `payload of message ${k}`);
+    assert.equal(f.fds.length, f.msgId % 4 === 1 ? 1 : 0);
+    for (const fd of f.fds) {
+      assert.equal(memfdName(fd), 'outbox');
+      native.close(fd);
+    }
+  });
+  await server.whenDrained();
+  assert.equal(server.sending, false);
+  native.close(memfd);
+  server.close();
+  client.close();
+});
+
+test('outbox: a reply the addon could not send (full socket, nothing else to send) leaves once the peer reads', async () => {
+  const [serverFd, clientFd] = native.socketpair();
+  const server = new NativeEndpoint(serverFd, LIMITS);
+  server.onFrame = (f) => sendMsg(server, f.msgId, Buffer.from('late reply'));
+  // Fill the server's direction with header-only messages written under
+  // the endpoint's feet: its queue stays empty, so the reply goes to the
+  // outbox and the addon's send of it fails.
+  const junk = header(9999, Command.REGION_READ, HEADER_SIZE, HeaderFlag.TYPE_REPLY);
+  let filled = 0;
+  while (native.sendmsg(server.fd, junk, null, null) === HEADER_SIZE) filled++;
+  rawSend(clientFd, encodeMsg({ msgId: 7, cmd: Command.REGION_READ, flags: 0, errorNo: 0, payload: Buffer.alloc(16) }));
+  await delay(50);
+  assert.equal(server.sending, true, 'the reply waits in the outbox');
+  const got = await new FrameQueue(new NativeEndpoint(clientFd, LIMITS)).count(filled + 1);
+  assert.equal(got[filled]!.msgId, 7);
+  assert.equal(got[filled]!.payload.toString(), 'late reply');
+  await server.whenDrained();
+  server.close();
+});
+
+test('outbox: a reply sent just before close() from inside the callback still arrives', async () => {
+  const [serverFd, clientFd] = native.socketpair();
+  const server = new NativeEndpoint(serverFd, LIMITS);
+  server.onFrame = (f) => {
+    sendMsg(server, f.msgId, Buffer.from('bye'));
+    server.close();
+  };
+  const client = new NativeEndpoint(clientFd, LIMITS);
+  const q = new FrameQueue(client);
+  sendMsg(client, 5, Buffer.from('hello'));
+  const [f] = await q.count(1);
+  assert.equal(f!.msgId, 5);
+  assert.equal(f!.payload.toString(), 'bye');
+  client.close();
+});
+
 test('peer close gives onClose(null) once; send after close throws ENOTCONN', async () => {
   const [a, b] = endpointPair(LIMITS);
   const qa = new FrameQueue(a);

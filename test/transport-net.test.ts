@@ -107,13 +107,15 @@ test('net: request/reply through Connection, both directions', async () => {
   close();
 });
 
-test('net: large messages (4 MiB with a raised limit, 32 x 1 MiB streamed, EMSGSIZE otherwise)', async () => {
+test('net: large messages (4 MiB with a raised limit, 32 x 1 MiB streamed, copied or by reference, EMSGSIZE otherwise)', async () => {
   const { client, server, close } = await netPair({ maxMessageSize: 8 * 1024 * 1024, maxFds: 0 });
   const q = new FrameQueue(server);
   const big = pattern(4 * 1024 * 1024, 3);
   client.send(header(1, Command.REGION_WRITE, HEADER_SIZE + big.length), big, null);
-  for (let i = 0; i < 32; i++) client.send(header(2 + i, Command.REGION_WRITE, HEADER_SIZE + (1 << 20)), pattern(1 << 20, i), null);
+  // even messages by copy, odd ones with a stable payload (by reference)
+  for (let i = 0; i < 32; i++) client.send(header(2 + i, Command.REGION_WRITE, HEADER_SIZE + (1 << 20)), pattern(1 << 20, i), null, i % 2 === 1);
   await client.whenDrained();
+  assert.equal(client.sending, false);
   const got = await q.count(33, 30_000);
   assert.ok(got[0]!.payload.equals(big));
   for (let i = 0; i < 32; i++) assert.ok(got[1 + i]!.payload.equals(pattern(1 << 20, i)), `message ${i}`);

@@ -21,6 +21,7 @@ program
   .option('--v1', 'also expose the legacy v1 migration region')
   .option('--state-mib <n>', 'bigstate: device state size in MiB')
   .option('--precopy-mib <n>', 'bigstate: MiB streamed in pre-copy')
+  .option('--no-verify', 'bigstate: do not check a received state by its CRC-32 (length only)')
   .option('--max-data-xfer-size <bytes>', 'largest data transfer accepted')
   .action(serveCommand);
 

@@ -13,6 +13,7 @@ export interface ServeCliOptions {
   stateMib?: string;
   precopyMib?: string;
   maxDataXferSize?: string;
+  verify?: boolean;
 }
 
 export async function serveCommand(name: string, o: ServeCliOptions): Promise<void> {
@@ -23,6 +24,7 @@ export async function serveCommand(name: string, o: ServeCliOptions): Promise<vo
     ...(o.v1 ? { v1: true } : {}),
     ...(o.stateMib !== undefined ? { stateMib: Number(o.stateMib) } : {}),
     ...(o.precopyMib !== undefined ? { precopyMib: Number(o.precopyMib) } : {}),
+    ...(o.verify === false ? { verify: false } : {}),
   });
   const log = (msg: string): void => {
     if (o.verbose) process.stderr.write(`vfu[${process.pid}] ${name}: ${msg}\n`);

@@ -165,7 +165,9 @@ export class TcpTarget implements MigrationTarget {
   }
 
   deviceData(chunk: Buffer): Promise<void> {
-    return this.send(ChunkType.DEVICE, chunk);
+    // The socket keeps a reference until it is flushed, and the chunk is
+    // only ours until we return: send a copy.
+    return this.send(ChunkType.DEVICE, Buffer.from(chunk));
   }
 
   async guestPages(iova: number, data: Buffer): Promise<void> {

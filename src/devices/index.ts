@@ -17,5 +17,7 @@ export const deviceFactories: Record<string, (o: DeviceFactoryOptions) => VfioUs
     createBigState({
       ...(typeof o['stateMib'] === 'number' ? { stateMib: o['stateMib'] } : {}),
       ...(typeof o['precopyMib'] === 'number' ? { precopyMib: o['precopyMib'] } : {}),
+      ...(o.v1 ? { v1: true } : {}),
+      ...(o['verify'] === false ? { verify: false } : {}),
     }).device,
 };

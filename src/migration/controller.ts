@@ -26,11 +26,23 @@ export interface MigrationCallbacks {
   /**
    * The next bytes of the outgoing stream, at most `max`.  In PRE_COPY fewer
    * than `max` means "nothing more for now"; in STOP_COPY it means the end.
-   * The buffer is sent before the next call, so it may be a view.
+   * The buffer is sent by reference, without a copy: it may be a view (of
+   * the device's state, say), and its bytes must stay unchanged until the
+   * next call (the server waits for it to be sent before calling again) or
+   * the end of the migration.
    */
   readData(max: number): Buffer | Promise<Buffer>;
   /** The next bytes of the incoming stream (valid until return/first await). */
   writeData(data: Buffer): void | Promise<void>;
+  /**
+   * Optional, for zero-copy restores: where the next `size` bytes of the
+   * incoming stream may be received directly (a view of the device's state
+   * at its write position, say), or null.  The server then receives a large
+   * MIG_DATA_WRITE straight into it and calls writeData with that very
+   * buffer, which the device need not copy.  Bytes may land there before
+   * writeData is called (and stay, if the client goes away mid-message).
+   */
+  receiveBuffer?(size: number): Buffer | null;
   /** Pre-copy sizing (extension): what is left of the initial image and dirty. */
   precopyInfo?(): PrecopyInfo;
   /** Estimated size of the stop-copy stream, in any state (extension). */
@@ -128,6 +140,17 @@ export class MigrationController {
       });
     }
     this.stats.bytesWritten += n;
+  }
+
+  /**
+   * Where the next `size` bytes of a MIG_DATA_WRITE may be received (the
+   * device's receiveBuffer), or null: only in RESUMING, and only a buffer
+   * of exactly that size.
+   */
+  receiveBuffer(size: number): Buffer | null {
+    if (this._state !== MigState.RESUMING || !this.callbacks.receiveBuffer) return null;
+    const b = this.callbacks.receiveBuffer(size);
+    return b !== null && b.length === size ? b : null;
   }
 
   precopyInfo(): PrecopyInfo {

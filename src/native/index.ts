@@ -21,6 +21,12 @@ export const POLL_DISCONNECT = 4;
 /** recvmsg state array length: [nfds, flags, fds...] */
 export const RECV_STATE_LEN = 2 + 253;
 export const RECV_FLAG_CTRUNC = 1;
+/** pollSetIo: the state array's slots after the recvmsg results. */
+export const IO_RECV_OFF = RECV_STATE_LEN;
+export const IO_RECV_LEN = RECV_STATE_LEN + 1;
+export const IO_OUT_LEN = RECV_STATE_LEN + 2;
+export const IO_IN_CALLBACK = RECV_STATE_LEN + 3;
+export const IO_STATE_LEN = RECV_STATE_LEN + 4;
 
 export interface NativeAddon {
   socketpair(): [number, number];
@@ -33,10 +39,22 @@ export interface NativeAddon {
   dup(fd: number): number;
   setNonBlocking(fd: number): number;
   isUnixStream(fd: number): number;
-  pollStart(fd: number, events: number, cb: (events: number, status: number) => void): PollHandle;
+  /** `got`: the result of the receive-ahead read (pollSetIo), or null when none was made. */
+  pollStart(fd: number, events: number, cb: (events: number, status: number, got: number | null) => void): PollHandle;
   pollUpdate(h: PollHandle, events: number): number;
   pollClose(h: PollHandle): void;
   pollRef(h: PollHandle, ref: boolean): void;
+  /**
+   * Per-handle I/O help (`state` null unregisters):
+   *  - receive-ahead: on readable, recvmsg into recvBuf[state[IO_RECV_OFF],
+   *    +state[IO_RECV_LEN]) before calling back (nothing when that length
+   *    is 0), the fds going to `state` as with recvmsg;
+   *  - outbox: while a callback runs state[IO_IN_CALLBACK] is 1, and the
+   *    bytes put in outbox[0, state[IO_OUT_LEN]) are sent once it returns;
+   *    what the socket does not take is left at the outbox's front, with
+   *    the handle polling for writability.
+   */
+  pollSetIo(h: PollHandle, recvBuf: Uint8Array | null, state: Int32Array | null, outbox: Uint8Array | null): void;
   memfdCreate(name: string, size: number, seal: boolean): number;
   getSeals(fd: number): number;
   mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;

@@ -286,9 +286,27 @@ export class DmaController {
     }
   }
 
+  /**
+   * The mmap()ed mapping holding all of [iova, iova+length) with `prot`, if
+   * there is one: the common case of readSync/writeSync, served without
+   * building a segment list (translate() allocates per call).
+   */
+  private direct(iova: number, length: number, prot: number): DmaMapping | undefined {
+    if (!Number.isSafeInteger(iova)) return undefined; // translate() reports it
+    const m = this.find(iova);
+    if (m === undefined || m.mode !== 'mmap' || (m.prot & prot) !== prot) return undefined;
+    return iova + length <= m.iova + m.size && length > 0 ? m : undefined;
+  }
+
   /** Reads guest memory into `out` synchronously (mmap/file mappings only). */
   readSync(iova: number, out: Buffer): void {
     this.checkQuiesced();
+    const m = this.direct(iova, out.length, PROT_READ);
+    if (m !== undefined) {
+      const at = iova - m.iova;
+      m.view.copy(out, 0, at, at + out.length);
+      return;
+    }
     const segs = this.translate(iova, out.length, PROT_READ);
     let o = 0;
     for (const s of segs) {
@@ -302,6 +320,12 @@ export class DmaController {
   /** Writes `data` into guest memory synchronously (mmap/file mappings only). */
   writeSync(iova: number, data: Buffer): void {
     this.checkQuiesced();
+    const m = this.direct(iova, data.length, PROT_WRITE);
+    if (m !== undefined) {
+      data.copy(m.view, iova - m.iova);
+      this.dirty?.(iova, data.length);
+      return;
+    }
     const segs = this.translate(iova, data.length, PROT_WRITE);
     if (segs.some((s) => s.mapping.mode === 'message')) throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use write()');
     let o = 0;

@@ -4,9 +4,11 @@
 // replies with the right errno, and clean-up when the client goes away.
 import { native } from '../native/index.js';
 import { type Capabilities } from '../protocol/capabilities.js';
-import { Command, Errno, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
+import { Command, Errno, HEADER_SIZE, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
 import { VfuError, errnoOf } from '../protocol/errors.js';
 import { DmaAccessStruct } from '../protocol/messages/dma.js';
+import { MigDataStruct } from '../protocol/messages/migration.js';
+import { RegionAccessStruct } from '../protocol/messages/region.js';
 import { Connection } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
@@ -62,6 +64,15 @@ export class Session {
   private queue: Queued[] = [];
   /** Reusable reply buffer for small REGION_READs (sends copy what they queue). */
   replyBuf = Buffer.allocUnsafe(4096 + 32);
+  /**
+   * Views of replyBuf for REGION_READ replies of 0..8 bytes (the register
+   * accesses that make up nearly all of them), made once instead of two
+   * subarrays per read: [whole reply, data part].
+   */
+  readonly smallReplies: [frame: Buffer, out: Buffer][] = Array.from({ length: 9 }, (_, n) => [
+    this.replyBuf.subarray(0, HEADER_SIZE + RegionAccessStruct.size + n),
+    this.replyBuf.subarray(HEADER_SIZE + RegionAccessStruct.size, HEADER_SIZE + RegionAccessStruct.size + n),
+  ]);
   onClosed: (() => void) | null = null;
   /** Page size for the v1 DIRTY_PAGES command (migration.pgsize). */
   dirtyPageSize = 4096;
@@ -79,6 +90,26 @@ export class Session {
     this.conn.onCommand = (f, via) => this.onCommand(f, via);
     this.conn.onClose = () => this.closed();
     device.dma.messages = this.messageDma();
+    endpoint.setPlacement({ headLen: MigDataStruct.size, place: (cmd, flags, size, head) => this.placeMigData(cmd, flags, size, head) });
+  }
+
+  /**
+   * Zero-copy restore: the body of a large MIG_DATA_WRITE is received
+   * straight into the device's buffer (its receiveBuffer) instead of being
+   * reassembled and then copied there.  Only when the message is well formed
+   * and would be handled at once (no command before it still running), so
+   * the device sees its buffer requested in stream order; anything else is
+   * buffered and goes through the ordinary checks.
+   */
+  private placeMigData(cmd: number, flags: number, msgSize: number, head: Buffer): Buffer | null {
+    if (cmd !== Command.MIG_DATA_WRITE || (flags & HeaderFlag.TYPE_MASK) !== HeaderFlag.TYPE_COMMAND) return null;
+    if (this.busy || this.queue.length > 0 || !this.negotiated || this.conn.closed) return null;
+    const mig = this.device.migration;
+    const argsz = head.readUInt32LE(MigDataStruct.off.argsz);
+    const size = head.readUInt32LE(MigDataStruct.off.size);
+    if (mig === null || size > this.opts.maxDataXferSize || argsz < MigDataStruct.size + size) return null;
+    if (msgSize !== HEADER_SIZE + MigDataStruct.size + size) return null;
+    return mig.receiveBuffer(size);
   }
 
   get negotiated(): boolean {
@@ -148,6 +179,7 @@ export class Session {
 
   /** Closes descriptors a handler did not take (it sets f.fds = [] when it does). */
   private closeFds(fds: number[]): void {
+    if (fds.length === 0) return; // nearly every message: skip the length store
     for (const fd of fds) native?.close(fd);
     fds.length = 0;
   }

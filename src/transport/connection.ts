@@ -24,6 +24,12 @@ export interface RequestOptions {
   fds?: readonly number[] | null;
   /** Second payload part, sent in the same sendmsg (no concatenation). */
   extra?: Buffer | null;
+  /**
+   * The caller leaves `extra` unchanged until the request settles: what the
+   * socket does not take at once is queued by reference, not copied (see
+   * Endpoint.send).  Not for noReply requests, which settle when queued.
+   */
+  extraStable?: boolean;
   /** Fire and forget: sets No_reply and resolves once queued. */
   noReply?: boolean;
   /** Overrides the connection's reply timeout (0: none). */
@@ -188,6 +194,7 @@ export class Connection {
     if (id < 0) return Promise.reject(new VfuError(Errno.ENOSPC, 'too many requests in flight'));
     const size = HEADER_SIZE + (payload ? payload.length : 0) + (opts.extra ? opts.extra.length : 0);
     const flags = HeaderFlag.TYPE_COMMAND | (opts.noReply ? HeaderFlag.NO_REPLY : 0);
+    const stable = !opts.noReply && opts.extraStable === true;
     if (opts.noReply) {
       // Failures reject like every other request instead of throwing.
       try {
@@ -208,7 +215,7 @@ export class Connection {
       });
       if (timeout > 0) this.armTimer(timeout);
       try {
-        this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null);
+        this.sendRaw(ep, id, cmd, size, flags, 0, payload, opts.extra ?? null, opts.fds ?? null, stable);
       } catch (e) {
         this.pending.delete(id);
         reject(e as Error);
@@ -231,15 +238,16 @@ export class Connection {
 
   /**
    * Sends a reply whose header and payload the caller already laid out in
-   * one buffer (header at 0): the zero-copy path for hot commands.
+   * one buffer (header at 0): the zero-copy path for hot commands.  With
+   * `extraStable`, `extra` goes by reference (see Endpoint.send).
    */
-  replyPrebuilt(via: Endpoint, req: Frame, frame: Buffer, extra: Buffer | null = null): void {
+  replyPrebuilt(via: Endpoint, req: Frame, frame: Buffer, extra: Buffer | null = null, extraStable = false): void {
     if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
     const size = frame.length + (extra ? extra.length : 0);
     this.stats.sent++;
     this.stats.bytesSent += size;
     writeHeader(frame, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, 0);
-    via.send(frame, extra, null);
+    via.send(frame, extra, null, extraStable);
   }
 
   private sendRaw(
@@ -252,19 +260,20 @@ export class Connection {
     payload: Buffer | null,
     extra: Buffer | null,
     fds: readonly number[] | null,
+    extraStable = false,
   ): void {
     this.stats.sent++;
     this.stats.bytesSent += size;
     if (payload === null || payload.length === 0) {
       writeHeader(this.hdr, id, cmd, size, flags, errno);
-      ep.send(this.hdr, extra && extra.length ? extra : null, fds);
+      ep.send(this.hdr, extra && extra.length ? extra : null, fds, extraStable);
       return;
     }
     if (extra && extra.length) {
       const first = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
       writeHeader(first, id, cmd, size, flags, errno);
       payload.copy(first, HEADER_SIZE);
-      ep.send(first, extra, fds);
+      ep.send(first, extra, fds, extraStable);
       return;
     }
     writeHeader(this.hdr, id, cmd, size, flags, errno);

@@ -2,7 +2,7 @@
 // bytes and descriptors out.  Two implementations share this interface:
 // NativeEndpoint (addon: sendmsg/recvmsg with SCM_RIGHTS) and NetEndpoint
 // (node:net, no descriptors).
-import type { Frame } from './framer.js';
+import type { Frame, Placement } from './framer.js';
 
 export interface Endpoint {
   /** Whether descriptors can be sent and received. */
@@ -16,11 +16,20 @@ export interface Endpoint {
    * Sends one message given as one or two byte ranges, plus descriptors.
    * Bytes not sent at once are copied, so callers may reuse their buffers;
    * descriptors must stay open until whenDrained() resolves.
+   *
+   * With `bStable` the caller promises that `b` stays unchanged until
+   * whenDrained() resolves (or the endpoint closes): what the socket does
+   * not take at once is then queued by reference instead of copied, so
+   * large payloads (migration data) leave with no copy in user space.
    */
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void;
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable?: boolean): void;
+  /** Whether bytes are still queued (whenDrained() would wait). */
+  readonly sending: boolean;
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;
   setLimits(maxMessageSize: number, maxFds: number): void;
+  /** Lets the consumer receive large bodies into its own buffers (see Framer). */
+  setPlacement(p: Placement | null): void;
   close(): void;
   /** Whether this endpoint keeps the process alive. */
   ref(keep: boolean): void;

@@ -15,6 +15,12 @@
 //  - descriptors belong to the message holding the last byte of the read that
 //    brought them (see native-notes.md); fds of rejected messages and fds
 //    beyond the per-message limit are closed here.
+//
+// Placement (zero copy for large bodies): a consumer may say where the rest
+// of a large message's payload should go once its header and first
+// `headLen` payload bytes are in.  The bytes of that message already read
+// are copied there, and the reads that follow land in it directly; the
+// frame then carries the head in `payload` and the body in `placed`.
 import { Errno, HEADER_SIZE } from '../protocol/constants.js';
 
 export interface Frame {
@@ -31,7 +37,29 @@ export interface Frame {
   rejected?: number;
   /** The kernel truncated ancillary data: some descriptors were lost. */
   fdsTruncated?: boolean;
+  /**
+   * The rest of the payload when it was received into a buffer the
+   * placement hook supplied (the consumer's own); `payload` then holds only
+   * the first headLen bytes.
+   */
+  placed?: Buffer;
 }
+
+/** Where a large message's payload may be received (see the file header). */
+export interface Placement {
+  /** Payload bytes the hook needs to see before deciding (a command's fixed part). */
+  headLen: number;
+  /**
+   * Called once per message whose body is at least PLACE_MIN bytes and has
+   * not all arrived: returns a buffer of exactly msgSize - 16 - headLen
+   * bytes to receive the rest of the payload into, or null (buffered as
+   * usual).  `head` is a view of the first headLen payload bytes.
+   */
+  place(cmd: number, flags: number, msgSize: number, head: Buffer): Buffer | null;
+}
+
+/** Bodies smaller than this are not worth placing (one read, a short copy). */
+export const PLACE_MIN = 16 * 1024;
 
 export interface FramerOptions {
   /** Largest whole message (header included) accepted. */
@@ -64,7 +92,15 @@ export class Framer {
   /** Stream position where the skipped message ends. */
   private skipEnd = 0;
   private batches: FdBatch[] = [];
+  private truncatedFds = false;
   private stopped = false;
+  placement: Placement | null = null;
+  /** A message being received into a placement buffer. */
+  private placing: { into: Buffer; filled: number; msgStart: number } | null = null;
+  /** Stream position of the last message offered to placement. */
+  private offered = -1;
+  /** Reused result of readTarget (the endpoints read it at once). */
+  private readonly target: { buf: Buffer; off: number; len: number } = { buf: this.buf, off: 0, len: 0 };
 
   constructor(
     private readonly onFrame: (f: Frame) => void,
@@ -78,6 +114,11 @@ export class Framer {
     this.opts = { ...this.opts, maxFds: n };
   }
 
+  /** Whether reads now go to a placement buffer (not the reassembly buffer). */
+  get placingNow(): boolean {
+    return this.placing !== null;
+  }
+
   /** Bytes currently buffered and not yet delivered (for tests/limits). */
   get buffered(): number {
     return this.end - this.start;
@@ -88,6 +129,14 @@ export class Framer {
    * enough for the message in progress when its size is known.
    */
   readTarget(): { buf: Buffer; off: number; len: number } {
+    const t = this.target;
+    if (this.placing !== null) {
+      const p = this.placing;
+      t.buf = p.into;
+      t.off = p.filled;
+      t.len = p.into.length - p.filled;
+      return t;
+    }
     let want = 4096;
     if (this.skipping > 0) {
       want = Math.min(this.skipping, 1 << 20);
@@ -96,7 +145,10 @@ export class Framer {
       if (size > HEADER_SIZE && size <= this.opts.maxMessageSize) want = size - (this.end - this.start);
     }
     this.ensureRoom(Math.max(want, 4096));
-    return { buf: this.buf, off: this.end, len: this.buf.length - this.end };
+    t.buf = this.buf;
+    t.off = this.end;
+    t.len = this.buf.length - this.end;
+    return t;
   }
 
   /** Accounts for `n` bytes received at readTarget() with their fds. */
@@ -106,11 +158,19 @@ export class Framer {
       if (fds) this.closeAll(fds);
       return;
     }
-    this.end += n;
+    if (this.placing !== null) this.placing.filled += n;
+    else this.end += n;
     if ((fds && fds.length > 0) || truncated) {
-      this.batches.push({ end: this.base + this.end, fds: fds ?? [], truncated });
+      this.batches.push({ end: this.streamPos(), fds: fds ?? [], truncated });
     }
     this.drain();
+  }
+
+  /** Stream position just after the last byte received. */
+  private streamPos(): number {
+    // While placing, buf ends with the message's head and the body bytes
+    // received so far are in the placement buffer.
+    return this.base + this.end + (this.placing !== null ? this.placing.filled : 0);
   }
 
   /** Copies a chunk in (net.Socket transport: no descriptors). */
@@ -150,31 +210,94 @@ export class Framer {
     this.start = 0;
   }
 
-  /** Fds whose read ended at or before stream position `upTo`. */
-  private takeFds(upTo: number): { fds: number[]; truncated: boolean } {
+  /**
+   * Fds whose read ended at or before stream position `upTo`; whether the
+   * kernel truncated any of them is left in `truncatedFds`.  (No result
+   * object: this runs for every message, and almost always finds none.)
+   */
+  private takeFds(upTo: number): number[] {
+    this.truncatedFds = false;
+    if (this.batches.length === 0) return [];
     let fds: number[] | null = null;
-    let truncated = false;
     while (this.batches.length > 0 && this.batches[0]!.end <= upTo) {
       const b = this.batches.shift()!;
-      truncated ||= b.truncated;
+      if (b.truncated) this.truncatedFds = true;
       if (fds === null) fds = b.fds;
       else fds.push(...b.fds);
     }
-    return { fds: fds ?? [], truncated };
+    return fds ?? [];
   }
 
   private closeAll(fds: number[]): void {
     for (const fd of fds) this.opts.closeFd(fd);
   }
 
+  /**
+   * Offers the incomplete message at buf[s] to the placement hook (once per
+   * message).  On a buffer, the body bytes already read move into it and
+   * the reads that follow land there directly.
+   */
+  private offerPlacement(s: number, cmd: number, flags: number, msgSize: number): void {
+    const p = this.placement;
+    if (p === null || this.base + s === this.offered) return;
+    const headEnd = s + HEADER_SIZE + p.headLen;
+    const body = msgSize - HEADER_SIZE - p.headLen;
+    if (body < PLACE_MIN || this.end < headEnd) return;
+    this.offered = this.base + s;
+    const into = p.place(cmd, flags, msgSize, this.buf.subarray(s + HEADER_SIZE, headEnd));
+    if (into === null) return;
+    if (into.length !== body) throw new RangeError(`placement buffer of ${into.length} bytes for a ${body}-byte body`);
+    const filled = this.buf.copy(into, 0, headEnd, this.end);
+    this.end = headEnd;
+    this.placing = { into, filled, msgStart: s };
+  }
+
+  /** Delivers the message being placed once its body is complete. */
+  private finishPlacement(): boolean {
+    const p = this.placing!;
+    if (p.filled < p.into.length) return false;
+    const b = this.buf;
+    const s = p.msgStart;
+    const msgSize = b.readUInt32LE(s + 4);
+    const fds = this.takeFds(this.streamPos());
+    const truncated = this.truncatedFds;
+    this.placing = null;
+    // The body never entered buf: account for it in the stream position.
+    this.start = this.end;
+    this.base += p.into.length;
+    const frame: Frame = {
+      msgId: b.readUInt16LE(s),
+      cmd: b.readUInt16LE(s + 2),
+      msgSize,
+      flags: b.readUInt32LE(s + 8),
+      errorNo: b.readUInt32LE(s + 12),
+      payload: b.subarray(s + HEADER_SIZE, this.end),
+      fds,
+      placed: p.into,
+    };
+    if (truncated) frame.fdsTruncated = true;
+    if (fds.length > this.opts.maxFds) {
+      // as for buffered messages: too many descriptors, refused
+      this.closeAll(fds);
+      this.onFrame({ msgId: frame.msgId, cmd: frame.cmd, msgSize, flags: frame.flags, errorNo: frame.errorNo, payload: EMPTY, fds: [], rejected: Errno.EINVAL });
+      return true;
+    }
+    this.onFrame(frame);
+    return true;
+  }
+
   private drain(): void {
     while (!this.stopped) {
+      if (this.placing !== null) {
+        if (!this.finishPlacement()) break;
+        continue;
+      }
       if (this.skipping > 0) {
         const n = Math.min(this.skipping, this.end - this.start);
         this.start += n;
         this.skipping -= n;
         if (this.skipping > 0) break;
-        this.closeAll(this.takeFds(this.skipEnd).fds);
+        this.closeAll(this.takeFds(this.skipEnd));
         continue;
       }
       const avail = this.end - this.start;
@@ -194,12 +317,16 @@ export class Framer {
         this.skipping = bodyLen;
         this.skipEnd = msgEnd;
         const errno = msgSize < HEADER_SIZE ? Errno.EINVAL : Errno.EMSGSIZE;
-        if (bodyLen === 0) this.closeAll(this.takeFds(msgEnd).fds);
+        if (bodyLen === 0) this.closeAll(this.takeFds(msgEnd));
         this.onFrame({ msgId, cmd, msgSize, flags, errorNo, payload: EMPTY, fds: [], rejected: errno });
         continue;
       }
-      if (avail < msgSize) break;
-      const { fds, truncated } = this.takeFds(this.base + s + msgSize);
+      if (avail < msgSize) {
+        this.offerPlacement(s, cmd, flags, msgSize);
+        break;
+      }
+      const fds = this.takeFds(this.base + s + msgSize);
+      const truncated = this.truncatedFds;
       this.start += msgSize;
       let list = fds;
       if (list.length > this.opts.maxFds) {

@@ -1,24 +1,53 @@
 // Endpoint over a non-blocking AF_UNIX socket driven by the native addon:
 // uv_poll for readiness, recvmsg straight into the framer's buffer, sendmsg
 // gathering header and payload with their descriptors.
-import { POLL_READABLE, POLL_WRITABLE, RECV_FLAG_CTRUNC, RECV_STATE_LEN, requireNative, type NativeAddon, type PollHandle } from '../native/index.js';
+//
+// A round trip costs a JS entry and two N-API calls (recvmsg, sendmsg),
+// which on a small machine weigh as much as the system calls themselves.
+// Two registrations with the addon (pollSetIo) take both calls off the
+// common path, leaving only Int32Array loads and stores to JS:
+//  - receive-ahead: after each batch of reads the endpoint tells the addon
+//    where the next one goes (a new pollSetIo only when the framer's buffer
+//    changes), and the addon reads as soon as the socket is readable,
+//    before calling into JS;
+//  - outbox: while our callback runs (including the promise continuations
+//    run at its end), small fd-less messages are copied into an outbox,
+//    which the addon sends in one system call once the callback returns.
+//    Replies leave without an N-API call, and several leave together.
+import {
+  IO_IN_CALLBACK,
+  IO_OUT_LEN,
+  IO_RECV_LEN,
+  IO_RECV_OFF,
+  IO_STATE_LEN,
+  POLL_READABLE,
+  POLL_WRITABLE,
+  RECV_FLAG_CTRUNC,
+  requireNative,
+  type NativeAddon,
+  type PollHandle,
+} from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { Endpoint } from './endpoint.js';
-import { type Frame, Framer } from './framer.js';
+import { type Frame, Framer, type Placement } from './framer.js';
 
 const EAGAIN = -Errno.EAGAIN;
-/** Shared recvmsg result array ([nfds, flags, fds...]); single-threaded use. */
-const recvState = new Int32Array(RECV_STATE_LEN);
 /** Reads per readiness callback before yielding to the loop. */
 const READ_BUDGET = 64;
 
 interface Pending {
+  /** What is left to send: `data` then `more` (a caller's stable buffer, or null). */
   data: Buffer;
+  more: Buffer | null;
   fds: readonly number[] | null;
   /** The pooled buffer `data` lies in, returned to the pool once sent. */
   spill: Buffer | null;
 }
+
+const EMPTY = Buffer.alloc(0);
+/** Outbox size: replies and requests up to this go out through it. */
+const OUTBOX = 8192;
 
 // Copies of large sends the socket could not take at once go into reused
 // buffers: streaming 1 MiB messages, fresh allocations cost more (page faults
@@ -59,6 +88,12 @@ export class NativeEndpoint implements Endpoint {
   private drainWaiters: (() => void)[] = [];
   private _closed = false;
   private writing = false;
+  /** recvmsg results ([nfds, flags, fds...]), then the pollSetIo slots. */
+  private readonly io = new Int32Array(IO_STATE_LEN);
+  /** Small messages gathered during a callback (see the file header). */
+  private readonly outbox = Buffer.allocUnsafeSlow(OUTBOX);
+  /** The buffer registered for receive-ahead. */
+  private aheadBuf: Buffer | null = null;
 
   constructor(
     readonly fd: number,
@@ -67,7 +102,30 @@ export class NativeEndpoint implements Endpoint {
     this.n = requireNative('fd-passing transport');
     const n = this.n;
     this.framer = new Framer((f) => this.onFrame(f), { ...opts, closeFd: (x) => void n.close(x) });
-    this.poll = n.pollStart(fd, POLL_READABLE, (events, status) => this.onEvents(events, status));
+    this.poll = n.pollStart(fd, POLL_READABLE, (events, status, got) => this.onEvents(events, status, got));
+    this.armReceive();
+  }
+
+  /**
+   * Points the addon's receive-ahead at where the framer wants the next
+   * bytes: its own reassembly buffer only (a placement target is a
+   * consumer's memory, which we do not hand to C across event-loop turns;
+   * those reads are made from JS).
+   */
+  private armReceive(): void {
+    if (this._closed) return;
+    const io = this.io;
+    if (this.framer.placingNow) {
+      io[IO_RECV_LEN] = 0;
+      return;
+    }
+    const t = this.framer.readTarget();
+    if (t.buf !== this.aheadBuf) {
+      this.n.pollSetIo(this.poll, t.buf, io, this.outbox);
+      this.aheadBuf = t.buf;
+    }
+    io[IO_RECV_OFF] = t.off;
+    io[IO_RECV_LEN] = t.len;
   }
 
   get closed(): boolean {
@@ -79,31 +137,47 @@ export class NativeEndpoint implements Endpoint {
     this.framer.setMaxFds(maxFds);
   }
 
+  setPlacement(p: Placement | null): void {
+    this.framer.placement = p;
+  }
+
   ref(keep: boolean): void {
     if (!this._closed) this.n.pollRef(this.poll, keep);
   }
 
-  private onEvents(events: number, status: number): void {
+  private onEvents(events: number, status: number, got: number | null): void {
     if (this._closed) return;
     if (status < 0) {
       this.fail(new VfuError(-status, 'socket poll failed'));
       return;
     }
     if (events & POLL_WRITABLE) this.flush();
-    if (events & POLL_READABLE || events & 4) this.readSome();
+    if (got !== null || events & POLL_READABLE || events & 4) this.readSome(got);
+    this.armReceive();
   }
 
-  private readSome(): void {
+  /** Reads until the socket is empty (or the budget is spent); `first` is the addon's read, if it made one. */
+  private readSome(first: number | null): void {
+    const io = this.io;
     for (let i = 0; i < READ_BUDGET && !this._closed; i++) {
-      const t = this.framer.readTarget();
-      const r = this.n.recvmsg(this.fd, t.buf, t.off, t.len, recvState);
+      let r: number;
+      let len: number;
+      if (i === 0 && first !== null) {
+        // already read into the armed target, which is still readTarget()
+        r = first;
+        len = io[IO_RECV_LEN]!;
+      } else {
+        const t = this.framer.readTarget();
+        len = t.len;
+        r = this.n.recvmsg(this.fd, t.buf, t.off, len, io);
+      }
       if (r > 0) {
-        const nfds = recvState[0]!;
-        const fds = nfds > 0 ? Array.from(recvState.subarray(2, 2 + nfds)) : null;
-        this.framer.commit(r, fds, (recvState[1]! & RECV_FLAG_CTRUNC) !== 0);
+        const nfds = io[0]!;
+        const fds = nfds > 0 ? Array.from(io.subarray(2, 2 + nfds)) : null;
+        this.framer.commit(r, fds, (io[1]! & RECV_FLAG_CTRUNC) !== 0);
         // uv_poll is level-triggered: a short read means the socket is empty
         // for now, and more data brings another callback.
-        if (r < t.len) return;
+        if (r < len) return;
       } else if (r === 0) {
         this.finish(null);
         return;
@@ -116,15 +190,29 @@ export class NativeEndpoint implements Endpoint {
     }
   }
 
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void {
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable = false): void {
     if (this._closed) throw new VfuError(Errno.ENOTCONN, 'endpoint closed');
+    const io = this.io;
     const total = a.length + (b ? b.length : 0);
+    const noFds = fds === null || fds.length === 0;
+    // Inside our callback, small fd-less messages go to the outbox (sent by
+    // the addon when the callback returns).  The outbox is only ever used
+    // with an empty queue, so it never overtakes queued bytes.
+    if (io[IO_IN_CALLBACK] === 1 && noFds && this.queue.length === 0 && io[IO_OUT_LEN]! + total <= OUTBOX) {
+      let at = io[IO_OUT_LEN]!;
+      at += a.copy(this.outbox, at);
+      if (b !== null) at += b.copy(this.outbox, at);
+      io[IO_OUT_LEN] = at;
+      return;
+    }
+    // Anything else must not overtake what the outbox holds.
+    if (io[IO_OUT_LEN]! > 0) this.flushOutbox();
     if (this.queue.length === 0) {
-      const r = this.n.sendmsg(this.fd, a, b, fds && fds.length ? fds : null);
+      const r = this.n.sendmsg(this.fd, a, b, noFds ? null : fds);
       if (r === total) return;
       if (r >= 0) {
         // Partial: the descriptors went with the first byte.
-        this.enqueue(a, b, r, null);
+        this.enqueue(a, b, r, null, bStable);
         return;
       }
       if (r !== EAGAIN) {
@@ -132,15 +220,43 @@ export class NativeEndpoint implements Endpoint {
         return;
       }
     }
-    this.enqueue(a, b, 0, fds && fds.length ? fds : null);
+    this.enqueue(a, b, 0, noFds ? null : fds, bStable);
   }
 
-  /** Queues a copy of bytes [skip, end) of a then b. */
-  private enqueue(a: Buffer, b: Buffer | null, skip: number, fds: readonly number[] | null): void {
-    const total = a.length + (b ? b.length : 0) - skip;
-    const spill = total >= SPILL_MIN ? takeSpill(total) : null;
-    const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
-    this.queue.push({ data, fds, spill });
+  /** Sends the outbox now (what the socket does not take joins the queue, which is empty). */
+  private flushOutbox(): void {
+    const io = this.io;
+    const n = io[IO_OUT_LEN]!;
+    io[IO_OUT_LEN] = 0;
+    const out = this.outbox.subarray(0, n);
+    const r = this.n.sendmsg(this.fd, out, null, null);
+    if (r === n) return;
+    if (r >= 0 || r === EAGAIN) {
+      this.enqueue(out, null, Math.max(0, r), null, false);
+      return;
+    }
+    this.fail(new VfuError(-r, 'sendmsg failed'));
+  }
+
+  get sending(): boolean {
+    return this.queue.length > 0 || this.io[IO_OUT_LEN]! > 0;
+  }
+
+  /**
+   * Queues bytes [skip, end) of a then b: a copy, except that the unsent
+   * part of a stable `b` is kept by reference (only a's rest is copied).
+   */
+  private enqueue(a: Buffer, b: Buffer | null, skip: number, fds: readonly number[] | null, bStable: boolean): void {
+    if (bStable && b !== null && b.length > 0) {
+      const data = skip < a.length ? Buffer.from(a.subarray(skip)) : EMPTY;
+      const more = skip <= a.length ? b : b.subarray(skip - a.length);
+      this.queue.push({ data, more, fds, spill: null });
+    } else {
+      const total = a.length + (b ? b.length : 0) - skip;
+      const spill = total >= SPILL_MIN ? takeSpill(total) : null;
+      const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
+      this.queue.push({ data, more: null, fds, spill });
+    }
     if (!this.writing) {
       this.writing = true;
       this.n.pollUpdate(this.poll, POLL_READABLE | POLL_WRITABLE);
@@ -148,16 +264,23 @@ export class NativeEndpoint implements Endpoint {
   }
 
   private flush(): void {
+    // The addon leaves in the outbox what the socket did not take: it goes first.
+    if (this.io[IO_OUT_LEN]! > 0) this.flushOutbox();
     while (this.queue.length > 0 && !this._closed) {
       const p = this.queue[0]!;
-      const r = this.n.sendmsg(this.fd, p.data, null, p.fds);
+      const r = this.n.sendmsg(this.fd, p.data, p.more, p.fds);
       if (r === EAGAIN) return;
       if (r < 0) {
         this.fail(new VfuError(-r, 'sendmsg failed'));
         return;
       }
-      if (r < p.data.length) {
-        p.data = p.data.subarray(r);
+      const left = p.data.length + (p.more ? p.more.length : 0) - r;
+      if (left > 0) {
+        if (r < p.data.length) p.data = p.data.subarray(r);
+        else {
+          p.more = p.more!.subarray(r - p.data.length);
+          p.data = EMPTY;
+        }
         p.fds = null;
         return;
       }
@@ -173,6 +296,10 @@ export class NativeEndpoint implements Endpoint {
   }
 
   whenDrained(): Promise<void> {
+    if (this._closed) return Promise.resolve();
+    // The addon would send the outbox after the callback; a waiter needs it
+    // sent (or queued, which flush() then reports) now.
+    if (this.io[IO_OUT_LEN]! > 0) this.flushOutbox();
     if (this.queue.length === 0 || this._closed) return Promise.resolve();
     return new Promise((res) => this.drainWaiters.push(res));
   }
@@ -187,6 +314,13 @@ export class NativeEndpoint implements Endpoint {
 
   private finish(err: Error | null): void {
     if (this._closed) return;
+    // A reply gathered just before a close still leaves (best effort, as a
+    // direct send would have).
+    if (err === null && this.io[IO_OUT_LEN]! > 0 && this.queue.length === 0) {
+      const out = this.outbox.subarray(0, this.io[IO_OUT_LEN]);
+      this.n.sendmsg(this.fd, out, null, null);
+    }
+    this.io[IO_OUT_LEN] = 0;
     this._closed = true;
     this.n.pollClose(this.poll);
     this.n.close(this.fd);

@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { NativeUnavailableError } from '../native/index.js';
 import type { Endpoint } from './endpoint.js';
-import { type Frame, Framer } from './framer.js';
+import { type Frame, Framer, type Placement } from './framer.js';
 
 export class NetEndpoint implements Endpoint {
   readonly canPassFds = false;
@@ -35,16 +35,32 @@ export class NetEndpoint implements Endpoint {
     this.framer.setMaxMessageSize(maxMessageSize);
   }
 
+  setPlacement(p: Placement | null): void {
+    this.framer.placement = p;
+  }
+
   ref(keep: boolean): void {
     if (keep) this.socket.ref();
     else this.socket.unref();
   }
 
-  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null): void {
+  send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable = false): void {
     if (fds && fds.length > 0) throw new NativeUnavailableError('sending file descriptors');
     if (this._closed) return;
-    // net.Socket keeps a reference until flushed: copy so callers may reuse.
+    // net.Socket keeps a reference until flushed: copy so callers may reuse,
+    // except a stable `b`, which goes by reference (one writev with a).
+    if (bStable && b && b.length) {
+      this.socket.cork();
+      this.socket.write(Buffer.from(a));
+      this.socket.write(b);
+      this.socket.uncork();
+      return;
+    }
     this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
+  }
+
+  get sending(): boolean {
+    return !this._closed && this.socket.writableLength > 0;
   }
 
   whenDrained(): Promise<void> {

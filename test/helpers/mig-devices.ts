@@ -72,6 +72,8 @@ export interface StreamDevice {
   state: Buffer;
   /** Sizes of the writeData calls of the current RESUMING phase. */
   writes: number[];
+  /** Of those, the ones received straight into the device's buffer (zeroCopy). */
+  placed: number;
   /** Bytes received in the current RESUMING phase. */
   received: number;
   /** Errno RESUMING -> STOP fails with when the state is incomplete. */
@@ -84,7 +86,7 @@ export interface StreamDevice {
  * the destination takes the stream in order and refuses RESUMING -> STOP
  * with ENOMSG until it has exactly `size` bytes.
  */
-export function createStreamDevice(opts: { size: number; precopy: number; seed: number; v1?: boolean; p2p?: boolean }): StreamDevice {
+export function createStreamDevice(opts: { size: number; precopy: number; seed: number; v1?: boolean; p2p?: boolean; zeroCopy?: boolean }): StreamDevice {
   const device = new VfioUserDevice({ name: 'stream', pci: { vendorId: 0x1234, deviceId: 0x0002 } });
   device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
   device.setupDma();
@@ -92,6 +94,7 @@ export function createStreamDevice(opts: { size: number; precopy: number; seed: 
     device,
     state: patternBytes(opts.size, opts.seed),
     writes: [],
+    placed: 0,
     received: 0,
     incompleteErrno: Errno.ENOMSG,
   };
@@ -108,6 +111,7 @@ export function createStreamDevice(opts: { size: number; precopy: number; seed: 
         incoming = Buffer.alloc(opts.size);
         st.received = 0;
         st.writes = [];
+        st.placed = 0;
       }
       if (from === MigState.RESUMING) {
         if (st.received !== opts.size) throw new VfuError(st.incompleteErrno, `incomplete state: ${st.received} of ${opts.size} bytes`);
@@ -121,9 +125,12 @@ export function createStreamDevice(opts: { size: number; precopy: number; seed: 
       sent += n;
       return out;
     },
+    // zeroCopy: large writes are received straight into `incoming`
+    ...(opts.zeroCopy ? { receiveBuffer: (n: number) => (st.received + n <= opts.size ? incoming.subarray(st.received, st.received + n) : null) } : {}),
     writeData(data) {
       if (st.received + data.length > opts.size) throw new VfuError(Errno.EOVERFLOW, 'more state than the device has');
-      data.copy(incoming, st.received);
+      if (data.buffer === incoming.buffer && data.byteOffset === incoming.byteOffset + st.received) st.placed++;
+      else data.copy(incoming, st.received);
       st.received += data.length;
       st.writes.push(data.length);
     },

@@ -92,12 +92,21 @@ export function regionRead(s: Session, f: Frame, via: Endpoint): void | Promise<
   const count = p.readUInt32LE(RegionAccessStruct.off.count);
   const offset = offHi * 2 ** 32 + offLo;
   check(s, index, offset, offHi >= 0x200000 ? 1 : 0, count, false);
-  // Reply laid out in one buffer: header, echo of the request, data.
-  let buf = s.replyBuf;
-  if (REPLY_AT + count > buf.length) buf = Buffer.allocUnsafe(REPLY_AT + count);
-  p.copy(buf, HEADER_SIZE, 0, ACCESS);
-  const frame = buf.subarray(0, REPLY_AT + count);
-  const out = buf.subarray(REPLY_AT, REPLY_AT + count);
+  // Reply laid out in one buffer: header, echo of the request, data; for
+  // register-sized reads in views of it made once (Session.smallReplies).
+  let frame: Buffer;
+  let out: Buffer;
+  if (count < s.smallReplies.length) [frame, out] = s.smallReplies[count]!;
+  else {
+    const buf = REPLY_AT + count > s.replyBuf.length ? Buffer.allocUnsafe(REPLY_AT + count) : s.replyBuf;
+    frame = buf.subarray(0, REPLY_AT + count);
+    out = buf.subarray(REPLY_AT, REPLY_AT + count);
+  }
+  // The echo, from the fields already read (cheaper than a 16-byte copy).
+  frame.writeUInt32LE(offLo, HEADER_SIZE + RegionAccessStruct.off.offset);
+  frame.writeUInt32LE(offHi, HEADER_SIZE + RegionAccessStruct.off.offset + 4);
+  frame.writeUInt32LE(index, HEADER_SIZE + RegionAccessStruct.off.region);
+  frame.writeUInt32LE(count, HEADER_SIZE + RegionAccessStruct.off.count);
   const r = count === 0 ? undefined : doRead(s, index, offset, out);
   if (r === undefined) {
     s.conn.replyPrebuilt(via, f, frame);

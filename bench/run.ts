@@ -1,0 +1,462 @@
+// `npm run bench`: every benchmark in one run, side by side with its
+// baseline (the C reference client, libvfio-user when LIBVFIO_USER_BUILD
+// points at a built tree, plain memcpy, the bare socket) and its target.
+//
+//   npm run bench                                  everything
+//   node dist/bench/run.js latency migread ...     some sections only
+//   node dist/bench/run.js --json                  also print the rows as JSON
+//   node dist/bench/run.js --markdown              the table as Markdown (BENCHMARKS.md)
+//
+// Sections: latency migread migwrite rss dma dirty v1v2 downtime transport.
+// Every process taking part (servers, clients) is pinned to CPU 0 with
+// taskset: on this 2-vCPU VM a cross-CPU wake-up costs 30-45 µs and lands
+// unpredictably.  Throughput figures are the median of RUNS runs, each
+// against a freshly started server (so each server's peak RSS is its own)
+// warmed up by WARM untimed passes first (see migOnce).
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
+import { fillPseudoRandom } from '../src/devices/bigstate.js';
+import { benchDirty } from './dirty.js';
+import { benchDma } from './dma.js';
+import { type BenchRow, formatMarkdown, formatRows } from './rows.js';
+import { benchTransport } from './transport.js';
+
+const MiB = 1024 * 1024;
+const STATE_MIB = 256;
+const RUNS = 3;
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const cli = join(root, 'dist', 'src', 'cli', 'main.js');
+const tsClient = join(here, 'ts-client.js');
+
+const pin = spawnSync('taskset', ['-V'], { stdio: 'ignore' }).status === 0;
+/** argv pinned to CPU 0 when taskset exists. */
+const pinned = (argv: string[]): string[] => (pin ? ['taskset', '-c', '0', ...argv] : argv);
+
+// ------------------------------------------------------------------ helpers
+
+type Fields = Record<string, string>;
+
+function parseLine(out: string): Fields {
+  const line = out.trim().split('\n').pop() ?? '';
+  const f: Fields = {};
+  for (const kv of line.split(/\s+/)) {
+    const i = kv.indexOf('=');
+    if (i > 0) f[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return f;
+}
+
+function run(argv: string[]): Promise<Fields> {
+  return new Promise((res, rej) => {
+    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('exit', (code) => (code === 0 ? res(parseLine(out)) : rej(new Error(`${argv.join(' ')} exited ${code}:\n${err}${out}`))));
+  });
+}
+
+function status(pid: number, key: string): number {
+  const m = new RegExp(`${key}:\\s*(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+interface Server {
+  proc: ChildProcess;
+  path: string;
+  log: () => string;
+  stop(): Promise<void>;
+}
+
+async function startServer(dir: string, name: string, argv: string[]): Promise<Server> {
+  const path = join(dir, `${name}.sock`);
+  const proc = spawn(argv[0]!, [...argv.slice(1), path], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr!.on('data', (d) => (log += d));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const end = Date.now() + 20_000;
+  while (!existsSync(path)) {
+    if (proc.exitCode !== null || Date.now() > end) throw new Error(`server ${argv.join(' ')} did not start:\n${log}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return {
+    proc,
+    path,
+    log: () => log,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Our server: `vfu serve bigstate` (pinned), listening in `dir`. */
+function bigstate(dir: string, name: string, args: string[] = []): Promise<Server> {
+  return startServer(dir, name, pinned([process.execPath, cli, 'serve', 'bigstate', ...args, '--socket-path']));
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
+}
+
+/** Runs `once` n times; returns the run whose `key` is the median. */
+async function medianRun<T extends Fields>(n: number, key: string, once: () => Promise<T>): Promise<T> {
+  const all: T[] = [];
+  for (let i = 0; i < n; i++) all.push(await once());
+  const m = median(all.map((r) => Number(r[key])));
+  return all.find((r) => Number(r[key]) === m)!;
+}
+
+const num = (f: Fields, k: string): number => Number(f[k]);
+
+/** `row` against a baseline (a short label and its value). */
+function vs(row: BenchRow, label: string, value: number, better: 'higher' | 'lower'): BenchRow {
+  return { ...row, baseline: { name: label, value }, ratio: row.value / value, better };
+}
+
+// ------------------------------------------------------------- C ref client
+
+let refClient: string | null = null;
+let refClientWhy = '';
+
+function buildRefClient(): void {
+  const out = join(root, 'build', 'bench');
+  mkdirSync(out, { recursive: true });
+  const bin = join(out, 'ref-client');
+  const r = spawnSync('cc', ['-O2', '-Wall', '-o', bin, join(root, 'bench', 'ref-client.c')], { encoding: 'utf8' });
+  if (r.status === 0) refClient = bin;
+  else refClientWhy = r.error ? String(r.error.message) : r.stderr;
+}
+
+const cClient = (...args: string[]): string[] => pinned([refClient!, ...args]);
+const tsClientArgv = (...args: string[]): string[] => pinned([process.execPath, tsClient, ...args]);
+
+// ----------------------------------------------------------------- sections
+
+interface Ctx {
+  dir: string;
+  lvu: string | null;
+  rows: BenchRow[];
+  notes: string[];
+  /** Figures other sections compare with. */
+  shared: Record<string, number>;
+}
+
+async function latency(ctx: Ctx): Promise<void> {
+  const ITER = '20000';
+  const ours = await bigstate(ctx.dir, 'lat', ['--state-mib', '1']);
+  const figures: Record<string, Fields> = {};
+  try {
+    if (refClient) figures['c-ours'] = await medianRun(RUNS, 'p50_us', () => run(cClient('latency', ours.path, '0', '0', '8', ITER)));
+    figures['ts-ours'] = await medianRun(RUNS, 'p50_us', () => run(tsClientArgv('latency', ours.path, '0', '0', '8', ITER)));
+  } finally {
+    await ours.stop();
+  }
+  if (refClient && ctx.lvu) {
+    const runs: Fields[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      // samples/server serves one client, then exits
+      const lvu = await startServer(ctx.dir, `lvu${i}`, pinned([join(ctx.lvu, 'samples', 'server')]));
+      try {
+        runs.push(await run(cClient('latency', lvu.path, '0', '0', '8', ITER)));
+      } finally {
+        await lvu.stop();
+      }
+    }
+    const m = median(runs.map((r) => num(r, 'p50_us')));
+    figures['c-lvu'] = runs.find((r) => num(r, 'p50_us') === m)!;
+  }
+  for (const q of ['p50', 'p99'] as const) {
+    const k = `${q}_us`;
+    const name = (who: string): string => `REGION_READ 8 B BAR0 ${q}, ${who}`;
+    const c = figures['c-ours'];
+    const l = figures['c-lvu'];
+    const t = figures['ts-ours']!;
+    if (c) {
+      let row: BenchRow = { name: name('C client -> vfu serve bigstate'), value: num(c, k), unit: 'µs' };
+      if (l) row = vs(row, 'C client -> libvfio-user', num(l, k), 'lower');
+      if (q === 'p50') {
+        row.target = '≤ 17.4 µs' + (l ? ', ≤ x1.30' : '');
+        row.met = row.value <= 17.4 && (!l || row.value / num(l, k) <= 1.3);
+      }
+      ctx.rows.push(row);
+      if (l) ctx.rows.push({ name: name('C client -> libvfio-user samples/server'), value: num(l, k), unit: 'µs' });
+      ctx.rows.push(vs({ name: name('TS client -> vfu serve bigstate'), value: num(t, k), unit: 'µs' }, 'C client -> vfu serve', num(c, k), 'lower'));
+    } else {
+      ctx.rows.push({ name: name('TS client -> vfu serve bigstate'), value: num(t, k), unit: 'µs' });
+    }
+  }
+}
+
+interface MigFigures {
+  client: Fields;
+  serverHwmKib: number;
+  serverStartKib: number;
+  crcOk?: boolean;
+}
+
+/** Untimed passes before the measured one (the server's JIT needs two). */
+const WARM = 2;
+
+/**
+ * One 256 MiB stream against a fresh server, after WARM untimed ones so
+ * that the figure is steady state rather than JIT warm-up: the C client is
+ * run WARM times first; the TS client (`ts`) makes its warm-up passes itself
+ * (--warm), warming its own JIT too.  For writes, every CRC-32 the server
+ * logs of what it received must be the source's.
+ */
+async function migOnce(ctx: Ctx, argv: (path: string) => string[], write: boolean, ts: boolean): Promise<MigFigures> {
+  const s = await bigstate(ctx.dir, 'mig', ['--state-mib', String(STATE_MIB)]);
+  try {
+    const serverStartKib = status(s.proc.pid!, 'VmRSS');
+    if (!ts) for (let i = 0; i < WARM; i++) await run(argv(s.path));
+    const client = await run(ts ? [...argv(s.path), '--warm', String(WARM)] : argv(s.path));
+    const serverHwmKib = status(s.proc.pid!, 'VmHWM');
+    const r: MigFigures = { client, serverHwmKib, serverStartKib };
+    if (write) {
+      const crcs = [...s.log().matchAll(/crc32 0x([0-9a-f]{8})/g)].map((m) => parseInt(m[1]!, 16));
+      r.crcOk = crcs.length === WARM + 1 && crcs.every((c) => c === expectedCrc());
+    }
+    return r;
+  } finally {
+    await s.stop();
+  }
+}
+
+async function migMedian(ctx: Ctx, argv: (path: string) => string[], write: boolean, ts: boolean): Promise<MigFigures> {
+  const all: MigFigures[] = [];
+  for (let i = 0; i < RUNS; i++) all.push(await migOnce(ctx, argv, write, ts));
+  const m = median(all.map((r) => num(r.client, 'gbps')));
+  const pick = all.find((r) => num(r.client, 'gbps') === m)!;
+  if (write) pick.crcOk = all.every((r) => r.crcOk);
+  return pick;
+}
+
+const crcCache = new Map<number, number>();
+/** CRC-32 of bigstate's state of `mib` MiB (what a destination must log). */
+function crc32Of(mib: number): number {
+  let c = crcCache.get(mib);
+  if (c === undefined) {
+    const b = Buffer.allocUnsafe(mib * MiB);
+    fillPseudoRandom(b, 1);
+    c = crc32(b);
+    crcCache.set(mib, c);
+  }
+  return c;
+}
+const expectedCrc = (): number => crc32Of(STATE_MIB);
+
+const CHUNKS = [
+  ['1 MiB', MiB],
+  ['64 KiB', 64 * 1024],
+] as const;
+
+/** Peak RSS rows, filled by the migration sections. */
+const rssRows: BenchRow[] = [];
+
+function rss(what: string, f: MigFigures, clientExtraKib = 0): void {
+  const mib = (k: number): number => k / 1024;
+  const grown = mib(f.serverHwmKib - f.serverStartKib);
+  rssRows.push({
+    name: `peak RSS growth of the server during ${what}`,
+    value: grown,
+    unit: 'MiB',
+    baseline: { name: `server RSS before (state included)`, value: mib(f.serverStartKib) },
+    target: 'a few chunks',
+    met: grown <= 8,
+  });
+  rssRows.push({
+    name: `peak RSS of the client during ${what}` + (clientExtraKib ? ` (less its ${clientExtraKib / 1024} MiB source buffer)` : ''),
+    value: mib(num(f.client, 'hwm_kib') - clientExtraKib),
+    unit: 'MiB',
+  });
+}
+
+async function migread(ctx: Ctx): Promise<void> {
+  for (const [label, chunk] of CHUNKS) {
+    const target = chunk === MiB ? 3.0 : 1.8;
+    const name = (who: string): string => `MIG_DATA_READ 256 MiB in ${label} chunks, ${who}`;
+    let cRow: BenchRow | null = null;
+    if (refClient) {
+      const c = await migMedian(ctx, (p) => cClient('migread', p, String(chunk)), false, false);
+      cRow = { name: name('C client -> vfu serve'), value: num(c.client, 'gbps'), unit: 'GB/s', target: `≥ ${target} GB/s` };
+      cRow.met = cRow.value >= target;
+      ctx.rows.push(cRow);
+      ctx.shared[`migread-c-${chunk}`] = cRow.value;
+      rss(`MIG_DATA_READ (${label}, C client)`, c);
+    }
+    const t = await migMedian(ctx, (p) => tsClientArgv('migread', p, String(chunk)), false, true);
+    let tRow: BenchRow = { name: name('TS client -> vfu serve'), value: num(t.client, 'gbps'), unit: 'GB/s' };
+    if (cRow) tRow = vs(tRow, 'C client', cRow.value, 'higher');
+    ctx.rows.push({ ...tRow, target: `≥ ${target} GB/s`, met: tRow.value >= target });
+    rss(`MIG_DATA_READ (${label}, TS client)`, t);
+    ctx.rows.push(vs({ name: name('TS client, first pass in a fresh process (JIT warm-up)'), value: num(t.client, 'first_gbps'), unit: 'GB/s' }, 'steady', tRow.value, 'higher'));
+    if (chunk === MiB) {
+      // migDataRead() copying into a reused buffer (what the orchestrator does)
+      const tc = await migMedian(ctx, (p) => tsClientArgv('migread', p, String(chunk), 'copy'), false, true);
+      ctx.rows.push(vs({ name: name('TS client, migDataRead() into one reused buffer (the orchestrator)'), value: num(tc.client, 'gbps'), unit: 'GB/s' }, 'TS client', tRow.value, 'higher'));
+    }
+  }
+}
+
+async function migwrite(ctx: Ctx): Promise<void> {
+  const total = String(STATE_MIB * MiB);
+  expectedCrc();
+  for (const [label, chunk] of CHUNKS) {
+    const name = (who: string): string => `MIG_DATA_WRITE 256 MiB in ${label} chunks, ${who}`;
+    // The issue holds 1 MiB writes to 3.0 GB/s; other sizes must work.
+    const target = chunk === MiB ? '≥ 3.0 GB/s' : 'works';
+    let cRow: BenchRow | null = null;
+    if (refClient) {
+      const c = await migMedian(ctx, (p) => cClient('migwrite', p, String(chunk), total), true, false);
+      cRow = { name: name(`C client -> vfu serve, CRC ${c.crcOk ? 'ok' : 'WRONG'}`), value: num(c.client, 'gbps'), unit: 'GB/s' };
+      cRow.target = target;
+      cRow.met = c.crcOk === true && (chunk !== MiB || cRow.value >= 3.0);
+      ctx.rows.push(cRow);
+      rss(`MIG_DATA_WRITE (${label}, C client)`, c, STATE_MIB * 1024);
+    }
+    const t = await migMedian(ctx, (p) => tsClientArgv('migwrite', p, String(chunk), total), true, true);
+    let tRow: BenchRow = { name: name(`TS client -> vfu serve, CRC ${t.crcOk ? 'ok' : 'WRONG'}`), value: num(t.client, 'gbps'), unit: 'GB/s' };
+    if (cRow) tRow = vs(tRow, 'C client', cRow.value, 'higher');
+    ctx.rows.push({ ...tRow, target, met: t.crcOk === true && (chunk !== MiB || tRow.value >= 3.0) });
+    rss(`MIG_DATA_WRITE (${label}, TS client)`, t, STATE_MIB * 1024);
+    ctx.rows.push(vs({ name: name('TS client, first pass in a fresh process (JIT warm-up)'), value: num(t.client, 'first_gbps'), unit: 'GB/s' }, 'steady', tRow.value, 'higher'));
+  }
+  if (refClient) {
+    // Every chunk size up to max_data_xfer_size (1 MiB) must work.
+    for (const k of [4, 16, 32, 256]) {
+      const c = await migOnce(ctx, (p) => cClient('migwrite', p, String(k * 1024), total), true, false);
+      const v = num(c.client, 'gbps');
+      ctx.rows.push({
+        name: `MIG_DATA_WRITE 256 MiB in ${k} KiB chunks, C client -> vfu serve, CRC ${c.crcOk ? 'ok' : 'WRONG'}`,
+        value: v,
+        unit: 'GB/s',
+        target: 'works',
+        met: c.crcOk === true,
+      });
+    }
+  }
+}
+
+async function v1v2(ctx: Ctx): Promise<void> {
+  const figures: Fields[] = [];
+  for (const mode of ['v1read', 'migread'] as const) {
+    const s = await bigstate(ctx.dir, 'v1', ['--state-mib', String(STATE_MIB), '--v1']);
+    try {
+      figures.push(await run(tsClientArgv(mode, s.path, ...(mode === 'migread' ? [String(MiB)] : []), '--warm', String(WARM))));
+    } finally {
+      await s.stop();
+    }
+  }
+  const [v1, v2] = figures as [Fields, Fields];
+  const usPerMib = (f: Fields): number => (num(f, 'seconds') * 1e6) / (num(f, 'bytes') / MiB);
+  const msgs = (f: Fields): number => num(f, 'msgs') / (num(f, 'bytes') / MiB);
+  const name = (what: string): string => `v1 migration region vs v2 MIG_DATA_READ, 256 MiB, TS client: ${what}`;
+  ctx.rows.push(vs({ name: name('messages per MiB, v1'), value: msgs(v1), unit: 'msgs' }, 'v2', msgs(v2), 'lower'));
+  ctx.rows.push(vs({ name: name('time per MiB, v1'), value: usPerMib(v1), unit: 'µs' }, 'v2', usPerMib(v2), 'lower'));
+}
+
+async function downtime(ctx: Ctx): Promise<void> {
+  // The destination checks the 64 MiB it received by CRC-32 on RESUMING ->
+  // STOP, which is downtime (~28 ms here); the second variant skips that
+  // check (--no-verify) to show what the protocol and the orchestrator cost.
+  for (const verify of [true, false]) {
+    const all: Fields[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const a = await bigstate(ctx.dir, 'src', ['--state-mib', '64', '--precopy-mib', '64']);
+      const b = await bigstate(ctx.dir, 'dst', ['--state-mib', '64', '--precopy-mib', '64', ...(verify ? [] : ['--no-verify'])]);
+      try {
+        all.push(await run(tsClientArgv('migrate', a.path, b.path, '64', '5', '4')));
+        const crc = /crc32 0x([0-9a-f]{8})/.exec(b.log())?.[1];
+        all[all.length - 1]!['state_ok'] = verify ? String(crc !== undefined && parseInt(crc, 16) === crc32Of(64)) : 'unchecked';
+      } finally {
+        await a.stop();
+        await b.stop();
+      }
+    }
+    const m = median(all.map((f) => num(f, 'downtime_ms')));
+    const f = all.find((x) => num(x, 'downtime_ms') === m)!;
+    const ram = all.every((x) => x['ram_match'] === '1');
+    const what = `64 MiB device state (pre-copied) + 64 MiB guest RAM, 5% dirtied per round, ${num(f, 'rounds')} rounds`;
+    const check = `RAM ${ram ? 'same' : 'DIFFERS'}, ${verify ? 'state CRC checked' : 'state unchecked'}`;
+    const ok = ram && (!verify || all.every((x) => x['state_ok'] === 'true'));
+    const dst = verify ? '' : ' (destination without its CRC check)';
+    const split = `stop-copy ${num(f, 'stop_copy_ms').toFixed(1)} ms + resume ${num(f, 'resume_ms').toFixed(1)} ms`;
+    ctx.rows.push({ name: `migration downtime${dst}: ${split}; ${what}`, value: num(f, 'downtime_ms'), unit: 'ms', target: check, met: ok });
+    ctx.rows.push({ name: `migration total time${dst}`, value: num(f, 'total_ms'), unit: 'ms' });
+  }
+}
+
+// --------------------------------------------------------------------- main
+
+const sections: Record<string, (ctx: Ctx) => Promise<void>> = {
+  latency,
+  migread,
+  migwrite,
+  rss: async (ctx) => void ctx.rows.push(...rssRows.splice(0)),
+  dma: async (ctx) => void ctx.rows.push(...benchDma()),
+  dirty: async (ctx) => {
+    for (const r of await benchDirty()) {
+      // The issue asks for 1 GB/s of bitmap: held against the larger of the
+      // two bitmaps a report handles (the 2 MiB input for 2 MiB pages, the
+      // 16 MiB output for 512 B pages).
+      const big = /-> 2 MiB, input|-> 512 B, output/.test(r.name);
+      ctx.rows.push(big ? { ...r, target: '≥ 1 GB/s', met: r.value >= 1 } : r);
+    }
+  },
+  v1v2,
+  downtime,
+  transport: async (ctx) => {
+    const rows = await benchTransport();
+    ctx.rows.push(...rows);
+    const stream = rows.find((r) => r.name.startsWith('native stream 1 MiB msgs'));
+    const c = ctx.shared[`migread-c-${MiB}`];
+    if (stream && c !== undefined) {
+      ctx.rows.push(vs({ name: 'MIG_DATA_READ 1 MiB chunks, C client -> vfu serve, vs streaming on a bare socket', value: c, unit: 'GB/s' }, 'native stream 1 MiB msgs', stream.value, 'higher'));
+    }
+  },
+};
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const json = args.includes('--json');
+  const markdown = args.includes('--markdown');
+  const wanted = args.filter((a) => !a.startsWith('--'));
+  for (const w of wanted) if (!(w in sections)) throw new Error(`unknown section ${w} (known: ${Object.keys(sections).join(' ')})`);
+  const names = wanted.length ? Object.keys(sections).filter((s) => wanted.includes(s)) : Object.keys(sections);
+  const lvuBuild = process.env['LIBVFIO_USER_BUILD'];
+  const lvu = lvuBuild && existsSync(join(lvuBuild, 'samples', 'server')) ? lvuBuild : null;
+  const ctx: Ctx = { dir: mkdtempSync(join(tmpdir(), 'vfu-bench-')), lvu, rows: [], notes: [], shared: {} };
+  buildRefClient();
+  if (!refClient) ctx.notes.push(`C reference client not built (cc failed: ${refClientWhy.trim()}): its rows are skipped`);
+  if (!lvuBuild) ctx.notes.push('LIBVFIO_USER_BUILD is not set: skipping the libvfio-user samples/server rows');
+  else if (!lvu) ctx.notes.push(`no samples/server under LIBVFIO_USER_BUILD=${lvuBuild}: skipping the libvfio-user rows`);
+  if (!pin) ctx.notes.push('taskset not found: processes are NOT pinned to one CPU');
+  const t0 = Date.now();
+  try {
+    for (const s of names) {
+      process.stderr.write(`bench: ${s}...\n`);
+      await sections[s]!(ctx);
+    }
+  } finally {
+    rmSync(ctx.dir, { recursive: true, force: true });
+  }
+  const when = new Date().toISOString().slice(0, 10);
+  console.log(`vfio-user benchmarks, ${when}, node ${process.version}, ${pin ? 'all processes pinned to CPU 0' : 'unpinned'}, ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  for (const n of ctx.notes) console.log(`note: ${n}`);
+  if (markdown) console.log('');
+  console.log(markdown ? formatMarkdown(ctx.rows) : formatRows(ctx.rows));
+  if (json) console.log(JSON.stringify(ctx.rows, null, 2));
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
