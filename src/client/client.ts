@@ -185,7 +185,14 @@ export class VfioUserClient extends EventEmitter {
       if (err && this.listenerCount('error') > 0) this.emit('error', err);
       if (!this._closed) this.emit('lost', err);
     };
-    await this.negotiate(ep);
+    try {
+      await this.negotiate(ep);
+    } catch (e) {
+      // nobody gets this client: its connection must not outlive the failure
+      this.conn.onClose = () => {};
+      this.conn.close();
+      throw e;
+    }
   }
 
   private async negotiate(ep: Endpoint): Promise<void> {
@@ -212,8 +219,14 @@ export class VfioUserClient extends EventEmitter {
       if (twin?.supported && ours.twinSocket) {
         const fd = twin.fdIndex !== undefined ? r.fds[twin.fdIndex] : undefined;
         if (fd === undefined) throw bad(Command.VERSION, 'twin socket promised but no descriptor');
+        // Whatever the server sent must be a socket we can poll without
+        // blocking; until the endpoint owns it, `finally` closes it.
+        if (native?.isUnixStream(fd) !== 1 || native.setNonBlocking(fd) < 0) {
+          throw bad(Command.VERSION, 'twin socket descriptor is not a UNIX stream socket');
+        }
+        const twinEp = new NativeEndpoint(fd, this.limits());
         r.fds.splice(twin.fdIndex!, 1);
-        this.conn.attachTwin(new NativeEndpoint(fd, this.limits()), false);
+        this.conn.attachTwin(twinEp, false);
       }
     } finally {
       for (const fd of r.fds) closeFd(fd);
