@@ -73,8 +73,16 @@ export interface ClientOptions {
   migSizing?: boolean;
   /** Reply timeout in ms (0: none). */
   replyTimeoutMs?: number;
-  /** Largest dirty bitmap reply we accept (bytes). */
+  /**
+   * Largest dirty bitmap reply we accept (bytes).  With maxDataXferSize it
+   * bounds every reply: a larger one is refused (the request fails with
+   * EMSGSIZE) and its body skipped as it streams in, never buffered.
+   */
   maxBitmapSize?: number;
+  /** Our requests in flight at once (ENOSPC beyond; default 4096). */
+  maxPendingRequests?: number;
+  /** Our replies to the server's DMA requests waiting to be written before we stop reading (default 16 MiB). */
+  maxSendQueueBytes?: number;
 }
 
 export interface DeviceInfo {
@@ -176,8 +184,13 @@ export class VfioUserClient extends EventEmitter {
   }
 
   private async attach(ep: Endpoint): Promise<void> {
+    // our limits, also on an endpoint made elsewhere (fromEndpoint)
+    const limits = this.limits();
+    ep.setLimits(limits.maxMessageSize, limits.maxFds);
+    ep.setSendQueueLimit(this.opts.maxSendQueueBytes ?? 16 * 1024 * 1024);
     this.conn = new Connection(ep, {
       replyTimeoutMs: this.opts.replyTimeoutMs ?? 30_000,
+      ...(this.opts.maxPendingRequests !== undefined ? { maxPending: this.opts.maxPendingRequests } : {}),
       closeFd,
     });
     this.conn.onCommand = (f, via) => this.onServerRequest(f, via);
@@ -225,6 +238,7 @@ export class VfioUserClient extends EventEmitter {
           throw bad(Command.VERSION, 'twin socket descriptor is not a UNIX stream socket');
         }
         const twinEp = new NativeEndpoint(fd, this.limits());
+        twinEp.setSendQueueLimit(this.opts.maxSendQueueBytes ?? 16 * 1024 * 1024);
         r.fds.splice(twin.fdIndex!, 1);
         this.conn.attachTwin(twinEp, false);
       }

@@ -11,12 +11,26 @@ import { writeHeader } from '../protocol/header.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import { endpointFromFd, listen, type Listener, type TransportKind } from '../transport/socket.js';
 import type { VfioUserDevice } from './device.js';
+import type { DmaLimits } from './dma.js';
 import { Session, type SessionOptions } from './session.js';
 
+/**
+ * Options of a server.  The resource limits (see RELIABILITY.md for the
+ * table and their errnos): maxDataXferSize (larger messages: EINVAL, their
+ * bodies skipped), maxMsgFds (more descriptors: EINVAL, all closed),
+ * maxQueuedCommands / maxQueuedBytes (behind a slow command: EBUSY),
+ * maxSendQueueBytes (unread replies: we stop reading), dmaLimits (mappings:
+ * EINVAL; total or single size: ENOSPC), maxDirtyBitmapBytes (dirty
+ * tracking memory: ENOMEM).
+ */
 export interface ServeOptions extends Partial<SessionOptions> {
   transport?: TransportKind;
   /** Socket file mode (default 0600). */
   mode?: number;
+  /** Overrides the device's DMA limits (setupDma) for its clients. */
+  dmaLimits?: Partial<DmaLimits>;
+  /** Cap on the dirty page tracking bitmaps (default 256 MiB; ENOMEM beyond). */
+  maxDirtyBitmapBytes?: number;
 }
 
 function sessionOptions(o: ServeOptions): SessionOptions {
@@ -26,6 +40,8 @@ function sessionOptions(o: ServeOptions): SessionOptions {
     twinSocket: o.twinSocket ?? true,
     replyTimeoutMs: o.replyTimeoutMs ?? 30_000,
     maxQueuedCommands: o.maxQueuedCommands ?? 1024,
+    maxQueuedBytes: o.maxQueuedBytes ?? 64 * 1024 * 1024,
+    maxSendQueueBytes: o.maxSendQueueBytes ?? 16 * 1024 * 1024,
   };
 }
 
@@ -48,6 +64,8 @@ export class VfioUserServer extends EventEmitter {
   ) {
     super();
     this.opts = sessionOptions(serveOpts);
+    if (serveOpts.dmaLimits) Object.assign(device.dma.limits, serveOpts.dmaLimits);
+    if (serveOpts.maxDirtyBitmapBytes !== undefined) device.logging.maxBitmapBytes = serveOpts.maxDirtyBitmapBytes;
     device.realize();
   }
 

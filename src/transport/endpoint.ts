@@ -21,6 +21,14 @@ export interface Endpoint {
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;
   setLimits(maxMessageSize: number, maxFds: number): void;
+  /**
+   * Backpressure: while more than `bytes` of our messages wait to be
+   * written (a peer that sends requests but does not read the replies),
+   * stop reading from the peer; resume once half of it has gone.
+   */
+  setSendQueueLimit(bytes: number): void;
+  /** Bytes of our messages not yet written to the socket. */
+  readonly queuedBytes: number;
   close(): void;
   /** Whether this endpoint keeps the process alive. */
   ref(keep: boolean): void;

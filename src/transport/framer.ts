@@ -65,6 +65,8 @@ export class Framer {
   private skipEnd = 0;
   private batches: FdBatch[] = [];
   private stopped = false;
+  /** Delivery held back (the receiver's backpressure); bytes stay buffered. */
+  private held = false;
 
   constructor(
     private readonly onFrame: (f: Frame) => void,
@@ -126,6 +128,16 @@ export class Framer {
     }
   }
 
+  /**
+   * Holds delivery (true) or resumes it (false), delivering at once what is
+   * buffered.  Used for backpressure: a message already read is not handed
+   * out while the receiver cannot take more.
+   */
+  hold(on: boolean): void {
+    this.held = on;
+    if (!on) this.drain();
+  }
+
   /** Stops delivering and closes descriptors nobody claimed. */
   destroy(): void {
     this.stopped = true;
@@ -168,7 +180,7 @@ export class Framer {
   }
 
   private drain(): void {
-    while (!this.stopped) {
+    while (!this.stopped && !this.held) {
       if (this.skipping > 0) {
         const n = Math.min(this.skipping, this.end - this.start);
         this.start += n;

@@ -59,6 +59,10 @@ export class NativeEndpoint implements Endpoint {
   private drainWaiters: (() => void)[] = [];
   private _closed = false;
   private writing = false;
+  private queued = 0;
+  private sendLimit = Infinity;
+  /** Not reading: too much of ours waits to be written. */
+  private paused = false;
 
   constructor(
     readonly fd: number,
@@ -79,6 +83,26 @@ export class NativeEndpoint implements Endpoint {
     this.framer.setMaxFds(maxFds);
   }
 
+  setSendQueueLimit(bytes: number): void {
+    this.sendLimit = bytes;
+  }
+
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  private updatePoll(): void {
+    this.n.pollUpdate(this.poll, (this.paused ? 0 : POLL_READABLE) | (this.writing ? POLL_WRITABLE : 0));
+  }
+
+  /** Stops (or resumes) reading and delivering what was read. */
+  private setPaused(on: boolean): void {
+    if (this.paused === on) return;
+    this.paused = on;
+    this.updatePoll();
+    this.framer.hold(on);
+  }
+
   ref(keep: boolean): void {
     if (!this._closed) this.n.pollRef(this.poll, keep);
   }
@@ -94,7 +118,7 @@ export class NativeEndpoint implements Endpoint {
   }
 
   private readSome(): void {
-    for (let i = 0; i < READ_BUDGET && !this._closed; i++) {
+    for (let i = 0; i < READ_BUDGET && !this._closed && !this.paused; i++) {
       const t = this.framer.readTarget();
       const r = this.n.recvmsg(this.fd, t.buf, t.off, t.len, recvState);
       if (r > 0) {
@@ -141,10 +165,12 @@ export class NativeEndpoint implements Endpoint {
     const spill = total >= SPILL_MIN ? takeSpill(total) : null;
     const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
     this.queue.push({ data, fds, spill });
+    this.queued += data.length;
     if (!this.writing) {
       this.writing = true;
-      this.n.pollUpdate(this.poll, POLL_READABLE | POLL_WRITABLE);
+      this.updatePoll();
     }
+    if (this.queued > this.sendLimit) this.setPaused(true);
   }
 
   private flush(): void {
@@ -156,9 +182,11 @@ export class NativeEndpoint implements Endpoint {
         this.fail(new VfuError(-r, 'sendmsg failed'));
         return;
       }
+      this.queued -= r;
       if (r < p.data.length) {
         p.data = p.data.subarray(r);
         p.fds = null;
+        if (this.paused && this.queued <= this.sendLimit / 2) this.setPaused(false);
         return;
       }
       this.queue.shift();
@@ -166,7 +194,8 @@ export class NativeEndpoint implements Endpoint {
     }
     if (this._closed) return;
     this.writing = false;
-    this.n.pollUpdate(this.poll, POLL_READABLE);
+    this.updatePoll();
+    this.setPaused(false);
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();
@@ -192,6 +221,7 @@ export class NativeEndpoint implements Endpoint {
     this.n.close(this.fd);
     this.framer.destroy();
     this.queue = [];
+    this.queued = 0;
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();

@@ -35,6 +35,16 @@ export class NetEndpoint implements Endpoint {
     this.framer.setMaxMessageSize(maxMessageSize);
   }
 
+  private sendLimit = Infinity;
+
+  setSendQueueLimit(bytes: number): void {
+    this.sendLimit = bytes;
+  }
+
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
   ref(keep: boolean): void {
     if (keep) this.socket.ref();
     else this.socket.unref();
@@ -45,6 +55,12 @@ export class NetEndpoint implements Endpoint {
     if (this._closed) return;
     // net.Socket keeps a reference until flushed: copy so callers may reuse.
     this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
+    if (this.socket.writableLength > this.sendLimit && !this.socket.isPaused()) {
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        if (!this._closed) this.socket.resume();
+      });
+    }
   }
 
   whenDrained(): Promise<void> {
