@@ -6,12 +6,18 @@
 // back in RUNNING with its state intact.  (Process-level faults, SIGKILL
 // and a cut TCP stream, are further down.)
 import { strict as assert } from 'node:assert';
+import { type Socket, connect as connectTcp, createServer } from 'node:net';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { VfioUserClient } from '../src/client/client.js';
+import { LocalTarget, MigrationError, migrate } from '../src/client/migrate.js';
+import { ChunkType } from '../src/client/tcp-stream.js';
 import { createSample, BAR1_SIZE } from '../src/devices/sample.js';
 import { native } from '../src/native/index.js';
 import { Errno, IrqIndex, MigState, PciRegion } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
-import { fdCount, once, rejectsWith, serve, until } from './helpers/server.js';
+import { type Holdings, type Proc, backTo, cli, holdings, line, root, start, startServer, waitFor } from './helpers/procs.js';
+import { fdCount, once, rejectsWith, serve, tempDir, until } from './helpers/server.js';
 
 const n = native!;
 
@@ -187,3 +193,153 @@ describe('a client lost in the middle of a migration', () => {
     await srv.close();
   });
 });
+
+// ------------------------------------------------------------ processes
+
+describe('process faults: SIGKILL and a cut migration stream', () => {
+  const pattern = Buffer.alloc(BAR1_SIZE);
+  for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 31 + 7) & 0xff;
+
+  /** Two `vfu serve sample` processes, the source's BAR1 set to `pattern`. */
+  async function servers(): Promise<{ t: ReturnType<typeof tempDir>; src: Proc; dst: Proc; srcPath: string; dstPath: string; srcRest: Holdings; dstRest: Holdings; stop: () => Promise<void> }> {
+    const t = tempDir('vfu-faults-');
+    const srcPath = join(t.dir, 'src.sock');
+    const dstPath = join(t.dir, 'dst.sock');
+    const src = await startServer(srcPath);
+    const dst = await startServer(dstPath);
+    const c = await VfioUserClient.connect(srcPath);
+    await c.regionWrite(PciRegion.BAR1, 0, pattern);
+    c.close();
+    // at rest: no client (give the server a moment to notice this one left)
+    await new Promise((r) => setTimeout(r, 100));
+    const srcRest = holdings(src.pid);
+    const dstRest = holdings(dst.pid);
+    const stop = async (): Promise<void> => {
+      for (const p of [src, dst]) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
+      const codes = await Promise.all([src.exited, dst.exited]);
+      for (const [code, sig] of codes) assert.ok(code === 0 || sig === 'SIGKILL', `server exit ${code} ${sig}`);
+      t.cleanup();
+    };
+    return { t, src, dst, srcPath, dstPath, srcRest, dstRest, stop };
+  }
+
+  async function expectIntact(path: string, state: number = MigState.RUNNING): Promise<VfioUserClient> {
+    const c = await VfioUserClient.connect(path);
+    assert.equal(await c.migrationState(), state);
+    return c;
+  }
+
+  for (const point of ['pre-copy', 'stop-copy', 'resume'] as const) {
+    test(`SIGKILL of the orchestrator during ${point}: source RUNNING and intact after a reconnect, destination RUNNING, nothing held`, { timeout: 60_000 }, async () => {
+      const s = await servers();
+      const child = start([join(root, 'dist', 'test', 'fixtures', 'migrate-child.js'), s.srcPath, s.dstPath, point]);
+      await line(child, new RegExp(`AT ${point}`));
+      child.child.kill('SIGKILL');
+      assert.deepEqual(await child.exited, [null, 'SIGKILL']);
+      await backTo(s.src.pid, s.srcRest);
+      await backTo(s.dst.pid, s.dstRest);
+      const c = await expectIntact(s.srcPath);
+      assert.ok((await c.regionRead(PciRegion.BAR1, 0, BAR1_SIZE)).equals(pattern), 'source BAR1 intact');
+      c.close();
+      const d = await expectIntact(s.dstPath);
+      d.close();
+      await backTo(s.src.pid, s.srcRest);
+      await backTo(s.dst.pid, s.dstRest);
+      await s.stop();
+    });
+  }
+
+  test('SIGKILL of the destination server during resume: the orchestrator rolls the source back to RUNNING', { timeout: 60_000 }, async () => {
+    const s = await servers();
+    const src = await VfioUserClient.connect(s.srcPath);
+    const dst = await VfioUserClient.connect(s.dstPath);
+    src.memory.add(0x100000, 1 << 20).bytes.fill(0x33);
+    await src.dmaMap({ iova: 0x100000, size: 1 << 20 });
+    const target = new LocalTarget(dst);
+    target.finish = async () => {
+      await dst.setMigrationState(MigState.STOP);
+      s.dst.child.kill('SIGKILL');
+      await s.dst.exited;
+      await dst.setMigrationState(MigState.RUNNING);
+    };
+    await assert.rejects(migrate(src, target, { maxRounds: 1 }), (e: unknown) => {
+      assert.ok(e instanceof MigrationError);
+      assert.equal(e.step, 'resuming the destination');
+      return true;
+    });
+    assert.equal(await src.migrationState(), MigState.RUNNING);
+    assert.ok((await src.regionRead(PciRegion.BAR1, 0, BAR1_SIZE)).equals(pattern));
+    assert.equal(src.memory.view(0x100000, 4).toString('hex'), '33333333');
+    src.close();
+    dst.close();
+    await backTo(s.src.pid, s.srcRest);
+    assert.deepEqual(await s.dst.exited, [null, 'SIGKILL']);
+    await s.stop();
+  });
+
+  test('the TCP migration stream cut mid-chunk: vfu migrate rolls back, vfu receive resets the destination, both exit', { timeout: 60_000 }, async () => {
+    const s = await servers();
+    const receivePort = await freePort();
+    const recv = start([cli, 'receive', '--listen', `tcp://127.0.0.1:${receivePort}`, '--to', s.dstPath, '--json']);
+    await waitFor(() => /listening/.test(recv.stderr()), 10_000, 'vfu receive');
+    // a proxy that forwards the stream and cuts it 4 KiB into the first PAGES chunk
+    let cutAt = -1;
+    const proxy = createServer((a: Socket) => {
+      const b = connectTcp({ host: '127.0.0.1', port: receivePort });
+      let seen = Buffer.alloc(0);
+      let forwarded = 0;
+      a.on('data', (d: Buffer) => {
+        seen = Buffer.concat([seen, d]);
+        if (cutAt < 0) {
+          for (let at = 0; at + 16 <= seen.length; ) {
+            const type = seen.readUInt8(at + 4);
+            const len = seen.readUInt32LE(at + 8);
+            if (type === ChunkType.PAGES) {
+              cutAt = at + 16 + 4096;
+              break;
+            }
+            at += 16 + len;
+          }
+        }
+        const limit = cutAt < 0 ? seen.length : Math.min(seen.length, cutAt);
+        if (limit > forwarded) b.write(seen.subarray(forwarded, limit));
+        forwarded = limit;
+        if (cutAt >= 0 && seen.length >= cutAt) {
+          b.end(() => b.destroy());
+          a.destroy();
+        }
+      });
+      b.on('data', (d: Buffer) => a.write(d));
+      for (const x of [a, b]) x.on('error', () => {});
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const proxyPort = (proxy.address() as { port: number }).port;
+    const mig = start([cli, 'migrate', '--from', s.srcPath, '--to', `tcp://127.0.0.1:${proxyPort}`, '--guest-mib', '1', '--quiet']);
+    const [code] = await mig.exited;
+    assert.equal(code, 1, `vfu migrate: ${mig.stdout()}${mig.stderr()}`);
+    assert.match(mig.stderr(), /migration failed at pre-copy round 0/);
+    assert.deepEqual(await recv.exited, [1, null], recv.stderr());
+    const result = JSON.parse(recv.stdout().trim().split('\n').pop()!) as { ok: boolean; error: string };
+    assert.equal(result.ok, false);
+    assert.match(result.error, /cut mid-chunk/);
+    assert.ok(cutAt > 0);
+    proxy.close();
+    await backTo(s.src.pid, s.srcRest);
+    await backTo(s.dst.pid, s.dstRest);
+    const c = await expectIntact(s.srcPath);
+    assert.ok((await c.regionRead(PciRegion.BAR1, 0, BAR1_SIZE)).equals(pattern));
+    c.close();
+    (await expectIntact(s.dstPath)).close();
+    await s.stop();
+  });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
