@@ -46,6 +46,29 @@ describe('hostile replies found by the fuzzer', () => {
     assert.equal(openFdCount(), fds0);
   });
 
+  test('GET_REGION_IO_FDS answered with garbage and descriptors: EPROTO, the descriptors closed', async () => {
+    const h = await hostile((cmd, id, ep) => {
+      const body = cmd === Command.VERSION ? version.encode({ major: 0, minor: 2, json: '{"capabilities":{"max_msg_fds":16}}', nul: true }) : Buffer.alloc(5);
+      const b = Buffer.alloc(HEADER_SIZE + body.length);
+      writeHeader(b, id, cmd, b.length, HeaderFlag.TYPE_REPLY, 0);
+      body.copy(b, HEADER_SIZE);
+      if (cmd === Command.VERSION) ep.send(b, null, null);
+      else {
+        const fd = n.eventfd(0, 1);
+        ep.send(b, null, [fd]);
+        void ep.whenDrained().then(() => n.close(fd));
+      }
+    });
+    const c = await h.connect;
+    await new Promise((r) => setImmediate(r));
+    const fds0 = openFdCount();
+    await rejectsWith(c.regionIoFds(1), Errno.EPROTO);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(openFdCount(), fds0);
+    c.close();
+    h.server.close();
+  });
+
   test('a refused negotiation closes the connection', async () => {
     const fds0 = openFdCount();
     const h = await hostile((cmd, id, ep) => {

@@ -345,7 +345,13 @@ export class VfioUserClient extends EventEmitter {
     let argsz = IoFdsStruct.size;
     for (let attempt = 0; attempt < 3; attempt++) {
       const r = await this.call(Command.DEVICE_GET_REGION_IO_FDS, IoFdsStruct.encode({ argsz, flags: 0, index, count: 0 }));
-      const v = deviceGetRegionIoFdsReply.decode(r.payload);
+      let v;
+      try {
+        v = deviceGetRegionIoFdsReply.decode(r.payload);
+      } catch (e) {
+        for (const fd of r.fds) closeFd(fd);
+        throw bad(Command.DEVICE_GET_REGION_IO_FDS, (e as Error).message);
+      }
       if (v.count > 0 && !v.subRegions && v.argsz > argsz && v.argsz < 1 << 20) {
         for (const fd of r.fds) closeFd(fd);
         argsz = v.argsz;
