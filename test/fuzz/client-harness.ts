@@ -119,7 +119,14 @@ class Hostile {
 
   private send(bytes: Buffer, fds: number[] | null = null): void {
     if (this.closed || this.ep.closed) return;
+    // now and then, descriptors with whatever is sent
+    let own: number[] = [];
+    if (fds === null && this.r.bool(0.1)) {
+      own = Array.from({ length: this.r.range(1, 2) }, () => openFd({ kind: this.r.pick(['memfd', 'eventfd', 'devnull'] as const), size: 4096 }));
+      fds = own;
+    }
     this.ep.send(bytes, null, fds && fds.length ? fds : null);
+    if (own.length) void this.ep.whenDrained().then(() => closeFds(own));
   }
 
   private onFrame(f: Frame): void {

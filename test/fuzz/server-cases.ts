@@ -379,7 +379,7 @@ function sizeLike(r: Rng): bigint {
  * the edges, migration state changes and dirty logging.
  */
 function structured(r: Rng, kinds: string[]): Msg {
-  const what = r.pick(['dma-map', 'dma-map', 'dma-unmap', 'set-irqs', 'region', 'feature'] as const);
+  const what = r.pick(['dma-map', 'dma-map', 'dma-unmap', 'set-irqs', 'region', 'feature', 'write-multi', 'mig-data', 'dirty-pages'] as const);
   kinds.push(what);
   const msgId = r.int(0x10000);
   const msg = (cmd: number, payload: Buffer, fds: FdSpec[] = []): Msg => ({ bytes: encode({ msgId, cmd, flags: r.bool(0.05) ? HeaderFlag.NO_REPLY : 0, errorNo: 0, payload }), fds });
@@ -431,6 +431,44 @@ function structured(r: Rng, kinds: string[]): Msg {
       p.writeUInt32LE(count >>> 0, 12);
       data.copy(p, 16);
       return msg(write ? Command.REGION_WRITE : Command.REGION_READ, p);
+    }
+    case 'write-multi': {
+      const count = r.pick([0, 1, 2, 3, 8]);
+      const p = Buffer.alloc(8 + count * 24);
+      p.writeBigUInt64LE(BigInt(r.bool(0.9) ? count : r.int(10)), 0);
+      for (let i = 0; i < count; i++) {
+        const at = 8 + i * 24;
+        p.writeBigUInt64LE(r.bool(0.8) ? BigInt(r.pick([0, 4, 8, 0x2ff8, 0x3000, 0x10, 0x3c])) : r.pick(INTERESTING_U64), at);
+        p.writeUInt32LE(r.pick([0, 1, 1, 7, 9, 2]), at + 8);
+        p.writeUInt32LE(r.pick([0, 1, 2, 4, 8, 8, 9]), at + 12);
+        r.bytes(8).copy(p, at + 16);
+      }
+      return msg(Command.REGION_WRITE_MULTI, p);
+    }
+    case 'mig-data': {
+      const write = r.bool(0.5);
+      const size = r.pick([0, 1, 1024, 4096, 0x3008, 1 << 20, (1 << 20) + 1, 0xffffffff]);
+      const data = write && size <= 0x4000 ? r.bytes(size) : Buffer.alloc(0);
+      const p = Buffer.alloc(8 + data.length);
+      p.writeUInt32LE(r.bool(0.8) ? (8 + size) >>> 0 : r.pick(INTERESTING_U32), 0);
+      p.writeUInt32LE(size >>> 0, 4);
+      data.copy(p, 8);
+      return msg(write ? Command.MIG_DATA_WRITE : Command.MIG_DATA_READ, p);
+    }
+    case 'dirty-pages': {
+      const flags = r.pick([1, 2, 4, 4, 0, 3, 8]);
+      const p = Buffer.alloc(flags === 4 ? 8 + 32 : 8);
+      if (flags === 4) {
+        p.writeBigUInt64LE((iovaLike(r) + 0x100000n) & U64, 8);
+        const size = sizeLike(r) & U64;
+        p.writeBigUInt64LE(size, 16);
+        const pg = r.pick([4096n, 4096n, 1n, 0n, 3n]);
+        p.writeBigUInt64LE(pg, 24);
+        p.writeBigUInt64LE(pg > 0n && r.bool(0.7) ? ((size / pg + 63n) / 64n) * 8n : r.pick(INTERESTING_U64), 32);
+      }
+      p.writeUInt32LE(r.bool(0.8) ? p.length + (flags === 4 ? r.pick([0, 64, 4096]) : 0) : r.pick(INTERESTING_U32), 0);
+      p.writeUInt32LE(flags, 4);
+      return msg(Command.DIRTY_PAGES, p);
     }
     case 'feature': {
       const feature = r.pick([1, 2, 2, 2, 6, 7, 8, 9, 10, 0, 11, 0xffff]);
