@@ -3,6 +3,7 @@
 // descriptor; views go empty), the quiesce hook holding an unmap back, and
 // the SIGBUS defence for files the client can truncate under our mapping.
 import { strict as assert } from 'node:assert';
+import { constants } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -320,6 +321,53 @@ describe('DMA callbacks of the device that throw', () => {
     assert.equal(dev.dma.count, 0);
     assert.equal(n.liveMappings(), maps0 - 3);
     assert.ok(logs.some((m) => m.includes('onUnmap callback failed')));
+    await srv.close();
+  });
+});
+
+describe('mappings larger than the largest ArrayBuffer (4 GiB on Node 20)', () => {
+  const big = constants.MAX_LENGTH + 0x100000;
+
+  test('the addon refuses such an mmap with an error (it used to free twice and abort)', () => {
+    const fd = n.memfdCreate('big', 4096, true);
+    const live = n.liveMappings();
+    assert.throws(() => n.mmap(fd, 0, big, 3), { code: 'ERR_BUFFER_TOO_LARGE' });
+    assert.equal(n.liveMappings(), live);
+    n.close(fd);
+  });
+
+  test('a DMA_MAP that large is reached with pread/pwrite, and works at both ends', async () => {
+    const dev = createSample();
+    const srv = await serve(dev.device);
+    const c = await srv.connect();
+    const fd = n.memfdCreate('guest-ram-above-4g', big, true); // sparse
+    const body = DmaMapStruct.encode({ argsz: 32, flags: RW, offset: 0n, addr: 0x100000000n, size: BigInt(big) });
+    await c.conn.request(Command.DMA_MAP, body, { fds: [fd] });
+    const m = dev.device.dma.find(0x100000000)!;
+    assert.equal(m.mode, 'file');
+    dev.device.dma.writeSync(0x100000000 + big - 4, Buffer.from('last'));
+    const b = Buffer.alloc(4);
+    readSync(fd, b, 0, 4, big - 4);
+    assert.equal(b.toString(), 'last');
+    await c.dmaUnmapAll();
+    n.close(fd);
+    await srv.close();
+  });
+
+  test('the client: a guest range that large is EINVAL (add several), a region area beyond its file is EINVAL', async () => {
+    const dev = createSample();
+    const srv = await serve(dev.device);
+    const c = await srv.connect();
+    assert.throws(() => c.memory.add(0, big), { errno: Errno.EINVAL });
+    const info = await c.regionInfo(PciRegion.BAR1);
+    const live = n.liveMappings();
+    for (const lie of [{ size: 0x100000, sparse: null }, { sparse: [{ offset: 0, size: 0x1000 }, { offset: 0x2000, size: 0x2000 }] }]) {
+      assert.throws(() => c.mapRegion({ ...info, ...lie }), { errno: Errno.EINVAL });
+    }
+    assert.equal(n.liveMappings(), live, 'nothing left mapped by the refused attempts');
+    const areas = c.mapRegion(info);
+    assert.equal(areas.length, 2);
+    for (const a of areas) a.unmap();
     await srv.close();
   });
 });

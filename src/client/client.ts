@@ -7,7 +7,9 @@
 // request, garbage, or a DMA request outside guest memory gets an error (the
 // latter an EFAULT reply), never a crash.  Requests time out (configurable)
 // and losing the server is reported as 'error' then 'close' events.
+import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter } from 'node:events';
+import { fstatSync } from 'node:fs';
 import { POLL_READABLE, native, requireNative, type PollHandle } from '../native/index.js';
 import { formatCapabilities, parseCapabilities, type Capabilities } from '../protocol/capabilities.js';
 import {
@@ -321,16 +323,47 @@ export class VfioUserClient extends EventEmitter {
 
   /**
    * mmap()s the sparse areas of a mappable region; returns one view per area
-   * (offset within the region and the bytes).
+   * (offset within the region and the bytes).  Every area must lie within
+   * the region and, now, within the descriptor's file (EINVAL otherwise):
+   * touching a page past the end of a file raises SIGBUS.  A server that
+   * truncates its file later can still fault us (our server seals its
+   * region memfds; see RELIABILITY.md).
    */
   mapRegion(info: RegionInfo): { offset: number; bytes: Buffer; unmap(): void }[] {
     const n = requireNative('mapping a region');
     if (info.fd < 0) throw new VfuError(Errno.EINVAL, `region ${info.index} is not mappable`);
     const areas = info.sparse ?? [{ offset: 0, size: info.size }];
-    return areas.map((a) => {
-      const ab = n.mmap(info.fd, info.offset + a.offset, a.size, 3);
-      return { offset: a.offset, bytes: Buffer.from(ab), unmap: () => void n.munmap(ab) };
-    });
+    let fileSize = -1;
+    try {
+      const st = fstatSync(info.fd);
+      if (st.isFile()) fileSize = st.size;
+    } catch {
+      // not a descriptor we can map
+    }
+    for (const a of areas) {
+      const start = info.offset + a.offset;
+      const ok =
+        Number.isSafeInteger(start + a.size) &&
+        a.offset >= 0 &&
+        a.size > 0 &&
+        a.offset + a.size <= info.size &&
+        start + a.size <= fileSize &&
+        a.size <= bufferConstants.MAX_LENGTH;
+      if (!ok) {
+        throw new VfuError(Errno.EINVAL, `region ${info.index}: area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) is not backed by its file (${fileSize} bytes)`);
+      }
+    }
+    const out: { offset: number; bytes: Buffer; unmap(): void }[] = [];
+    try {
+      for (const a of areas) {
+        const ab = n.mmap(info.fd, info.offset + a.offset, a.size, 3);
+        out.push({ offset: a.offset, bytes: Buffer.from(ab), unmap: () => void n.munmap(ab) });
+      }
+    } catch (e) {
+      for (const o of out) o.unmap();
+      throw e;
+    }
+    return out;
   }
 
   async irqInfo(index: number): Promise<IrqInfo> {

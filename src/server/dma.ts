@@ -16,6 +16,7 @@
 // (F_SEAL_SHRINK, as memfds from our client and QEMU's memory-backend-memfd
 // are) are mmap()ed; other files are reached with pread/pwrite, which return
 // short counts (EIO here) instead of faulting.  See `UnsealedPolicy`.
+import { constants as bufferConstants } from 'node:buffer';
 import { fstatSync, readSync, writeSync } from 'node:fs';
 import { PAGE_SIZE, native, requireNative } from '../native/index.js';
 import { DmaMapFlag, Errno } from '../protocol/constants.js';
@@ -97,6 +98,8 @@ export type DirtySink = (iova: number, length: number) => void;
 
 const PROT_READ = DmaMapFlag.READ;
 const F_SEAL_SHRINK = 0x2;
+/** Largest ArrayBuffer (and so mmap view) Node can make. */
+const MAX_ARRAY_BUFFER = bufferConstants.MAX_LENGTH;
 const PROT_WRITE = DmaMapFlag.WRITE;
 
 function safeEnd(iova: number, size: number): number {
@@ -192,13 +195,16 @@ export class DmaController {
     let unsealed = false;
     if (fd !== null) {
       const sealed = this.checkFile(fd, fileOffset, size);
-      mode = flags & DmaMapFlag.FILE_IO || (!sealed && this.unsealed === 'file') ? 'file' : 'mmap';
+      const aligned = fileOffset - (fileOffset % PAGE_SIZE);
+      const delta = fileOffset - aligned;
+      const len = Math.ceil((size + delta) / PAGE_SIZE) * PAGE_SIZE;
+      // A mapping larger than the largest ArrayBuffer (4 GiB on Node 20:
+      // guest RAM above 4G often is) cannot be one view: pread/pwrite it.
+      const tooLarge = len > MAX_ARRAY_BUFFER;
+      mode = flags & DmaMapFlag.FILE_IO || (!sealed && this.unsealed === 'file') || tooLarge ? 'file' : 'mmap';
       if (mode === 'mmap') {
         unsealed = !sealed;
         const n = requireNative('DMA mapping with a file descriptor');
-        const aligned = fileOffset - (fileOffset % PAGE_SIZE);
-        const delta = fileOffset - aligned;
-        const len = Math.ceil((size + delta) / PAGE_SIZE) * PAGE_SIZE;
         ab = n.mmap(fd, aligned, len, prot);
         view = Buffer.from(ab, delta, size);
       }
