@@ -17,3 +17,18 @@ test('server fuzz: 4000 cases, in sync, no crash, hang, leak or stray state chan
   assert.ok((s.serverReplies.ok ?? 0) > 100 && (s.serverReplies.EINVAL ?? 0) > 1000, line);
   assert.ok(s.resyncByBody > 0 && s.resyncByReconnect > 0, line);
 });
+
+test('supervisor: a worker dying in a case is a crash counted against that case, and the run goes on', { timeout: 60_000 }, async () => {
+  process.env.VFU_FUZZ_DIE_AT = '1234';
+  try {
+    const s = await runFuzz({ seed: 1, serverCases: 1500, clientCases: 0, workers: 1 });
+    assert.equal(s.crashes, 1);
+    assert.equal(s.serverCases, 1500);
+    assert.equal(s.failures.length, 1);
+    assert.equal(s.failures[0]!.index, 1234);
+    assert.match(s.failures[0]!.what, /SIGKILL/);
+    assert.ok((s.serverReplies.EINVAL ?? 0) > 0, 'the checkpoint before the crash was kept');
+  } finally {
+    delete process.env.VFU_FUZZ_DIE_AT;
+  }
+});

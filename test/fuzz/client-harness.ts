@@ -377,8 +377,21 @@ async function clientOp(c: VfioUserClient, r: Rng): Promise<unknown> {
   switch (op) {
     case 0:
       return c.deviceInfo();
-    case 1:
-      return c.regionInfo(r.int(10));
+    case 1: {
+      const info = await c.regionInfo(r.int(10));
+      if (info.fd >= 0 && r.bool(0.7)) {
+        // a VMM maps what it is given and touches it
+        const areas = c.mapRegion(info);
+        for (const a of areas) {
+          if (a.bytes.length) {
+            a.bytes[0] = 1;
+            a.bytes[a.bytes.length - 1] = 1;
+          }
+          a.unmap();
+        }
+      }
+      return info;
+    }
     case 2:
       return c.irqInfo(r.int(6));
     case 3:
@@ -463,7 +476,7 @@ export class ClientFuzzer {
     this.stats.outcomes[key] = (this.stats.outcomes[key] ?? 0) + 1;
   }
 
-  async run(from: number, to: number, onCase?: (i: number) => void): Promise<void> {
+  async run(from: number, to: number, onCase?: (i: number, stats: ClientFuzzStats) => void): Promise<void> {
     for (let i = from; i < to; i++) {
       this.currentIndex = i;
       try {
@@ -472,7 +485,7 @@ export class ClientFuzzer {
         this.fail(`harness: ${(e as Error).stack ?? e}`);
       }
       this.stats.cases++;
-      onCase?.(i);
+      onCase?.(i, this.stats);
     }
   }
 
@@ -547,7 +560,7 @@ export class ClientFuzzer {
   }
 }
 
-export async function fuzzClient(seed: number, from: number, to: number, onCase?: (i: number) => void): Promise<ClientFuzzStats> {
+export async function fuzzClient(seed: number, from: number, to: number, onCase?: (i: number, stats: ClientFuzzStats) => void): Promise<ClientFuzzStats> {
   const f = new ClientFuzzer(seed);
   f.start();
   try {

@@ -368,6 +368,7 @@ function sizeLike(r: Rng): bigint {
   return r.weighted([
     [6, BigInt(r.range(1, 16) * PAGE)],
     [2, BigInt(r.int(1 << 20))],
+    [1, BigInt(2 ** 32 + r.range(0, 256) * PAGE)],
     [2, r.pick(INTERESTING_U64)],
   ] as const);
 }
@@ -393,7 +394,7 @@ function structured(r: Rng, kinds: string[]): Msg {
       p.writeBigUInt64LE(r.bool(0.7) ? 0n : iovaLike(r), 8);
       p.writeBigUInt64LE((iovaLike(r) + 0x100000n) & U64, 16);
       p.writeBigUInt64LE(size & 0xffffffffffffffffn, 24);
-      const fileSize = r.pick([0, 4096, 65536, 1 << 20, 1 << 28]);
+      const fileSize = r.pick([0, 4096, 65536, 1 << 20, 1 << 28, 2 ** 32 + 2 ** 20]);
       const fds: FdSpec[] = r.bool(0.8) ? [r.bool(0.6) ? { kind: r.pick(['memfd', 'memfd-unsealed', 'tmpfile'] as const), size: fileSize } : randomFd(r)] : [];
       return msg(Command.DMA_MAP, p, fds);
     }

@@ -125,6 +125,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
       });
       let current = job.from;
       let reported = false;
+      let checkpoint: FuzzStats | null = null;
       let stalled = false;
       let stderr = '';
       let timer = setTimeout(() => stall(), stallMs);
@@ -145,6 +146,8 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
             o.onProgress?.(done, total);
           }
           current = i;
+        } else if (line.startsWith('C ')) {
+          checkpoint = JSON.parse(line.slice(2)) as FuzzStats;
         } else if (line.startsWith('R ')) {
           reported = true;
           merge(job.kind, JSON.parse(line.slice(2)) as FuzzStats);
@@ -163,8 +166,13 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
         if (stalled) s.hangs++;
         else s.crashes++;
         if (s.failures.length < 50) s.failures.push({ index: current, kind: job.kind, what: `${what}: ${stderr.trim().split('\n').slice(-5).join(' | ')}` });
-        if (job.kind === 'server') s.serverCases++;
-        else s.clientCases++;
+        // what the worker got through: its last checkpoint, plus the cases
+        // after it (counted, their details lost), plus the one it died in
+        const cp = checkpoint as FuzzStats | null;
+        if (cp) merge(job.kind, cp);
+        const lost = current - job.from - (cp?.cases ?? 0) + 1;
+        if (job.kind === 'server') s.serverCases += lost;
+        else s.clientCases += lost;
         done++;
         if (current + 1 < job.to) void runJob({ ...job, from: current + 1 }).then(resolve);
         else resolve();

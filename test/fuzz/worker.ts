@@ -1,6 +1,7 @@
 // One fuzzing process: runs server or client cases [from, to) and reports on
 // stdout (synchronous for pipes on Linux, so nothing is lost if it dies):
 //   S <index>   a case starts
+//   C <json>    the statistics so far, every 500 cases (kept if we die)
 //   R <json>    the statistics, at the end
 // Usage: node worker.js server|client SEED FROM TO
 import { cleanupFdTemp } from './fds.js';
@@ -15,8 +16,12 @@ const out = (s: string): void => void process.stdout.write(s + '\n');
 
 async function main(): Promise<void> {
   out(`S ${from}`);
-  const onCase = (i: number): void => {
+  // VFU_FUZZ_DIE_AT=N: die in case N (tests the supervisor's accounting)
+  const dieAt = Number(process.env.VFU_FUZZ_DIE_AT ?? -1);
+  const onCase = (i: number, stats: { cases: number }): void => {
+    if (stats.cases % 500 === 0) out(`C ${JSON.stringify(stats)}`);
     if (i + 1 < to) out(`S ${i + 1}`);
+    if (i + 1 === dieAt) process.kill(process.pid, 'SIGKILL');
   };
   const stats = kind === 'client' ? await fuzzClient(seed, from, to, onCase) : await fuzzServer(seed, from, to, onCase);
   cleanupFdTemp();
