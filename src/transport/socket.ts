@@ -130,6 +130,15 @@ class NetListener implements Listener {
     } catch {
       // none left over
     }
+    // bind() happens inside listen(): with the umask leaving exactly `mode`,
+    // even the temporary name is never wider (umask cannot be set in worker
+    // threads; the rename below still protects the real path there)
+    let oldMask: number | null = null;
+    try {
+      oldMask = process.umask(0o777 & ~mode);
+    } catch {
+      // a worker thread
+    }
     this.server.listen(tmp, () => {
       try {
         chmodSync(tmp, mode);
@@ -141,6 +150,7 @@ class NetListener implements Listener {
       }
       ready();
     });
+    if (oldMask !== null) process.umask(oldMask);
   }
 
   ref(keep: boolean): void {
