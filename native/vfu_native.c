@@ -695,6 +695,7 @@ typedef struct mapping {
     void *addr;
     size_t len;
     int unmapped;
+    int adopted; /* owned by its ArrayBuffer (creation succeeded) */
 } mapping_t;
 
 static mapping_t *g_mappings; /* live mappings; the main thread only */
@@ -710,6 +711,9 @@ static void mapping_unlink(mapping_t *m) {
 
 static void mapping_finalize(napi_env env, void *data, void *hint) {
     mapping_t *m = hint;
+    /* Node calls the finaliser at once when it cannot make the ArrayBuffer
+     * (too large): n_mmap, which sees the failure, cleans up then. */
+    if (!m->adopted) return;
     if (!m->unmapped) {
         munmap(m->addr, m->len);
         m->unmapped = 1;
@@ -787,10 +791,12 @@ static napi_value n_mmap(napi_env env, napi_callback_info info) {
     m->len = (size_t)len;
     if (napi_create_external_arraybuffer(env, addr, (size_t)len, mapping_finalize, m, &ab) !=
         napi_ok) {
+        /* the finaliser may already have been called: it left `m` to us */
         munmap(addr, (size_t)len);
         free(m);
         return throw_last(env);
     }
+    m->adopted = 1;
     m->next = g_mappings;
     g_mappings = m;
     return ab;

@@ -38,7 +38,7 @@ async function waitFor(path: string, ms = 10_000): Promise<void> {
 }
 
 /** The device state the demo compares: BAR1 and the guest's RAM. */
-async function stateChecksum(c: VfioUserClient, ram: { iova: number; size: number }): Promise<string> {
+export async function stateChecksum(c: VfioUserClient, ram: { iova: number; size: number }): Promise<string> {
   const h = createHash('sha256');
   h.update(await c.regionRead(PciRegion.BAR1, 0, BAR1_SIZE));
   h.update(c.memory.view(ram.iova, ram.size));
@@ -46,7 +46,7 @@ async function stateChecksum(c: VfioUserClient, ram: { iova: number; size: numbe
 }
 
 /** A guest that writes pages of its RAM and bytes of BAR1 while it runs. */
-class Guest {
+export class Guest {
   writes = 0;
   private timer: NodeJS.Timeout | null = null;
   private busy = false;

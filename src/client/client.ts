@@ -7,7 +7,9 @@
 // request, garbage, or a DMA request outside guest memory gets an error (the
 // latter an EFAULT reply), never a crash.  Requests time out (configurable)
 // and losing the server is reported as 'error' then 'close' events.
+import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter } from 'node:events';
+import { fstatSync } from 'node:fs';
 import { POLL_READABLE, native, requireNative, type PollHandle } from '../native/index.js';
 import { formatCapabilities, parseCapabilities, type Capabilities } from '../protocol/capabilities.js';
 import {
@@ -73,8 +75,16 @@ export interface ClientOptions {
   migSizing?: boolean;
   /** Reply timeout in ms (0: none). */
   replyTimeoutMs?: number;
-  /** Largest dirty bitmap reply we accept (bytes). */
+  /**
+   * Largest dirty bitmap reply we accept (bytes).  With maxDataXferSize it
+   * bounds every reply: a larger one is refused (the request fails with
+   * EMSGSIZE) and its body skipped as it streams in, never buffered.
+   */
   maxBitmapSize?: number;
+  /** Our requests in flight at once (ENOSPC beyond; default 4096). */
+  maxPendingRequests?: number;
+  /** Our replies to the server's DMA requests waiting to be written before we stop reading (default 16 MiB). */
+  maxSendQueueBytes?: number;
 }
 
 export interface DeviceInfo {
@@ -180,8 +190,13 @@ export class VfioUserClient extends EventEmitter {
   }
 
   private async attach(ep: Endpoint): Promise<void> {
+    // our limits, also on an endpoint made elsewhere (fromEndpoint)
+    const limits = this.limits();
+    ep.setLimits(limits.maxMessageSize, limits.maxFds);
+    ep.setSendQueueLimit(this.opts.maxSendQueueBytes ?? 16 * 1024 * 1024);
     this.conn = new Connection(ep, {
       replyTimeoutMs: this.opts.replyTimeoutMs ?? 30_000,
+      ...(this.opts.maxPendingRequests !== undefined ? { maxPending: this.opts.maxPendingRequests } : {}),
       closeFd,
     });
     this.conn.onCommand = (f, via) => this.onServerRequest(f, via);
@@ -189,7 +204,14 @@ export class VfioUserClient extends EventEmitter {
       if (err && this.listenerCount('error') > 0) this.emit('error', err);
       if (!this._closed) this.emit('lost', err);
     };
-    await this.negotiate(ep);
+    try {
+      await this.negotiate(ep);
+    } catch (e) {
+      // nobody gets this client: its connection must not outlive the failure
+      this.conn.onClose = () => {};
+      this.conn.close();
+      throw e;
+    }
   }
 
   private async negotiate(ep: Endpoint): Promise<void> {
@@ -216,8 +238,15 @@ export class VfioUserClient extends EventEmitter {
       if (twin?.supported && ours.twinSocket) {
         const fd = twin.fdIndex !== undefined ? r.fds[twin.fdIndex] : undefined;
         if (fd === undefined) throw bad(Command.VERSION, 'twin socket promised but no descriptor');
+        // Whatever the server sent must be a socket we can poll without
+        // blocking; until the endpoint owns it, `finally` closes it.
+        if (native?.isUnixStream(fd) !== 1 || native.setNonBlocking(fd) < 0) {
+          throw bad(Command.VERSION, 'twin socket descriptor is not a UNIX stream socket');
+        }
+        const twinEp = new NativeEndpoint(fd, this.limits());
+        twinEp.setSendQueueLimit(this.opts.maxSendQueueBytes ?? 16 * 1024 * 1024);
         r.fds.splice(twin.fdIndex!, 1);
-        this.conn.attachTwin(new NativeEndpoint(fd, this.limits()), false);
+        this.conn.attachTwin(twinEp, false);
       }
     } finally {
       for (const fd of r.fds) closeFd(fd);
@@ -298,16 +327,47 @@ export class VfioUserClient extends EventEmitter {
 
   /**
    * mmap()s the sparse areas of a mappable region; returns one view per area
-   * (offset within the region and the bytes).
+   * (offset within the region and the bytes).  Every area must lie within
+   * the region and, now, within the descriptor's file (EINVAL otherwise):
+   * touching a page past the end of a file raises SIGBUS.  A server that
+   * truncates its file later can still fault us (our server seals its
+   * region memfds; see RELIABILITY.md).
    */
   mapRegion(info: RegionInfo): { offset: number; bytes: Buffer; unmap(): void }[] {
     const n = requireNative('mapping a region');
     if (info.fd < 0) throw new VfuError(Errno.EINVAL, `region ${info.index} is not mappable`);
     const areas = info.sparse ?? [{ offset: 0, size: info.size }];
-    return areas.map((a) => {
-      const ab = n.mmap(info.fd, info.offset + a.offset, a.size, 3);
-      return { offset: a.offset, bytes: Buffer.from(ab), unmap: () => void n.munmap(ab) };
-    });
+    let fileSize = -1;
+    try {
+      const st = fstatSync(info.fd);
+      if (st.isFile()) fileSize = st.size;
+    } catch {
+      // not a descriptor we can map
+    }
+    for (const a of areas) {
+      const start = info.offset + a.offset;
+      const ok =
+        Number.isSafeInteger(start + a.size) &&
+        a.offset >= 0 &&
+        a.size > 0 &&
+        a.offset + a.size <= info.size &&
+        start + a.size <= fileSize &&
+        a.size <= bufferConstants.MAX_LENGTH;
+      if (!ok) {
+        throw new VfuError(Errno.EINVAL, `region ${info.index}: area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) is not backed by its file (${fileSize} bytes)`);
+      }
+    }
+    const out: { offset: number; bytes: Buffer; unmap(): void }[] = [];
+    try {
+      for (const a of areas) {
+        const ab = n.mmap(info.fd, info.offset + a.offset, a.size, 3);
+        out.push({ offset: a.offset, bytes: Buffer.from(ab), unmap: () => void n.munmap(ab) });
+      }
+    } catch (e) {
+      for (const o of out) o.unmap();
+      throw e;
+    }
+    return out;
   }
 
   async irqInfo(index: number): Promise<IrqInfo> {
@@ -322,7 +382,13 @@ export class VfioUserClient extends EventEmitter {
     let argsz = IoFdsStruct.size;
     for (let attempt = 0; attempt < 3; attempt++) {
       const r = await this.call(Command.DEVICE_GET_REGION_IO_FDS, IoFdsStruct.encode({ argsz, flags: 0, index, count: 0 }));
-      const v = deviceGetRegionIoFdsReply.decode(r.payload);
+      let v;
+      try {
+        v = deviceGetRegionIoFdsReply.decode(r.payload);
+      } catch (e) {
+        for (const fd of r.fds) closeFd(fd);
+        throw bad(Command.DEVICE_GET_REGION_IO_FDS, (e as Error).message);
+      }
       if (v.count > 0 && !v.subRegions && v.argsz > argsz && v.argsz < 1 << 20) {
         for (const fd of r.fds) closeFd(fd);
         argsz = v.argsz;

@@ -3,6 +3,7 @@
 // private (a plain buffer the server reaches with DMA_READ/DMA_WRITE).
 // Pages the server writes by message are logged here: the client is the one
 // performing those writes, so it tracks them (the server reports them clean).
+import { constants as bufferConstants } from 'node:buffer';
 import { PAGE_SIZE, native } from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
@@ -35,6 +36,7 @@ export class GuestMemory {
    */
   add(iova: number, size: number, opts: { shared?: boolean } = {}): GuestRange {
     if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || size <= 0) throw new VfuError(Errno.EINVAL, 'bad guest range');
+    if (size > bufferConstants.MAX_LENGTH) throw new VfuError(Errno.EINVAL, `guest range larger than ${bufferConstants.MAX_LENGTH} bytes: add several`);
     if (this.ranges.some((r) => iova < r.iova + r.size && r.iova < iova + size)) throw new VfuError(Errno.EEXIST, 'guest ranges overlap');
     const shared = (opts.shared ?? native !== null) && native !== null;
     let bytes: Buffer;

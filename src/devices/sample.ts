@@ -20,6 +20,7 @@ const CHUNK = 1024;
 /** The stop-copy image: BAR1 then BAR0. */
 const IMAGE = BAR1_SIZE + 8;
 const CHUNKS = 4;
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 export interface SampleDevice {
   device: VfioUserDevice;
@@ -62,14 +63,21 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
     timer = null;
   };
   // Like setitimer(t - now): whole seconds, and nothing when not in the future.
+  // setTimeout cannot wait beyond 2^31-1 ms (it fires at once instead): a
+  // time further away is reached in steps.
   const arm = (t: bigint): void => {
     disarm();
     const delay = t - nowSec();
     if (delay <= 0n) return;
+    const ms = Number(delay) * 1000;
+    if (ms > MAX_TIMEOUT_MS) {
+      timer = setTimeout(() => arm(t), MAX_TIMEOUT_MS);
+      return;
+    }
     timer = setTimeout(() => {
       timer = null;
       void fire();
-    }, Number(delay) * 1000);
+    }, ms);
   };
 
   const fire = async (): Promise<void> => {

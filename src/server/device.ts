@@ -15,7 +15,7 @@ import {
   REGION_TYPE_MIGRATION,
 } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
-import { DmaController, type DmaLimits, type DmaMappingInfo, defaultDmaLimits } from './dma.js';
+import { DmaController, type DmaLimits, type DmaMappingInfo, type UnsealedPolicy, defaultDmaLimits } from './dma.js';
 import { IrqController, type IrqStateCallback } from './irqs.js';
 import { DirtyLogging } from './dirty-logging.js';
 import { IoEventFds, type IoEventFdSpec } from './ioeventfds.js';
@@ -33,8 +33,12 @@ export interface DeviceOptions {
 }
 
 export interface DmaOptions extends Partial<DmaLimits> {
+  /** Throw to refuse a mapping (DMA_MAP fails with the error's errno). */
   onMap?: (m: DmaMappingInfo) => void;
+  /** Informational: the mapping goes whatever this does (errors are logged). */
   onUnmap?: (m: DmaMappingInfo) => void;
+  /** Descriptors not sealed against shrinking (default 'file': pread/pwrite, see UnsealedPolicy). */
+  unsealedFds?: UnsealedPolicy;
 }
 
 export interface MigrationSetup extends MigrationCallbacks {
@@ -142,6 +146,7 @@ export class VfioUserDevice extends EventEmitter {
     });
     this.dma.onMap = opts.onMap ?? null;
     this.dma.onUnmap = opts.onUnmap ?? null;
+    if (opts.unsealedFds !== undefined) this.dma.unsealed = opts.unsealedFds;
   }
 
   /** Makes the device migratable (v2, and v1 too with `v1`). */

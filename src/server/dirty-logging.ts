@@ -19,8 +19,8 @@ export class DirtyLogging {
   private _pageSize = 0;
 
   constructor(
-    /** Cap on bitmap memory (ENOMEM beyond). */
-    readonly maxBitmapBytes = 256 * 1024 * 1024,
+    /** Cap on bitmap memory (ENOMEM beyond; ServeOptions.maxDirtyBitmapBytes). */
+    public maxBitmapBytes = 256 * 1024 * 1024,
   ) {}
 
   get active(): boolean {

@@ -7,6 +7,16 @@
 // No access ever touches memory outside a mapping: every range is checked
 // against the mapping table before any copy, mapped views are exact
 // subarrays, and an unmapped ArrayBuffer is detached so stale views are empty.
+// An asynchronous access re-checks its mapping after every await, so one
+// that was unmapped meanwhile fails with ENOENT instead of reaching a closed
+// (perhaps reused) descriptor.
+//
+// SIGBUS: a mapped file that shrinks turns accesses beyond its new end into
+// SIGBUS, which kills the process.  Only files sealed against shrinking
+// (F_SEAL_SHRINK, as memfds from our client and QEMU's memory-backend-memfd
+// are) are mmap()ed; other files are reached with pread/pwrite, which return
+// short counts (EIO here) instead of faulting.  See `UnsealedPolicy`.
+import { constants as bufferConstants } from 'node:buffer';
 import { fstatSync, readSync, writeSync } from 'node:fs';
 import { PAGE_SIZE, native, requireNative } from '../native/index.js';
 import { DmaMapFlag, Errno } from '../protocol/constants.js';
@@ -31,7 +41,24 @@ export interface DmaMapping extends DmaMappingInfo {
   view: Buffer;
   /** The ArrayBuffer returned by mmap (page aligned, unmapped on removal). */
   ab: ArrayBuffer | null;
+  /** False once removed: in-flight accesses stop at their next step. */
+  live: boolean;
+  /** mmap()ed although not sealed (policy 'mmap'): sizes re-checked per access. */
+  unsealed: boolean;
 }
+
+/**
+ * What to do with a descriptor not sealed against shrinking (a plain file,
+ * an unsealed memfd), which its owner could truncate under our mapping:
+ *  - 'file' (default): no mmap; reads and writes use pread/pwrite, which
+ *    cannot fault (view() is refused with EFAULT for such mappings);
+ *  - 'mmap': mmap anyway, re-checking the file size (fstat) before every
+ *    access made through this API.  A truncation racing with an access, or
+ *    one while device code holds a view(), still raises SIGBUS: the residual
+ *    risk is the device author's to accept;
+ *  - 'refuse': DMA_MAP fails with EINVAL.
+ */
+export type UnsealedPolicy = 'file' | 'mmap' | 'refuse';
 
 /** Sends DMA_READ/DMA_WRITE requests to the client (provided by the session). */
 export interface MessageDma {
@@ -70,6 +97,9 @@ export interface DmaSegment {
 export type DirtySink = (iova: number, length: number) => void;
 
 const PROT_READ = DmaMapFlag.READ;
+const F_SEAL_SHRINK = 0x2;
+/** Largest ArrayBuffer (and so mmap view) Node can make. */
+const MAX_ARRAY_BUFFER = bufferConstants.MAX_LENGTH;
 const PROT_WRITE = DmaMapFlag.WRITE;
 
 function safeEnd(iova: number, size: number): number {
@@ -84,6 +114,8 @@ export class DmaController {
   /** Sorted by iova, non-overlapping. */
   private maps: DmaMapping[] = [];
   private total = 0;
+  /** Descriptors not sealed against shrinking (see UnsealedPolicy). */
+  unsealed: UnsealedPolicy = 'file';
   /** Set while a quiesce is in force: device DMA must wait. */
   quiesced = false;
   dirty: DirtySink | null = null;
@@ -160,50 +192,90 @@ export class DmaController {
     let mode: DmaAccessMode = 'message';
     let ab: ArrayBuffer | null = null;
     let view = EMPTY;
+    let unsealed = false;
     if (fd !== null) {
-      mode = flags & DmaMapFlag.FILE_IO ? 'file' : 'mmap';
-      this.checkFile(fd, fileOffset, size);
+      const sealed = this.checkFile(fd, fileOffset, size);
+      const aligned = fileOffset - (fileOffset % PAGE_SIZE);
+      const delta = fileOffset - aligned;
+      const len = Math.ceil((size + delta) / PAGE_SIZE) * PAGE_SIZE;
+      // A mapping larger than the largest ArrayBuffer (4 GiB on Node 20:
+      // guest RAM above 4G often is) cannot be one view: pread/pwrite it.
+      const tooLarge = len > MAX_ARRAY_BUFFER;
+      mode = flags & DmaMapFlag.FILE_IO || (!sealed && this.unsealed === 'file') || tooLarge ? 'file' : 'mmap';
       if (mode === 'mmap') {
+        unsealed = !sealed;
         const n = requireNative('DMA mapping with a file descriptor');
-        const aligned = fileOffset - (fileOffset % PAGE_SIZE);
-        const delta = fileOffset - aligned;
-        const len = Math.ceil((size + delta) / PAGE_SIZE) * PAGE_SIZE;
         ab = n.mmap(fd, aligned, len, prot);
         view = Buffer.from(ab, delta, size);
       }
     }
-    const m: DmaMapping = { iova, size, prot, mode, fileOffset, fd: fd ?? -1, view, ab };
+    const m: DmaMapping = { iova, size, prot, mode, fileOffset, fd: fd ?? -1, view, ab, live: true, unsealed };
     this.maps.splice(i, 0, m);
     this.total += size;
-    this.onMap?.(info(m));
+    try {
+      this.onMap?.(info(m));
+    } catch (e) {
+      // The device refused the mapping: undo it, the caller keeps the fd.
+      this.maps.splice(this.maps.indexOf(m), 1);
+      this.total -= size;
+      m.live = false;
+      if (m.ab) native!.munmap(m.ab);
+      m.ab = null;
+      m.view = EMPTY;
+      throw e;
+    }
     return m;
   }
 
   /**
-   * A SIGBUS on a truncated file kills the process (no exception is
-   * possible), so the range must lie within the file now.  A client that
-   * truncates its own, unsealed memfd afterwards can still crash us: we
-   * warn once (sealed memfds, as our client sends, are safe).
+   * Checks a DMA descriptor: a regular file (nothing else can be mapped or
+   * read at an offset safely) holding the whole range now.  Returns whether
+   * it is sealed against shrinking; unsealed ones are refused, read with
+   * pread/pwrite or mmap()ed per `unsealed` (see UnsealedPolicy).
    */
-  private checkFile(fd: number, offset: number, size: number): void {
+  private checkFile(fd: number, offset: number, size: number): boolean {
     let st;
     try {
       st = fstatSync(fd);
     } catch (e) {
       throw new VfuError(Errno.EBADF, `DMA map fd: ${(e as Error).message}`);
     }
-    if (st.isFile() || st.size > 0) {
-      if (offset + size > st.size) {
-        throw new VfuError(Errno.EINVAL, `DMA map [${offset}, +${size}) beyond the end of its file (${st.size})`);
-      }
+    if (!st.isFile()) throw new VfuError(Errno.EINVAL, 'DMA map descriptor is not a regular file');
+    if (offset + size > st.size) {
+      throw new VfuError(Errno.EINVAL, `DMA map [${offset}, +${size}) beyond the end of its file (${st.size})`);
     }
-    if (native && !this.warnedUnsealed) {
-      const seals = native.getSeals(fd);
-      if (seals < 0 || (seals & 0x2) === 0) {
+    const seals = native ? native.getSeals(fd) : -1;
+    const sealed = seals >= 0 && (seals & F_SEAL_SHRINK) !== 0;
+    if (!sealed) {
+      if (this.unsealed === 'refuse') throw new VfuError(Errno.EINVAL, 'DMA map descriptor is not sealed against shrinking (F_SEAL_SHRINK)');
+      if (this.unsealed === 'mmap' && !this.warnedUnsealed) {
         this.warnedUnsealed = true;
-        this.log('DMA-mapped file is not sealed against shrinking: a client truncating it would crash this server (SIGBUS)');
+        this.log('DMA-mapped file is not sealed against shrinking: a client truncating it while the device holds a view would crash this server (SIGBUS)');
       }
     }
+    return sealed;
+  }
+
+  /**
+   * For unsealed files mapped anyway: EFAULT unless the file still holds the
+   * mapping's bytes [offset, offset+length).
+   */
+  private checkStillBacked(m: DmaMapping, offset: number, length: number): void {
+    if (!m.unsealed) return;
+    let size: number;
+    try {
+      size = fstatSync(m.fd).size;
+    } catch {
+      size = 0;
+    }
+    if (m.fileOffset + offset + length > size) {
+      throw new VfuError(Errno.EFAULT, `the file behind DMA mapping 0x${m.iova.toString(16)} shrank to ${size} bytes`);
+    }
+  }
+
+  /** ENOENT for a mapping removed while an access waited. */
+  private checkLive(m: DmaMapping): void {
+    if (!m.live) throw new VfuError(Errno.ENOENT, `DMA mapping 0x${m.iova.toString(16)} was unmapped`);
   }
 
   /** Removes the mapping [iova, iova+size) exactly (DMA_UNMAP); ENOENT otherwise. */
@@ -221,18 +293,25 @@ export class DmaController {
     for (const m of [...this.maps]) this.remove(m);
   }
 
+  /**
+   * Removes a mapping whatever the device says: the client's memory is going
+   * away, so an onUnmap callback that throws is logged, not obeyed (a throw
+   * here would stop unmapAll half way and leak the rest).
+   */
   private remove(m: DmaMapping): void {
     const i = this.maps.indexOf(m);
     if (i >= 0) this.maps.splice(i, 1);
     this.total -= m.size;
+    m.live = false;
     try {
       this.onUnmap?.(info(m));
-    } finally {
-      if (m.ab) native!.munmap(m.ab);
-      m.ab = null;
-      m.view = EMPTY;
-      if (m.fd >= 0) native?.close(m.fd);
+    } catch (e) {
+      this.log(`onUnmap callback failed (the mapping is removed anyway): ${(e as Error)?.message ?? e}`);
     }
+    if (m.ab) native!.munmap(m.ab);
+    m.ab = null;
+    m.view = EMPTY;
+    if (m.fd >= 0) native?.close(m.fd);
   }
 
   /**
@@ -273,6 +352,7 @@ export class DmaController {
       throw new VfuError(Errno.EFAULT, 'range is not within one memory-mapped DMA region');
     }
     const s = segs[0]!;
+    this.checkStillBacked(s.mapping, s.offset, length);
     if (prot & PROT_WRITE) this.dirty?.(iova, length);
     return s.mapping.view.subarray(s.offset, s.offset + length);
   }
@@ -294,7 +374,8 @@ export class DmaController {
   private direct(iova: number, length: number, prot: number): DmaMapping | undefined {
     if (!Number.isSafeInteger(iova)) return undefined; // translate() reports it
     const m = this.find(iova);
-    if (m === undefined || m.mode !== 'mmap' || (m.prot & prot) !== prot) return undefined;
+    // unsealed mappings take the slow path: their file size is re-checked
+    if (m === undefined || m.mode !== 'mmap' || m.unsealed || (m.prot & prot) !== prot) return undefined;
     return iova + length <= m.iova + m.size && length > 0 ? m : undefined;
   }
 
@@ -309,10 +390,11 @@ export class DmaController {
     }
     const segs = this.translate(iova, out.length, PROT_READ);
     let o = 0;
+    if (segs.some((s) => s.mapping.mode === 'message')) throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use read()');
+    for (const s of segs) this.checkStillBacked(s.mapping, s.offset, s.length);
     for (const s of segs) {
       if (s.mapping.mode === 'mmap') s.mapping.view.copy(out, o, s.offset, s.offset + s.length);
-      else if (s.mapping.mode === 'file') preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
-      else throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use read()');
+      else preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
       o += s.length;
     }
   }
@@ -328,6 +410,7 @@ export class DmaController {
     }
     const segs = this.translate(iova, data.length, PROT_WRITE);
     if (segs.some((s) => s.mapping.mode === 'message')) throw new VfuError(Errno.EAGAIN, 'range needs DMA messages: use write()');
+    for (const s of segs) this.checkStillBacked(s.mapping, s.offset, s.length);
     let o = 0;
     for (const s of segs) {
       if (s.mapping.mode === 'mmap') data.copy(s.mapping.view, s.offset, o, o + s.length);
@@ -349,15 +432,16 @@ export class DmaController {
       if (s.mapping.mode === 'message' || opts.messages) {
         const md = this.requireMessages();
         for (let done = 0; done < s.length; ) {
+          this.checkLive(s.mapping);
           const n = Math.min(md.maxChunk, s.length - done);
           await md.dmaRead(s.iova + done, n, out, o + done);
           done += n;
         }
-      } else if (s.mapping.mode === 'mmap') {
-        if (s.mapping.view.length === 0) throw new VfuError(Errno.ENOENT, 'DMA region was unmapped');
-        s.mapping.view.copy(out, o, s.offset, s.offset + s.length);
       } else {
-        preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
+        this.checkLive(s.mapping);
+        this.checkStillBacked(s.mapping, s.offset, s.length);
+        if (s.mapping.mode === 'mmap') s.mapping.view.copy(out, o, s.offset, s.offset + s.length);
+        else preadFully(s.mapping.fd, out, o, s.length, s.mapping.fileOffset + s.offset);
       }
       o += s.length;
     }
@@ -376,13 +460,15 @@ export class DmaController {
       if (s.mapping.mode === 'message' || opts.messages) {
         const md = this.requireMessages();
         for (let done = 0; done < s.length; ) {
+          this.checkLive(s.mapping);
           const n = Math.min(md.maxChunk, s.length - done);
           await md.dmaWrite(s.iova + done, data.subarray(o + done, o + done + n));
           done += n;
         }
       } else {
+        this.checkLive(s.mapping);
+        this.checkStillBacked(s.mapping, s.offset, s.length);
         if (s.mapping.mode === 'mmap') {
-          if (s.mapping.view.length === 0) throw new VfuError(Errno.ENOENT, 'DMA region was unmapped');
           data.copy(s.mapping.view, s.offset, o, o + s.length);
         } else {
           pwriteFully(s.mapping.fd, data, o, s.length, s.mapping.fileOffset + s.offset);

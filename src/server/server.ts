@@ -1,21 +1,36 @@
 // Serving a device: a listening socket (mode 0600) with one client at a time,
 // or an inherited connected socket (--fd).  When the client goes away its DMA
-// mappings and interrupt descriptors are dropped, the device is reset with
-// reason 'lost-connection' (its state otherwise kept), and the next client
-// is accepted: reconnect works.
+// mappings and interrupt descriptors are dropped, a migration in progress is
+// abandoned (the device returns to RUNNING), the device is reset with reason
+// 'lost-connection' (its state otherwise kept), and the next client is
+// accepted: reconnect works.
 import { EventEmitter } from 'node:events';
 import { native } from '../native/index.js';
-import { DEFAULT_MAX_DATA_XFER_SIZE, Errno, HEADER_SIZE, HeaderFlag } from '../protocol/constants.js';
+import { DEFAULT_MAX_DATA_XFER_SIZE, Errno, HEADER_SIZE, HeaderFlag, MigState, migStateNames } from '../protocol/constants.js';
 import { writeHeader } from '../protocol/header.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import { endpointFromFd, listen, type Listener, type TransportKind } from '../transport/socket.js';
 import type { VfioUserDevice } from './device.js';
+import type { DmaLimits } from './dma.js';
 import { Session, type SessionOptions } from './session.js';
 
+/**
+ * Options of a server.  The resource limits (see RELIABILITY.md for the
+ * table and their errnos): maxDataXferSize (larger messages: EINVAL, their
+ * bodies skipped), maxMsgFds (more descriptors: EINVAL, all closed),
+ * maxQueuedCommands / maxQueuedBytes (behind a slow command: EBUSY),
+ * maxSendQueueBytes (unread replies: we stop reading), dmaLimits (mappings:
+ * EINVAL; total or single size: ENOSPC), maxDirtyBitmapBytes (dirty
+ * tracking memory: ENOMEM).
+ */
 export interface ServeOptions extends Partial<SessionOptions> {
   transport?: TransportKind;
   /** Socket file mode (default 0600). */
   mode?: number;
+  /** Overrides the device's DMA limits (setupDma) for its clients. */
+  dmaLimits?: Partial<DmaLimits>;
+  /** Cap on the dirty page tracking bitmaps (default 256 MiB; ENOMEM beyond). */
+  maxDirtyBitmapBytes?: number;
 }
 
 function sessionOptions(o: ServeOptions): SessionOptions {
@@ -25,6 +40,8 @@ function sessionOptions(o: ServeOptions): SessionOptions {
     twinSocket: o.twinSocket ?? true,
     replyTimeoutMs: o.replyTimeoutMs ?? 30_000,
     maxQueuedCommands: o.maxQueuedCommands ?? 1024,
+    maxQueuedBytes: o.maxQueuedBytes ?? 64 * 1024 * 1024,
+    maxSendQueueBytes: o.maxSendQueueBytes ?? 16 * 1024 * 1024,
   };
 }
 
@@ -47,6 +64,8 @@ export class VfioUserServer extends EventEmitter {
   ) {
     super();
     this.opts = sessionOptions(serveOpts);
+    if (serveOpts.dmaLimits) Object.assign(device.dma.limits, serveOpts.dmaLimits);
+    if (serveOpts.maxDirtyBitmapBytes !== undefined) device.logging.maxBitmapBytes = serveOpts.maxDirtyBitmapBytes;
     device.realize();
   }
 
@@ -125,28 +144,54 @@ export class VfioUserServer extends EventEmitter {
     ep.onClose = () => clearTimeout(timer);
   }
 
+  /**
+   * The client is gone: each clean-up step runs even if an earlier one (a
+   * device callback) throws, so nothing it held is leaked.  A device left
+   * mid-migration is walked back to RUNNING first (the kernel's vfio-pci
+   * does the same when its device file is closed): a source in
+   * PRE_COPY/STOP_COPY resumes, a destination in RESUMING drops what it
+   * received.  Then the reset callback runs with 'lost-connection'.
+   */
   private lost(session: Session): void {
     if (this.session !== session) return;
     const dev = this.device;
-    this.cleanup = (async () => {
+    const step = async (what: string, fn: () => unknown): Promise<void> => {
       try {
-        await dev.quiesce();
-        dev.dma.messages = null;
-        dev.dma.unmapAll();
-        dev.irqs.reset();
-        dev.logging.stop();
-        await dev.reset('lost-connection');
+        await fn();
       } catch (e) {
-        dev.log('warn', `cleanup after lost connection: ${(e as Error).message}`);
-      } finally {
-        dev.resume();
+        dev.log('warn', `cleanup after lost connection: ${what}: ${(e as Error)?.message ?? e}`);
       }
+    };
+    this.cleanup = (async () => {
+      await step('quiesce', () => dev.quiesce());
+      dev.dma.messages = null;
+      await step('DMA mappings', () => dev.dma.unmapAll());
+      await step('interrupts', () => dev.irqs.reset());
+      await step('dirty logging', () => dev.logging.stop());
+      await step('migration', () => this.abandonMigration());
+      await step('reset', () => dev.reset('lost-connection'));
+      dev.resume();
     })();
     void this.cleanup.then(() => {
       if (this.session === session) this.session = null;
       dev.emit('disconnected');
       this.emit('disconnected');
     });
+  }
+
+  /** Back to RUNNING from any migration state but ERROR (the reset handles that). */
+  private async abandonMigration(): Promise<void> {
+    const mig = this.device.migration;
+    if (mig === null) return;
+    // A failing arc (a destination refusing partial data) usually discards
+    // what it refused: one more attempt then goes through.
+    for (let attempt = 0; attempt < 2 && mig.state !== MigState.RUNNING && mig.state !== MigState.ERROR; attempt++) {
+      try {
+        await mig.setState(MigState.RUNNING);
+      } catch (e) {
+        this.device.log('warn', `lost connection in migration state ${migStateNames[mig.state]}: ${(e as Error)?.message ?? e}`);
+      }
+    }
   }
 
   /** Ref/unref: whether the listening socket keeps the process alive. */

@@ -15,7 +15,7 @@ import type { Frame } from '../transport/framer.js';
 import type { VfioUserDevice } from './device.js';
 import type { MessageDma } from './dma.js';
 import { handlers, type Handler } from './handlers/index.js';
-import { negotiate } from './handlers/version.js';
+import { SERVER_MAX_BITMAP, negotiate } from './handlers/version.js';
 
 export interface SessionOptions {
   /** Largest count we accept in data transfer messages (our max_data_xfer_size). */
@@ -28,6 +28,10 @@ export interface SessionOptions {
   replyTimeoutMs: number;
   /** Commands queued behind a slow (asynchronous) one before EBUSY. */
   maxQueuedCommands: number;
+  /** Bytes of those queued commands before EBUSY. */
+  maxQueuedBytes: number;
+  /** Replies waiting to be written before we stop reading the client's requests. */
+  maxSendQueueBytes: number;
 }
 
 interface Queued {
@@ -62,6 +66,7 @@ export class Session {
   errors = 0;
   private busy = false;
   private queue: Queued[] = [];
+  private queuedBytes = 0;
   /** Reusable reply buffer for small REGION_READs (sends copy what they queue). */
   replyBuf = Buffer.allocUnsafe(4096 + 32);
   /**
@@ -83,6 +88,7 @@ export class Session {
     readonly opts: SessionOptions,
   ) {
     endpoint.setLimits(opts.maxDataXferSize + 4096, opts.maxMsgFds);
+    endpoint.setSendQueueLimit(opts.maxSendQueueBytes);
     this.conn = new Connection(endpoint, {
       replyTimeoutMs: opts.replyTimeoutMs,
       closeFd: (fd) => native?.close(fd),
@@ -123,13 +129,14 @@ export class Session {
 
   private onCommand(f: Frame, via: Endpoint): void {
     if (this.busy) {
-      if (this.queue.length >= this.opts.maxQueuedCommands) {
+      if (this.queue.length >= this.opts.maxQueuedCommands || this.queuedBytes + f.payload.length > this.opts.maxQueuedBytes) {
         this.closeFds(f.fds);
         this.conn.replyError(via, f, Errno.EBUSY);
         return;
       }
       // The frame is a view of the receive buffer: keep a copy.
       this.queue.push({ f: { ...f, payload: Buffer.from(f.payload) }, via });
+      this.queuedBytes += f.payload.length;
       return;
     }
     this.run(f, via);
@@ -160,6 +167,7 @@ export class Session {
   private drain(): void {
     while (!this.busy && this.queue.length > 0 && !this.conn.closed) {
       const q = this.queue.shift()!;
+      this.queuedBytes -= q.f.payload.length;
       this.run(q.f, q.via);
     }
   }
@@ -265,11 +273,11 @@ export class Session {
 
   /**
    * E2BIG for a dirty bitmap larger than the client accepts in one reply
-   * (its migration.max_bitmap_size, else 256 MiB; never above 1 GiB):
-   * checked before the bitmap is allocated.
+   * (its migration.max_bitmap_size) or than we said we send (our
+   * max_bitmap_size, 256 MiB): checked before the bitmap is allocated.
    */
   checkBitmapSize(bytes: number): void {
-    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? 256 * 1024 * 1024, 1 << 30);
+    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? SERVER_MAX_BITMAP, SERVER_MAX_BITMAP);
     if (bytes > limit) throw new VfuError(Errno.E2BIG, `bitmap of ${bytes} bytes is too large (limit ${limit})`);
   }
 
@@ -285,6 +293,7 @@ export class Session {
   private closed(): void {
     for (const q of this.queue) this.closeFds(q.f.fds);
     this.queue = [];
+    this.queuedBytes = 0;
     this.onClosed?.();
   }
 }

@@ -30,6 +30,14 @@ export interface Endpoint {
   setLimits(maxMessageSize: number, maxFds: number): void;
   /** Lets the consumer receive large bodies into its own buffers (see Framer). */
   setPlacement(p: Placement | null): void;
+  /**
+   * Backpressure: while more than `bytes` of our messages wait to be
+   * written (a peer that sends requests but does not read the replies),
+   * stop reading from the peer; resume once half of it has gone.
+   */
+  setSendQueueLimit(bytes: number): void;
+  /** Bytes of our messages not yet written to the socket. */
+  readonly queuedBytes: number;
   close(): void;
   /** Whether this endpoint keeps the process alive. */
   ref(keep: boolean): void;

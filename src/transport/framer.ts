@@ -101,6 +101,8 @@ export class Framer {
   private offered = -1;
   /** Reused result of readTarget (the endpoints read it at once). */
   private readonly target: { buf: Buffer; off: number; len: number } = { buf: this.buf, off: 0, len: 0 };
+  /** Delivery held back (the receiver's backpressure); bytes stay buffered. */
+  private held = false;
 
   constructor(
     private readonly onFrame: (f: Frame) => void,
@@ -184,6 +186,16 @@ export class Framer {
       this.commit(n, null);
       if (this.stopped) return;
     }
+  }
+
+  /**
+   * Holds delivery (true) or resumes it (false), delivering at once what is
+   * buffered.  Used for backpressure: a message already read is not handed
+   * out while the receiver cannot take more.
+   */
+  hold(on: boolean): void {
+    this.held = on;
+    if (!on) this.drain();
   }
 
   /** Stops delivering and closes descriptors nobody claimed. */
@@ -287,7 +299,7 @@ export class Framer {
   }
 
   private drain(): void {
-    while (!this.stopped) {
+    while (!this.stopped && !this.held) {
       if (this.placing !== null) {
         if (!this.finishPlacement()) break;
         continue;

@@ -94,6 +94,11 @@ export class NativeEndpoint implements Endpoint {
   private readonly outbox = Buffer.allocUnsafeSlow(OUTBOX);
   /** The buffer registered for receive-ahead. */
   private aheadBuf: Buffer | null = null;
+  /** Bytes of ours waiting in the queue, and the limit before we stop reading. */
+  private queued = 0;
+  private sendLimit = Infinity;
+  /** Not reading: too much of ours waits to be written. */
+  private paused = false;
 
   constructor(
     readonly fd: number,
@@ -141,6 +146,29 @@ export class NativeEndpoint implements Endpoint {
     this.framer.placement = p;
   }
 
+  setSendQueueLimit(bytes: number): void {
+    this.sendLimit = bytes;
+  }
+
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  private updatePoll(): void {
+    this.n.pollUpdate(this.poll, (this.paused ? 0 : POLL_READABLE) | (this.writing ? POLL_WRITABLE : 0));
+  }
+
+  /**
+   * Backpressure: stops (or resumes) reading, and delivering what was read,
+   * while a peer does not read what we send.
+   */
+  private setPaused(on: boolean): void {
+    if (this.paused === on) return;
+    this.paused = on;
+    this.updatePoll();
+    this.framer.hold(on);
+  }
+
   ref(keep: boolean): void {
     if (!this._closed) this.n.pollRef(this.poll, keep);
   }
@@ -159,7 +187,7 @@ export class NativeEndpoint implements Endpoint {
   /** Reads until the socket is empty (or the budget is spent); `first` is the addon's read, if it made one. */
   private readSome(first: number | null): void {
     const io = this.io;
-    for (let i = 0; i < READ_BUDGET && !this._closed; i++) {
+    for (let i = 0; i < READ_BUDGET && !this._closed && (!this.paused || (i === 0 && first !== null)); i++) {
       let r: number;
       let len: number;
       if (i === 0 && first !== null) {
@@ -257,10 +285,13 @@ export class NativeEndpoint implements Endpoint {
       const data = concatFrom(a, b, skip, spill ?? Buffer.allocUnsafe(total));
       this.queue.push({ data, more: null, fds, spill });
     }
+    const last = this.queue[this.queue.length - 1]!;
+    this.queued += last.data.length + (last.more ? last.more.length : 0);
     if (!this.writing) {
       this.writing = true;
-      this.n.pollUpdate(this.poll, POLL_READABLE | POLL_WRITABLE);
+      this.updatePoll();
     }
+    if (this.queued > this.sendLimit) this.setPaused(true);
   }
 
   private flush(): void {
@@ -274,6 +305,7 @@ export class NativeEndpoint implements Endpoint {
         this.fail(new VfuError(-r, 'sendmsg failed'));
         return;
       }
+      this.queued -= r;
       const left = p.data.length + (p.more ? p.more.length : 0) - r;
       if (left > 0) {
         if (r < p.data.length) p.data = p.data.subarray(r);
@@ -282,6 +314,7 @@ export class NativeEndpoint implements Endpoint {
           p.data = EMPTY;
         }
         p.fds = null;
+        if (this.paused && this.queued <= this.sendLimit / 2) this.setPaused(false);
         return;
       }
       this.queue.shift();
@@ -289,7 +322,8 @@ export class NativeEndpoint implements Endpoint {
     }
     if (this._closed) return;
     this.writing = false;
-    this.n.pollUpdate(this.poll, POLL_READABLE);
+    this.updatePoll();
+    this.setPaused(false);
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();
@@ -326,6 +360,7 @@ export class NativeEndpoint implements Endpoint {
     this.n.close(this.fd);
     this.framer.destroy();
     this.queue = [];
+    this.queued = 0;
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();

@@ -39,6 +39,16 @@ export class NetEndpoint implements Endpoint {
     this.framer.placement = p;
   }
 
+  private sendLimit = Infinity;
+
+  setSendQueueLimit(bytes: number): void {
+    this.sendLimit = bytes;
+  }
+
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
   ref(keep: boolean): void {
     if (keep) this.socket.ref();
     else this.socket.unref();
@@ -54,9 +64,16 @@ export class NetEndpoint implements Endpoint {
       this.socket.write(Buffer.from(a));
       this.socket.write(b);
       this.socket.uncork();
-      return;
+    } else {
+      this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
     }
-    this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
+    // backpressure: stop reading a peer that does not read our replies
+    if (this.socket.writableLength > this.sendLimit && !this.socket.isPaused()) {
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        if (!this._closed) this.socket.resume();
+      });
+    }
   }
 
   get sending(): boolean {

@@ -2,7 +2,7 @@
 // an inherited descriptor, socket pairs.  The native addon is used when it
 // is loaded; otherwise node:net (no descriptor passing).
 import { Socket, createConnection, createServer, type Server } from 'node:net';
-import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, renameSync, unlinkSync } from 'node:fs';
 import { POLL_READABLE, native, requireNative, type PollHandle } from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
@@ -122,10 +122,35 @@ class NetListener implements Listener {
   ) {
     this.server = createServer((s: Socket) => this.onConnection(new NetEndpoint(s, limits)));
     this.server.once('error', failed);
-    this.server.listen(path, () => {
-      chmodSync(path, mode);
+    // Bound under a temporary name, given its mode, then renamed: the path
+    // never names a socket with the umask's (perhaps wider) permissions.
+    const tmp = `${path}.${process.pid}~`;
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // none left over
+    }
+    // bind() happens inside listen(): with the umask leaving exactly `mode`,
+    // even the temporary name is never wider (umask cannot be set in worker
+    // threads; the rename below still protects the real path there)
+    let oldMask: number | null = null;
+    try {
+      oldMask = process.umask(0o777 & ~mode);
+    } catch {
+      // a worker thread
+    }
+    this.server.listen(tmp, () => {
+      try {
+        chmodSync(tmp, mode);
+        renameSync(tmp, path);
+      } catch (e) {
+        this.server.close();
+        failed(e as Error);
+        return;
+      }
       ready();
     });
+    if (oldMask !== null) process.umask(oldMask);
   }
 
   ref(keep: boolean): void {
@@ -135,6 +160,12 @@ class NetListener implements Listener {
 
   close(): void {
     this.server.close();
+    // libuv unlinks the name it bound (the temporary one): remove ours
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
   }
 }
 
@@ -154,6 +185,8 @@ export async function listen(
   });
 }
 
+const CONNECT_RETRY_MS = 2000;
+
 /** Connects to a UNIX socket path. */
 export async function connect(
   path: string,
@@ -162,7 +195,14 @@ export async function connect(
 ): Promise<Endpoint> {
   const kind = opts.transport ?? defaultTransport();
   if (kind === 'native') {
-    const fd = requireNative('connecting with descriptor passing').connect(path);
+    const n = requireNative('connecting with descriptor passing');
+    // A non-blocking connect fails with EAGAIN while the server's accept
+    // backlog is full (many clients at once): retry for a while.
+    let fd = n.connect(path);
+    for (let waited = 0; fd === -Errno.EAGAIN && waited < CONNECT_RETRY_MS; waited += 10) {
+      await new Promise((r) => setTimeout(r, 10));
+      fd = n.connect(path);
+    }
     if (fd < 0) throw new VfuError(-fd, `connect ${path}`);
     return new NativeEndpoint(fd, limits);
   }

@@ -1,0 +1,88 @@
+// Server processes for fault-injection tests: `vfu serve sample` children,
+// and what the kernel says they hold (/proc/<pid>/fd, /proc/<pid>/maps).
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const cli = join(root, 'dist', 'src', 'cli', 'main.js');
+
+export interface Proc {
+  child: ChildProcess;
+  pid: number;
+  /** Resolves with [code, signal] when the process exits. */
+  exited: Promise<[number | null, NodeJS.Signals | null]>;
+  stdout: () => string;
+  stderr: () => string;
+}
+
+export function start(args: string[]): Proc {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (code, sig) => res([code, sig])));
+  return { child, pid: child.pid!, exited, stdout: () => out, stderr: () => err };
+}
+
+export async function startServer(path: string): Promise<Proc> {
+  const p = start([cli, 'serve', 'sample', '--socket-path', path]);
+  await waitFor(() => existsSync(path), 10_000, `server socket ${path}`);
+  return p;
+}
+
+export async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Descriptor count of a process. */
+export function fdsOf(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** The file-backed mappings of a process (memfds included), addresses stripped. */
+export function fileMapsOf(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .split('\n')
+    .map((l) => l.split(/\s+/).slice(5).join(' '))
+    .filter((p) => p !== '' && p !== '[heap]' && !p.startsWith('[anon'))
+    .sort();
+}
+
+export function memfdMapsOf(pid: number): number {
+  return fileMapsOf(pid).filter((p) => p.startsWith('/memfd:')).length;
+}
+
+/** What a server holds at rest, to compare with later. */
+export interface Holdings {
+  fds: number;
+  maps: string[];
+}
+
+export function holdings(pid: number): Holdings {
+  return { fds: fdsOf(pid), maps: fileMapsOf(pid) };
+}
+
+/** Waits until a server holds what it held at rest (its client's resources released). */
+export async function backTo(pid: number, h: Holdings, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const now = holdings(pid);
+    if (now.fds === h.fds && JSON.stringify(now.maps) === JSON.stringify(h.maps)) return;
+    if (Date.now() > end) {
+      throw new Error(`process ${pid} holds ${now.fds} fds (was ${h.fds}) and ${now.maps.length} file mappings (was ${h.maps.length}): ${now.maps.filter((m) => !h.maps.includes(m)).join(', ')}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Waits for a line on a process's stdout. */
+export async function line(p: Proc, re: RegExp, ms = 20_000): Promise<void> {
+  await waitFor(() => re.test(p.stdout()), ms, `${re} from ${p.pid} (stderr: ${p.stderr().slice(-300)})`);
+}
