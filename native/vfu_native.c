@@ -34,6 +34,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -886,6 +887,19 @@ static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
     }
     if (!is_nullish(env, argv[1])) get_i64(env, argv[1], &val);
     v = (uint64_t)val;
+    /* Never block the event loop: an eventfd at its maximum count (or a
+     * pipe nobody reads) is not writable.  We may not set O_NONBLOCK on it,
+     * because the peer shares the open file and would see its own reads
+     * turn non-blocking; ask poll() instead. */
+    {
+        struct pollfd p = { .fd = fd, .events = POLLOUT };
+        int pr;
+        do {
+            pr = poll(&p, 1, 0);
+        } while (pr < 0 && errno == EINTR);
+        if (pr < 0) return make_int(env, -errno);
+        if (pr == 0 || !(p.revents & POLLOUT)) return make_int(env, -EAGAIN);
+    }
     do {
         n = write(fd, &v, sizeof(v));
     } while (n < 0 && errno == EINTR);

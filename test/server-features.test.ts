@@ -222,3 +222,22 @@ test('a command arriving before VERSION is refused, then negotiation still works
   c.close();
   await srv.close();
 });
+
+test("the server leaves the client's eventfd blocking (O_NONBLOCK would be shared)", async () => {
+  const { readFileSync } = await import('node:fs');
+  const { IrqSetStruct } = await import('../src/protocol/messages/device.js');
+  const { IrqSetFlag } = await import('../src/protocol/constants.js');
+  const s = createSample();
+  const srv = await serve(s.device);
+  const c = await srv.connect();
+  const efd = native!.eventfd(0, 0); // blocking, as libvfio-user's sample client makes it
+  const body = IrqSetStruct.encode({ argsz: 20, flags: IrqSetFlag.DATA_EVENTFD | IrqSetFlag.ACTION_TRIGGER, index: IrqIndex.INTX, start: 0, count: 1 });
+  await c.conn.request(Command.DEVICE_SET_IRQS, body, { fds: [efd] });
+  const flags = parseInt(/flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${efd}`, 'utf8'))![1]!, 8);
+  assert.equal(flags & 0o4000, 0, 'still blocking');
+  assert.ok(s.device.trigger(IrqIndex.INTX));
+  assert.equal(native!.eventfdRead(efd), 1);
+  native!.close(efd);
+  c.close();
+  await srv.close();
+});

@@ -124,11 +124,10 @@ export class IrqController {
       for (let i = 0; i < count; i++) {
         const v = this.vectors[index]![start + i]!;
         if (v.fd >= 0) native?.close(v.fd);
+        // Not made non-blocking: O_NONBLOCK belongs to the open file, which
+        // the client shares, and would break its blocking reads.
+        // eventfdWrite polls instead (see the addon).
         v.fd = fds[i]!;
-        // Signalling must never block the server: an eventfd at its maximum
-        // count, or a pipe or socket nobody reads, would otherwise stop the
-        // event loop (then the interrupt is simply not delivered).
-        native?.setNonBlocking(v.fd);
       }
       for (let i = 0; i < count; i++) this.onEventfdAttached?.(index, start + i);
       return;
