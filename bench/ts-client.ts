@@ -169,7 +169,7 @@ async function migrate(args: string[]): Promise<string> {
   const stamp = Buffer.alloc(16);
   let writes = 0;
   const guestRound = (): void => {
-    const start = x % pages;
+    const start = (x >>> 0) % pages;
     const stride = 2 * Math.floor(pages / perRound / 2) + 1; // odd: distinct pages
     for (let i = 0; i < perRound; i++) {
       x ^= x << 13;
@@ -183,7 +183,8 @@ async function migrate(args: string[]): Promise<string> {
   const report = await runMigration(src, new LocalTarget(dst), {
     maxRounds: Number(rounds),
     onProgress: (e) => {
-      if (e.round !== undefined) guestRound();
+      // the end of a pre-copy round (the only events that carry an estimate)
+      if (e.phase === 'pre-copy' && e.remainingEstimate !== undefined) guestRound();
     },
   });
   const same = src.memory.view(ram.iova, ram.size).equals(dst.memory.view(ram.iova, ram.size));
