@@ -421,6 +421,19 @@ export class DmaController {
   }
 
   /**
+   * Runs `op` over a segment in chunks of at most `max` bytes (the client's
+   * max_data_xfer_size), checking before each that it is still mapped.
+   */
+  private async inChunks(s: DmaSegment, max: number, op: (addr: number, n: number, at: number) => Promise<void>): Promise<void> {
+    for (let done = 0; done < s.length; ) {
+      this.checkLive(s.mapping);
+      const n = Math.min(max, s.length - done);
+      await op(s.iova + done, n, done);
+      done += n;
+    }
+  }
+
+  /**
    * Reads guest memory, by messages where needed (chunked by the client's
    * limit).  `messages: true` uses DMA_READ even for mapped memory.
    */
@@ -431,12 +444,8 @@ export class DmaController {
     for (const s of segs) {
       if (s.mapping.mode === 'message' || opts.messages) {
         const md = this.requireMessages();
-        for (let done = 0; done < s.length; ) {
-          this.checkLive(s.mapping);
-          const n = Math.min(md.maxChunk, s.length - done);
-          await md.dmaRead(s.iova + done, n, out, o + done);
-          done += n;
-        }
+        const base = o;
+        await this.inChunks(s, md.maxChunk, (addr, n, at) => md.dmaRead(addr, n, out, base + at));
       } else {
         this.checkLive(s.mapping);
         this.checkStillBacked(s.mapping, s.offset, s.length);
@@ -459,12 +468,8 @@ export class DmaController {
     for (const s of segs) {
       if (s.mapping.mode === 'message' || opts.messages) {
         const md = this.requireMessages();
-        for (let done = 0; done < s.length; ) {
-          this.checkLive(s.mapping);
-          const n = Math.min(md.maxChunk, s.length - done);
-          await md.dmaWrite(s.iova + done, data.subarray(o + done, o + done + n));
-          done += n;
-        }
+        const base = o;
+        await this.inChunks(s, md.maxChunk, (addr, n, at) => md.dmaWrite(addr, data.subarray(base + at, base + at + n)));
       } else {
         this.checkLive(s.mapping);
         this.checkStillBacked(s.mapping, s.offset, s.length);

@@ -2,30 +2,13 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { TraceMessageRecord } from '../../src/cli/trace.js';
 
-export interface TraceMessage {
-  seq: number;
-  t: number;
-  label?: string;
-  conn: number;
-  dir: 'c2s' | 's2c';
-  msg_id: number;
-  cmd: number;
-  cmd_name: string;
-  msg_size: number;
-  flags: number;
+/** A recorded message: the format `vfu trace --json` writes (src/cli/trace.ts). */
+export type TraceMessage = Omit<TraceMessageRecord, 'type' | 'payload_truncated'> & {
   type: 'command' | 'reply';
-  no_reply: boolean;
-  error: boolean;
-  error_no: number;
-  nfds: number;
-  fds: string[];
-  payload_len: number;
-  payload: string;
   payload_truncated?: boolean;
-  /** `vfu trace`: the message went over the twin socket. */
-  twin?: boolean;
-}
+};
 export interface TraceEvent {
   seq: number;
   t: number;
