@@ -423,6 +423,7 @@ export function formatReport(r: MigrationReport): string {
       (r.preCopy ? `, pre-copy ${r.converged ? 'converged' : 'stopped at the round limit'}` : ', no pre-copy'),
   ];
   if (r.sourceChecksum !== undefined) {
+    lines.push('(stop-copy and resume times include computing the checksums; the downtime does not)');
     lines.push(`checksum source ${r.sourceChecksum} destination ${r.destinationChecksum ?? '-'} ${r.sourceChecksum === r.destinationChecksum ? 'MATCH' : 'MISMATCH'}`);
   }
   return lines.join('\n');
