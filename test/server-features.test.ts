@@ -16,7 +16,7 @@ import { Exp } from '../src/pci/constants.js';
 import { Command, IrqIndex, PciRegion } from '../src/protocol/constants.js';
 import { VfioUserDevice } from '../src/server/device.js';
 import { NativeEndpoint } from '../src/transport/native-endpoint.js';
-import { once, serve, tempDir, until } from './helpers/server.js';
+import { fdCount, once, serve, tempDir, until } from './helpers/server.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cli = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -158,6 +158,7 @@ test('client reconnect re-establishes DMA mappings and interrupts', async () => 
 test('a client killed with SIGKILL: the server drops its resources and takes the next client', async () => {
   const s = createSample();
   const srv = await serve(s.device);
+  const fds0 = fdCount();
   const child = spawn(process.execPath, [join(root, 'dist', 'test', 'fixtures', 'map-and-hang.js'), srv.path], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((r) => child.stdout!.once('data', () => r()));
   assert.equal(s.device.dma.count, 1);
@@ -168,6 +169,10 @@ test('a client killed with SIGKILL: the server drops its resources and takes the
   await gone;
   assert.equal(s.device.dma.count, 0);
   assert.equal(s.device.irqs.fdCount, 0);
+  await until(() => child.exitCode !== null || child.signalCode !== null);
+  child.stdout!.destroy();
+  await until(() => fdCount() === fds0);
+  assert.equal(fdCount(), fds0, 'no descriptor leaked in the server');
   const c = await srv.connect();
   assert.equal((await c.regionRead(PciRegion.BAR1, 0, 5)).toString(), 'child', 'device state intact');
   c.close();
