@@ -173,6 +173,21 @@ async function latency(ctx: Ctx): Promise<void> {
     const m = median(runs.map((r) => num(r, 'p50_us')));
     figures['c-lvu'] = runs.find((r) => num(r, 'p50_us') === m)!;
   }
+  if (ctx.lvu) {
+    // our TS client against libvfio-user's server too (issue: "our client
+    // against our server and against libvfio-user's server, as a ratio")
+    const runs: Fields[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const lvu = await startServer(ctx.dir, `lvu-ts${i}`, pinned([join(ctx.lvu, 'samples', 'server')]));
+      try {
+        runs.push(await run(tsClientArgv('latency', lvu.path, '0', '0', '8', ITER)));
+      } finally {
+        await lvu.stop();
+      }
+    }
+    const m = median(runs.map((r) => num(r, 'p50_us')));
+    figures['ts-lvu'] = runs.find((r) => num(r, 'p50_us') === m)!;
+  }
   for (const q of ['p50', 'p99'] as const) {
     const k = `${q}_us`;
     const name = (who: string): string => `REGION_READ 8 B BAR0 ${q}, ${who}`;
@@ -194,6 +209,10 @@ async function latency(ctx: Ctx): Promise<void> {
       ctx.rows.push(vs({ name: name('TS client -> vfu serve bigstate'), value: num(t, k), unit: 'µs' }, 'C client -> vfu serve', num(c, k), 'lower'));
     } else {
       ctx.rows.push({ name: name('TS client -> vfu serve bigstate'), value: num(t, k), unit: 'µs' });
+    }
+    const tl = figures['ts-lvu'];
+    if (tl) {
+      ctx.rows.push(vs({ name: name('TS client -> vfu serve bigstate, vs TS client -> libvfio-user'), value: num(t, k), unit: 'µs' }, 'TS client -> libvfio-user', num(tl, k), 'lower'));
     }
   }
 }
