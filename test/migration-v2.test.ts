@@ -37,6 +37,7 @@ import { VfioUserDevice } from '../src/server/device.js';
 import { Connection } from '../src/transport/connection.js';
 import { closeFd, connect } from '../src/transport/socket.js';
 import { createFsmDevice, createStreamDevice, patternBytes, sha256, type FsmDevice, type Hop, type StreamDevice } from './helpers/mig-devices.js';
+import { sampleForSuite } from './helpers/sample-suite.js';
 import { rejectsWith, serve, tempDir, until, type Served } from './helpers/server.js';
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
@@ -453,18 +454,10 @@ describe('v2: commands while STOP and STOP_COPY', () => {
 // The data stream.
 
 describe('v2: MIG_DATA with the sample device', () => {
-  let dev: SampleDevice;
-  let srv: Served;
-  before(async () => {
-    dev = createSample();
-    srv = await serve(dev.device);
-  });
-  after(async () => {
-    await srv.close();
-  });
+  const suite = sampleForSuite();
 
   test('read only in PRE_COPY and STOP_COPY', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     for (const s of [RUNNING, STOP, RESUMING]) {
       await c.setMigrationState(s);
       await rejectsWith(c.migDataRead(64), Errno.EINVAL);
@@ -477,7 +470,7 @@ describe('v2: MIG_DATA with the sample device', () => {
 
   for (const chunk of [1, 7, 1024, 4096, 65536]) {
     test(`the stream in ${chunk}-byte reads: PRE_COPY = BAR1, STOP_COPY = BAR1 + BAR0`, async () => {
-      const c = await srv.connect();
+      const c = await suite.srv.connect();
       const bar1 = patternBytes(BAR1_SIZE, chunk);
       await c.regionWrite(PciRegion.BAR1, 0, bar1);
       const bar0 = Buffer.alloc(8);
@@ -501,7 +494,7 @@ describe('v2: MIG_DATA with the sample device', () => {
   }
 
   test('read limits: max_data_xfer_size (ours and the client\'s), argsz, short requests', async () => {
-    const c = await srv.connect({ maxDataXferSize: 4096 });
+    const c = await suite.srv.connect({ maxDataXferSize: 4096 });
     await c.setMigrationState(PRE_COPY);
     await rejectsWith(c.migDataRead(4097), Errno.EINVAL);
     await rejectsWith(c.migDataRead((1 << 20) + 1), Errno.EINVAL);
@@ -519,7 +512,7 @@ describe('v2: MIG_DATA with the sample device', () => {
     assert.equal(4096 + 100 + rest.length, BAR1_SIZE);
     await c.setMigrationState(RUNNING);
     c.close();
-    const big = await srv.connect();
+    const big = await suite.srv.connect();
     await big.setMigrationState(PRE_COPY);
     await rejectsWith(big.migDataRead((1 << 20) + 1), Errno.EINVAL);
     assert.equal((await big.migDataRead(1 << 20)).length, BAR1_SIZE);
@@ -528,7 +521,7 @@ describe('v2: MIG_DATA with the sample device', () => {
   });
 
   test('MIG_DATA_WRITE only in RESUMING; malformed writes refused', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     for (const s of [RUNNING, PRE_COPY, STOP_COPY, STOP]) {
       await c.setMigrationState(s);
       await rejectsWith(c.migDataWrite(Buffer.alloc(8)), Errno.EINVAL);
@@ -541,7 +534,7 @@ describe('v2: MIG_DATA with the sample device', () => {
     await rejectsWith(raw(8 + 99, 100, Buffer.alloc(100)), Errno.EINVAL); // argsz
     await rejectsWith(raw(8 + (2 << 20), 2 << 20, Buffer.alloc(16)), Errno.EINVAL); // beyond max_data_xfer_size
     await rejectsWith(c.conn.request(Command.MIG_DATA_WRITE, Buffer.alloc(4)), Errno.EINVAL);
-    assert.equal(dev.device.migration!.stats.bytesWritten, 0, 'nothing reached the device');
+    assert.equal(suite.dev.device.migration!.stats.bytesWritten, 0, 'nothing reached the device');
     await c.migDataWrite(Buffer.alloc(0)); // an empty write is harmless
     assert.equal(await c.migrationState(), RESUMING);
     await c.setMigrationState(RUNNING);
@@ -549,7 +542,7 @@ describe('v2: MIG_DATA with the sample device', () => {
   });
 
   test('RESUMING -> STOP fails while the sample device lacks a whole image', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     await c.setMigrationState(RESUMING);
     await c.migDataWrite(Buffer.alloc(100, 1));
     await rejectsWith(c.setMigrationState(STOP), Errno.EINVAL);
@@ -561,11 +554,11 @@ describe('v2: MIG_DATA with the sample device', () => {
     await c.migDataWrite(Buffer.concat([bar1, bar0]));
     await c.setMigrationState(RUNNING);
     assert.ok((await c.regionRead(PciRegion.BAR1, 0, BAR1_SIZE)).equals(bar1));
-    assert.equal(dev.bar0, 1234n);
+    assert.equal(suite.dev.bar0, 1234n);
     // RESUMING then STOP with no data at all leaves the device as it was
     await c.setMigrationState(RESUMING);
     await c.setMigrationState(STOP);
-    assert.ok(dev.bar1.equals(bar1));
+    assert.ok(suite.dev.bar1.equals(bar1));
     await c.setMigrationState(RUNNING);
     c.close();
   });
@@ -779,18 +772,10 @@ async function rawVersion(path: string, caps: object): Promise<string> {
 }
 
 describe('v2: pre-copy sizing (extension)', () => {
-  let dev: SampleDevice;
-  let srv: Served;
-  before(async () => {
-    dev = createSample();
-    srv = await serve(dev.device);
-  });
-  after(async () => {
-    await srv.close();
-  });
+  const suite = sampleForSuite();
 
   test('a client that asks sees MIG_DATA_SIZE always and MIG_PRECOPY_INFO in PRE_COPY', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     assert.deepEqual(c.serverCaps.migSizing, { dataSize: Feature.MIG_DATA_SIZE, precopyInfo: Feature.MIG_PRECOPY_INFO });
     assert.equal(c.hasMigSizing, true);
     assert.equal(await c.stopCopySize(), BAR1_SIZE + 8);
@@ -811,7 +796,7 @@ describe('v2: pre-copy sizing (extension)', () => {
   });
 
   test('a client that does not ask gets EINVAL for those indexes', async () => {
-    const c = await VfioUserClient.connect(srv.path, { migSizing: false });
+    const c = await VfioUserClient.connect(suite.srv.path, { migSizing: false });
     try {
       assert.equal(c.serverCaps.migSizing, undefined);
       assert.equal(c.hasMigSizing, false);
@@ -830,17 +815,17 @@ describe('v2: pre-copy sizing (extension)', () => {
   });
 
   test('the VERSION reply names the extension only for a client that asked', async () => {
-    await until(() => srv.server.session === null);
-    const without = await rawVersion(srv.path, { max_msg_fds: 4 });
+    await until(() => suite.srv.server.session === null);
+    const without = await rawVersion(suite.srv.path, { max_msg_fds: 4 });
     assert.ok(!without.includes('vfu_mig_sizing'), without);
     assert.notEqual(parseCapabilities(without, true).migration, undefined);
-    await until(() => srv.server.session === null);
-    const declined = await rawVersion(srv.path, { vfu_mig_sizing: false });
+    await until(() => suite.srv.server.session === null);
+    const declined = await rawVersion(suite.srv.path, { vfu_mig_sizing: false });
     assert.ok(!declined.includes('vfu_mig_sizing'), declined);
-    await until(() => srv.server.session === null);
-    const asked = await rawVersion(srv.path, { vfu_mig_sizing: true });
+    await until(() => suite.srv.server.session === null);
+    const asked = await rawVersion(suite.srv.path, { vfu_mig_sizing: true });
     assert.deepEqual(JSON.parse(asked).capabilities.vfu_mig_sizing, { data_size: Feature.MIG_DATA_SIZE, precopy_info: Feature.MIG_PRECOPY_INFO });
-    await until(() => srv.server.session === null);
+    await until(() => suite.srv.server.session === null);
   });
 });
 

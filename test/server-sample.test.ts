@@ -2,26 +2,19 @@
 // the `sample` device: every command, its error cases, DMA both ways, IRQs,
 // reset, reconnect without leaks.
 import { strict as assert } from 'node:assert';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { native } from '../src/native/index.js';
 import { Command, DmaMapFlag, Errno, IrqIndex, PciRegion, RegionFlag } from '../src/protocol/constants.js';
 import { RegionAccessStruct } from '../src/protocol/messages/region.js';
-import { createSample, BAR1_SIZE, type SampleDevice } from '../src/devices/sample.js';
-import { fdCount, once, rejectsWith, serve, until, type Served } from './helpers/server.js';
+import { BAR1_SIZE } from '../src/devices/sample.js';
+import { sampleForSuite } from './helpers/sample-suite.js';
+import { fdCount, once, rejectsWith, until } from './helpers/server.js';
 
 describe('server with the sample device', () => {
-  let dev: SampleDevice;
-  let srv: Served;
-  before(async () => {
-    dev = createSample();
-    srv = await serve(dev.device);
-  });
-  after(async () => {
-    await srv.close();
-  });
+  const suite = sampleForSuite();
 
   test('negotiation, device and region info', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     assert.equal(c.serverVersion.major, 0);
     assert.ok(c.serverCaps.maxMsgFds > 0);
     assert.equal(c.serverCaps.maxDataXferSize, 1 << 20);
@@ -42,7 +35,7 @@ describe('server with the sample device', () => {
     // the mapping and the server see the same memory
     const areas = c.mapRegion(bar1);
     areas[1]!.bytes.write('hello', 0);
-    assert.equal(dev.bar1.subarray(0x2000, 0x2005).toString(), 'hello');
+    assert.equal(suite.dev.bar1.subarray(0x2000, 0x2005).toString(), 'hello');
     for (const a of areas) a.unmap();
     const cfg = await c.regionInfo(PciRegion.CONFIG);
     assert.equal(cfg.size, 256);
@@ -54,7 +47,7 @@ describe('server with the sample device', () => {
   });
 
   test('config space and region access, with their errors', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     const hdr = await c.regionRead(PciRegion.CONFIG, 0, 64);
     assert.equal(hdr.readUInt16LE(0), 0xdead);
     assert.equal(hdr.readUInt16LE(2), 0xbeef);
@@ -85,7 +78,7 @@ describe('server with the sample device', () => {
   });
 
   test('posted writes get no reply, even when they fail', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     await c.regionWrite(PciRegion.BAR1, 0, Buffer.from('posted'), { posted: true });
     const bad = RegionAccessStruct.encode({ offset: 0n, region: 0xdead, count: 1 });
     await c.conn.request(Command.REGION_WRITE, bad, { extra: Buffer.from([1]), noReply: true });
@@ -94,12 +87,12 @@ describe('server with the sample device', () => {
   });
 
   test('DMA with descriptors and by messages, and the device sees both', async () => {
-    const c = await srv.connect({ maxDataXferSize: 1024 });
+    const c = await suite.srv.connect({ maxDataXferSize: 1024 });
     const shared = c.memory.add(0x10000, 0x4000);
     const priv = c.memory.add(0x100000, 0x4000, { shared: false });
     await c.dmaMap({ iova: 0x10000, size: 0x4000 });
     await c.dmaMap({ iova: 0x100000, size: 0x4000 });
-    const dma = dev.device.dma;
+    const dma = suite.dev.device.dma;
     assert.equal(dma.count, 2);
     assert.equal(dma.find(0x10000)!.mode, 'mmap');
     assert.equal(dma.find(0x100000)!.mode, 'message');
@@ -126,15 +119,15 @@ describe('server with the sample device', () => {
   });
 
   test('twin-socket mode: server requests on the twin, client requests on the main socket', async () => {
-    const c = await srv.connect({ twinSocket: true, maxDataXferSize: 1024 });
+    const c = await suite.srv.connect({ twinSocket: true, maxDataXferSize: 1024 });
     assert.equal(c.serverCaps.twinSocket?.supported, true);
-    const session = srv.server.session!;
+    const session = suite.srv.server.session!;
     assert.notEqual(session.conn.requestEndpoint, session.conn.main, 'server requests go on the twin');
     assert.equal(c.conn.requestEndpoint, c.conn.main, 'client requests stay on the main socket');
     const priv = c.memory.add(0x200000, 0x2000, { shared: false });
     await c.dmaMap({ iova: 0x200000, size: 0x2000 });
     const data = Buffer.alloc(3000, 0x33);
-    await dev.device.dma.write(0x200100, data);
+    await suite.dev.device.dma.write(0x200100, data);
     assert.ok(priv.bytes.subarray(0x100, 0x100 + 3000).equals(data));
     assert.equal((await c.regionRead(PciRegion.CONFIG, 0, 2)).readUInt16LE(0), 0xdead);
     await c.dmaUnmapAll();
@@ -142,16 +135,16 @@ describe('server with the sample device', () => {
   });
 
   test('a read-only mapping refuses device writes', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     c.memory.add(0x40000, 0x1000);
     await c.dmaMap({ iova: 0x40000, size: 0x1000, prot: DmaMapFlag.READ });
-    assert.throws(() => dev.device.dma.writeSync(0x40000, Buffer.alloc(4)), { errno: Errno.EACCES });
+    assert.throws(() => suite.dev.device.dma.writeSync(0x40000, Buffer.alloc(4)), { errno: Errno.EACCES });
     await c.dmaUnmapAll();
     c.close();
   });
 
   test('interrupts through eventfds, masking and pending delivery', async () => {
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     const intx = await c.irqInfo(IrqIndex.INTX);
     assert.equal(intx.count, 1);
     assert.ok(intx.flags & 2, 'MASKABLE reported');
@@ -159,32 +152,32 @@ describe('server with the sample device', () => {
     await rejectsWith(c.irqInfo(5), Errno.EINVAL);
     await c.enableInterrupts(IrqIndex.INTX, 1);
     const got = once<[number, number]>(c, 'interrupt');
-    assert.equal(dev.device.trigger(IrqIndex.INTX, 0), true);
+    assert.equal(suite.dev.device.trigger(IrqIndex.INTX, 0), true);
     assert.deepEqual((await got).slice(0, 2), [IrqIndex.INTX, 0]);
     await c.maskInterrupts(IrqIndex.INTX, 0, 1, true);
-    assert.equal(dev.device.trigger(IrqIndex.INTX, 0), false);
+    assert.equal(suite.dev.device.trigger(IrqIndex.INTX, 0), false);
     const later = once<[number, number]>(c, 'interrupt');
     await c.maskInterrupts(IrqIndex.INTX, 0, 1, false);
     await later;
     await rejectsWith(c.enableInterrupts(IrqIndex.MSI, 1), Errno.EINVAL);
     await c.disableInterrupts(IrqIndex.INTX);
-    assert.equal(dev.device.irqs.fdCount, 0);
+    assert.equal(suite.dev.device.irqs.fdCount, 0);
     c.close();
   });
 
   test('the timer interrupt and the DMA the sample device then performs', async () => {
-    const c = await srv.connect({ maxDataXferSize: 1024 });
+    const c = await suite.srv.connect({ maxDataXferSize: 1024 });
     for (let i = 0; i < 4; i++) c.memory.add(i * 0x1000, 0x1000);
     for (let i = 0; i < 4; i++) await c.dmaMap({ iova: i * 0x1000, size: 0x1000 });
     await c.enableInterrupts(IrqIndex.INTX, 1);
-    const before = dev.dmaChecks.ok;
+    const before = suite.dev.dmaChecks.ok;
     const irq = once(c, 'interrupt', 5000);
     const t = Buffer.alloc(8);
     t.writeBigInt64LE(BigInt(Math.floor(Date.now() / 1000) + 1));
     await c.regionWrite(PciRegion.BAR0, 0, t);
     await irq;
-    await until(() => dev.dmaChecks.ok === before + 2);
-    assert.equal(dev.dmaChecks.failed, 0);
+    await until(() => suite.dev.dmaChecks.ok === before + 2);
+    assert.equal(suite.dev.dmaChecks.failed, 0);
     assert.equal(c.memory.view(0, 4).toString(), 'AAAA'); // slot 0 written by messages
     assert.equal(c.memory.view(0x1000 + 3072, 2).toString(), 'DD'); // slot 1 written directly
     await c.dmaUnmapAll();
@@ -192,40 +185,40 @@ describe('server with the sample device', () => {
   });
 
   test('reset calls the device and keeps the connection', async () => {
-    const c = await srv.connect();
-    const reset = once<[string]>(dev.device, 'reset');
+    const c = await suite.srv.connect();
+    const reset = once<[string]>(suite.dev.device, 'reset');
     await c.reset();
     assert.deepEqual(await reset, ['client']);
     c.close();
   });
 
   test('a second client is refused while one is attached', async () => {
-    const c1 = await srv.connect();
-    await rejectsWith(srv.connect(), Errno.EBUSY);
+    const c1 = await suite.srv.connect();
+    await rejectsWith(suite.srv.connect(), Errno.EBUSY);
     assert.equal((await c1.deviceInfo()).numIrqs, 5);
     c1.close();
   });
 
   test('reconnect after the client vanishes: mappings and fds dropped, state kept', async () => {
-    await until(() => srv.server.session === null);
+    await until(() => suite.srv.server.session === null);
     const fds0 = fdCount();
     const maps0 = native!.liveMappings();
     for (let round = 0; round < 20; round++) {
-      const c = await srv.connect();
+      const c = await suite.srv.connect();
       c.memory.add(0, 0x2000);
       await c.dmaMap({ iova: 0, size: 0x2000 });
       await c.enableInterrupts(IrqIndex.INTX, 1);
       await c.regionWrite(PciRegion.BAR1, 0x10, Buffer.from(`round ${round}`));
-      const gone = once(srv.server, 'disconnected');
+      const gone = once(suite.srv.server, 'disconnected');
       c.close();
       await gone;
-      assert.equal(dev.device.dma.count, 0);
-      assert.equal(dev.device.irqs.fdCount, 0);
+      assert.equal(suite.dev.device.dma.count, 0);
+      assert.equal(suite.dev.device.irqs.fdCount, 0);
     }
-    const c = await srv.connect();
+    const c = await suite.srv.connect();
     assert.equal((await c.regionRead(PciRegion.BAR1, 0x10, 8)).toString(), 'round 19');
     c.close();
-    await once(srv.server, 'disconnected');
+    await once(suite.srv.server, 'disconnected');
     assert.equal(fdCount(), fds0);
     assert.equal(native!.liveMappings(), maps0);
   });

@@ -33,6 +33,7 @@ import { encode } from './corpus.js';
 import { closeFds, openFd, openFdCount } from './fds.js';
 import { type ServerCase, serverCase } from './server-cases.js';
 import { type WireMessage, expectsReply, parseWire, silentCommand } from './wire.js';
+import { emptyFaults, type FaultCounts } from './faults.js';
 
 /** Bytes of a skipped body the harness is willing to send to stay in sync. */
 const PAD_BUDGET = 2 * 1024 * 1024;
@@ -44,40 +45,16 @@ export interface Failure {
   what: string;
 }
 
-export interface FuzzStats {
+export interface FuzzStats extends FaultCounts {
   cases: number;
   /** Replies to the cases' messages: 'ok' or the errno name. */
   replies: Record<string, number>;
-  crashes: number;
-  hangs: number;
-  fdsLeaked: number;
-  mapsLeaked: number;
-  stateViolations: number;
-  desyncs: number;
-  disconnects: number;
-  /** Resynchronised by sending a skipped body / by reconnecting. */
-  resyncByBody: number;
-  resyncByReconnect: number;
   reconnects: number;
   failures: Failure[];
 }
 
 export function emptyStats(): FuzzStats {
-  return {
-    cases: 0,
-    replies: {},
-    crashes: 0,
-    hangs: 0,
-    fdsLeaked: 0,
-    mapsLeaked: 0,
-    stateViolations: 0,
-    desyncs: 0,
-    disconnects: 0,
-    resyncByBody: 0,
-    resyncByReconnect: 0,
-    reconnects: 0,
-    failures: [],
-  };
+  return { cases: 0, replies: {}, ...emptyFaults(), reconnects: 0, failures: [] };
 }
 
 interface GotReply {

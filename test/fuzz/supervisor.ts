@@ -8,6 +8,7 @@ import { createInterface } from 'node:readline';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ClientFuzzStats } from './client-harness.js';
+import { emptyFaults, FAULT_COUNTERS, type FaultCounts } from './faults.js';
 import type { Failure, FuzzStats } from './server-harness.js';
 
 const workerPath = join(dirname(fileURLToPath(import.meta.url)), 'worker.js');
@@ -23,7 +24,7 @@ export interface FuzzRunOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export interface FuzzSummary {
+export interface FuzzSummary extends FaultCounts {
   seed: number;
   serverCases: number;
   clientCases: number;
@@ -31,15 +32,6 @@ export interface FuzzSummary {
   serverReplies: Record<string, number>;
   /** How the client's calls ended. */
   clientOutcomes: Record<string, number>;
-  crashes: number;
-  hangs: number;
-  fdsLeaked: number;
-  mapsLeaked: number;
-  stateViolations: number;
-  desyncs: number;
-  disconnects: number;
-  resyncByBody: number;
-  resyncByReconnect: number;
   dmaRequests: number;
   dmaWrongAnswers: number;
   memoryCorrupted: number;
@@ -68,15 +60,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
     clientCases: 0,
     serverReplies: {},
     clientOutcomes: {},
-    crashes: 0,
-    hangs: 0,
-    fdsLeaked: 0,
-    mapsLeaked: 0,
-    stateViolations: 0,
-    desyncs: 0,
-    disconnects: 0,
-    resyncByBody: 0,
-    resyncByReconnect: 0,
+    ...emptyFaults(),
     dmaRequests: 0,
     dmaWrongAnswers: 0,
     memoryCorrupted: 0,
@@ -106,15 +90,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
       s.dmaWrongAnswers += c.dmaWrongAnswers;
       s.memoryCorrupted += c.memoryCorrupted;
     }
-    s.crashes += st.crashes;
-    s.hangs += st.hangs;
-    s.fdsLeaked += st.fdsLeaked;
-    s.mapsLeaked += st.mapsLeaked;
-    s.stateViolations += st.stateViolations;
-    s.desyncs += st.desyncs;
-    s.disconnects += st.disconnects;
-    s.resyncByBody += st.resyncByBody;
-    s.resyncByReconnect += st.resyncByReconnect;
+    for (const k of FAULT_COUNTERS) s[k] += st[k];
     for (const f of st.failures) if (s.failures.length < 50) s.failures.push({ ...f, kind: `${kind}:${f.kind}` });
   };
 
