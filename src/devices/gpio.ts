@@ -2,6 +2,8 @@
 // example: BAR2 is an I/O block where writing a 1 to an output bit pulses
 // that pin (0x0: pins 0-7, 0x4: pins 8-15) and the inputs (0x1, 0x5) read 1
 // for every pin pulsed a multiple of three times.  Its pin counters migrate.
+// `bar2: 'mem'` puts the same registers in memory space instead (the variant
+// QEMU posts its writes to, with No_reply).
 import { IrqIndex, PciRegion } from '../protocol/constants.js';
 import { VfioUserDevice } from '../server/device.js';
 
@@ -10,13 +12,18 @@ export interface GpioDevice {
   pins: Int32Array;
 }
 
-export function createGpio(): GpioDevice {
+export interface GpioOptions {
+  /** Whether BAR2 is in I/O space (the default, as the card has it) or memory space. */
+  bar2?: 'io' | 'mem';
+}
+
+export function createGpio(opts: GpioOptions = {}): GpioDevice {
   const device = new VfioUserDevice({ name: 'gpio', pci: { vendorId: 0x494f, deviceId: 0x0dc8 } });
   const pins = new Int32Array(16);
   let dirty = true;
   device.addRegion(PciRegion.BAR2, {
     size: 0x100,
-    kind: 'io',
+    kind: opts.bar2 ?? 'io',
     access: {
       read(offset, out) {
         out.fill(0);

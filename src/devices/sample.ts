@@ -3,22 +3,22 @@
 // an 8-byte register holding an absolute time (seconds) at which the device
 // raises INTx and then performs DMA on the client's first two mapped regions
 // (the second directly through its mapping, the first with DMA_READ/WRITE
-// messages) and checks what it reads back; BAR1 a 12 KiB memory area, the
-// first and last pages mmappable.  Its migration stream is BAR1 then BAR0:
-// 12,288 bytes in PRE_COPY, 12,296 in STOP_COPY.  A destination receives
-// whatever part of the pre-copy data the client read, then the stop-copy
-// image: the last 12,296 bytes are what it restores (RESUMING -> STOP fails
-// with EINVAL when data came but not a whole image).
+// messages) and checks what it reads back; BAR1 a 12 KiB memory area (or
+// `bar1Size`), its first and third pages mmappable.  Its migration stream is
+// BAR1 then BAR0: 12,288 bytes in PRE_COPY, 12,296 in STOP_COPY (with the
+// default size).  A destination receives whatever part of the pre-copy data
+// the client read, then the stop-copy image: the last 12,296 bytes are what
+// it restores (RESUMING -> STOP fails with EINVAL when data came but not a
+// whole image).
 import { crc32 } from 'node:zlib';
 import { Errno, IrqIndex, MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import { VfioUserDevice } from '../server/device.js';
 import type { DmaMappingInfo } from '../server/dma.js';
 
+/** BAR1's size unless `bar1Size` says otherwise. */
 export const BAR1_SIZE = 0x3000;
 const CHUNK = 1024;
-/** The stop-copy image: BAR1 then BAR0. */
-const IMAGE = BAR1_SIZE + 8;
 const CHUNKS = 4;
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
@@ -34,7 +34,20 @@ export interface SampleDevice {
   interrupts: number;
 }
 
-export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): SampleDevice {
+export interface SampleOptions {
+  preCopy?: boolean;
+  v1?: boolean;
+  /** BAR1's size: whole pages, at least three (pages 0 and 2 are mmappable). */
+  bar1Size?: number;
+}
+
+export function createSample(opts: SampleOptions = {}): SampleDevice {
+  const bar1Size = opts.bar1Size ?? BAR1_SIZE;
+  if (!Number.isInteger(bar1Size) || bar1Size < 0x3000 || bar1Size % 0x1000 !== 0) {
+    throw new VfuError(Errno.EINVAL, `sample: BAR1 size ${bar1Size} is not whole pages, at least three`);
+  }
+  /** The stop-copy image: BAR1 then BAR0. */
+  const IMAGE = bar1Size + 8;
   const device = new VfioUserDevice({
     name: 'sample',
     pci: { vendorId: 0xdead, deviceId: 0xbeef, subsystemVendorId: 0xcafe, subsystemId: 0xbabe },
@@ -152,7 +165,7 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
     },
   });
   const bar1 = device.addRegion(PciRegion.BAR1, {
-    size: BAR1_SIZE,
+    size: bar1Size,
     memory: true,
     sparse: [
       { offset: 0, size: 0x1000 },
@@ -181,7 +194,7 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
   });
   device.onReset(() => {});
 
-  const total = (): number => BAR1_SIZE + (migState === MigState.STOP_COPY ? 8 : 0);
+  const total = (): number => bar1Size + (migState === MigState.STOP_COPY ? 8 : 0);
   const bar0Bytes = (): Buffer => {
     const b = Buffer.alloc(8);
     b.writeBigInt64LE(bar0);
@@ -210,14 +223,14 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
       const out = Buffer.alloc(Math.max(0, end - transferred));
       let o = 0;
       for (let at = transferred; at < end; ) {
-        if (at < BAR1_SIZE) {
-          const n = Math.min(end, BAR1_SIZE) - at;
+        if (at < bar1Size) {
+          const n = Math.min(end, bar1Size) - at;
           st.bar1.copy(out, o, at, at + n);
           o += n;
           at += n;
         } else {
           const n = end - at;
-          bar0Bytes().copy(out, o, at - BAR1_SIZE, at - BAR1_SIZE + n);
+          bar0Bytes().copy(out, o, at - bar1Size, at - bar1Size + n);
           o += n;
           at += n;
         }
@@ -236,8 +249,8 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
       src.copy(incoming, 0, first);
       received += data.length;
     },
-    precopyInfo: () => ({ initialBytes: Math.max(0, BAR1_SIZE - transferred), dirtyBytes: 0 }),
-    stopCopySize: () => BAR1_SIZE + 8,
+    precopyInfo: () => ({ initialBytes: Math.max(0, bar1Size - transferred), dirtyBytes: 0 }),
+    stopCopySize: () => bar1Size + 8,
   });
   const restore = (): void => {
     if (received === 0) return; // nothing sent: the device stays as it was
@@ -250,8 +263,8 @@ export function createSample(opts: { preCopy?: boolean; v1?: boolean } = {}): Sa
     }
     const at = received % IMAGE;
     const image = Buffer.concat([incoming.subarray(at), incoming.subarray(0, at)]);
-    image.copy(st.bar1, 0, 0, BAR1_SIZE);
-    bar0 = image.readBigInt64LE(BAR1_SIZE);
+    image.copy(st.bar1, 0, 0, bar1Size);
+    bar0 = image.readBigInt64LE(bar1Size);
     received = 0;
   };
   device.on('close', disarm);
