@@ -12,10 +12,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
-import { VfioUserClient } from '../src/client/client.js';
 import { LocalTarget, migrate } from '../src/client/migrate.js';
 import { IrqIndex, MigState, PciRegion, RegionFlag } from '../src/protocol/constants.js';
-import { once, tempDir, until } from './helpers/server.js';
+import { connectWhenListening, once, tempDir, until } from './helpers/server.js';
 
 const build = process.env.LIBVFIO_USER_BUILD;
 const sampleServer = build ? [join(build, 'samples', 'server'), join(build, 'build', 'samples', 'server')].find(existsSync) : undefined;
@@ -37,8 +36,7 @@ test('our client drives libvfio-user samples/server through its whole scenario a
   const dstPath = join(t.dir, 'dst.sock');
   const servers = [startServer(srcPath)];
   try {
-    await until(() => existsSync(srcPath), 10_000);
-    const c = await VfioUserClient.connect(srcPath, { maxDataXferSize: 1024 });
+    const c = await connectWhenListening(srcPath, { maxDataXferSize: 1024 });
     const info = await c.deviceInfo();
     assert.equal(info.numRegions, 9);
     const bar1 = await c.regionInfo(PciRegion.BAR1);
@@ -81,8 +79,7 @@ test('our client drives libvfio-user samples/server through its whole scenario a
     t1.writeBigInt64LE(BigInt(Math.floor(Date.now() / 1000) + 10));
     await c.regionWrite(PciRegion.BAR0, 0, t1);
     servers.push(startServer(dstPath));
-    await until(() => existsSync(dstPath), 10_000);
-    const d = await VfioUserClient.connect(dstPath, { maxDataXferSize: 1024 });
+    const d = await connectWhenListening(dstPath, { maxDataXferSize: 1024 });
     let last = Buffer.alloc(0);
     let writing = true;
     const guest = (async () => {

@@ -1,6 +1,6 @@
 // Test helpers: a device served on a fresh socket path, a connected client.
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VfioUserClient, type ClientOptions } from '../../src/client/client.js';
 import type { VfioUserDevice } from '../../src/server/device.js';
@@ -61,6 +61,25 @@ export async function until(pred: () => boolean, ms = 10_000): Promise<void> {
   while (!pred()) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/**
+ * Connects to a server that another process is starting.  A peer that binds
+ * before it listens (libvfio-user does: the socket file appears first) refuses
+ * connections for a moment, so ECONNREFUSED and ENOENT are retried until `ms`.
+ */
+export async function connectWhenListening(path: string, opts: ClientOptions = {}, ms = 10_000): Promise<VfioUserClient> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await VfioUserClient.connect(path, opts);
+    } catch (e) {
+      const errno = (e as { errno?: number }).errno;
+      const starting = errno === constants.errno.ECONNREFUSED || errno === constants.errno.ENOENT;
+      if (!starting || Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 }
 
