@@ -31,7 +31,7 @@ import { requireNative } from '../native/index.js';
 import { parseCapabilities } from '../protocol/capabilities.js';
 import { Command, HEADER_SIZE, HeaderFlag, LINUX_MAX_FDS, commandName, errnoName } from '../protocol/constants.js';
 import { describeFds, describeMessage } from '../protocol/describe.js';
-import { writeHeader } from '../protocol/header.js';
+import { isReply, writeHeader } from '../protocol/header.js';
 import { version } from '../protocol/messages/version.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
@@ -293,7 +293,7 @@ class ProxyConnection {
       this.shutdown();
       return;
     }
-    if (!twin && dir === 's2c' && f.cmd === Command.VERSION && (f.flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_REPLY && fds.length > 0) {
+    if (!twin && dir === 's2c' && f.cmd === Command.VERSION && isReply(f.flags) && fds.length > 0) {
       fds = this.spliceTwin(f, fds);
     }
     const h = Buffer.allocUnsafe(HEADER_SIZE);

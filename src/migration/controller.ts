@@ -4,7 +4,7 @@
 // so one device migrates either way.
 import { Errno, MigState, type MigStateId, migStateNames } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
-import { type MigrationFeatures, deriveNextState, migrationFlags, planPath } from './fsm.js';
+import { type MigrationFeatures, deriveNextState, isSavingState, migrationFlags, planPath } from './fsm.js';
 
 export interface PrecopyInfo {
   /** Bytes of the initial image still to read in PRE_COPY. */
@@ -111,7 +111,7 @@ export class MigrationController {
   }
 
   get saving(): boolean {
-    return this._state === MigState.PRE_COPY || this._state === MigState.PRE_COPY_P2P || this._state === MigState.STOP_COPY;
+    return isSavingState(this._state);
   }
 
   /**

@@ -54,6 +54,7 @@ const STATE_NEEDS: readonly { preCopy: boolean; p2p: boolean }[] = [
 /** States in which the device produces migration data. */
 const SAVING = new Set<number>([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY]);
 
+/** Whether the device produces migration data in state `s` (PRE_COPY, PRE_COPY_P2P, STOP_COPY). */
 export function isSavingState(s: number): boolean {
   return SAVING.has(s);
 }

@@ -16,7 +16,6 @@ export interface PollHandle {
 
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
-export const POLL_DISCONNECT = 4;
 
 /** recvmsg state array length: [nfds, flags, fds...] */
 export const RECV_STATE_LEN = 2 + 253;

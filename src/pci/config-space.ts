@@ -42,6 +42,7 @@ import {
   type PcieDeviceTypeId,
   type PowerState,
 } from './constants.js';
+import { type MsixCapability, decodeMsixCapability } from './msix.js';
 
 export interface PciConfigOptions {
   vendorId: number;
@@ -100,13 +101,6 @@ export interface MsiState {
 export interface MsixControl {
   enabled: boolean;
   functionMasked: boolean;
-}
-export interface MsixState extends MsixControl {
-  tableSize: number;
-  tableBar: number;
-  tableOffset: number;
-  pbaBar: number;
-  pbaOffset: number;
 }
 export interface CapabilityInfo {
   id: number;
@@ -774,21 +768,11 @@ export class PciConfigSpace {
     };
   }
 
-  get msix(): MsixState | undefined {
+  get msix(): MsixCapability | undefined {
     const off = this.msixOff;
     if (off === undefined) return undefined;
-    const ctl = this.config.readUInt16LE(off + Msix.CONTROL);
-    const table = this.config.readUInt32LE(off + Msix.TABLE);
-    const pba = this.config.readUInt32LE(off + Msix.PBA);
-    return {
-      enabled: (ctl & Msix.CTRL_ENABLE) !== 0,
-      functionMasked: (ctl & Msix.CTRL_FUNCTION_MASK) !== 0,
-      tableSize: (ctl & Msix.CTRL_TABLE_SIZE_MASK) + 1,
-      tableBar: table & Msix.BIR_MASK,
-      tableOffset: (table & Msix.OFFSET_MASK) >>> 0,
-      pbaBar: pba & Msix.BIR_MASK,
-      pbaOffset: (pba & Msix.OFFSET_MASK) >>> 0,
-    };
+    const c = this.config;
+    return decodeMsixCapability(c.readUInt16LE(off + Msix.CONTROL), c.readUInt32LE(off + Msix.TABLE), c.readUInt32LE(off + Msix.PBA));
   }
 
   get powerState(): PowerState | undefined {

@@ -30,6 +30,7 @@ import {
   powerStateNames,
   type PowerState,
 } from './constants.js';
+import { type MsixCapability, decodeMsixCapability } from './msix.js';
 
 export interface DecodeOptions {
   /** Region sizes per BAR index: the bytes alone cannot tell them. */
@@ -78,15 +79,8 @@ export interface MsiDetail {
   mask?: number;
   pending?: number;
 }
-export interface MsixDetail {
+export interface MsixDetail extends MsixCapability {
   kind: 'msix';
-  enabled: boolean;
-  functionMasked: boolean;
-  tableSize: number;
-  tableBar: number;
-  tableOffset: number;
-  pbaBar: number;
-  pbaOffset: number;
 }
 export interface PcieLink {
   maxSpeed: string;
@@ -457,19 +451,7 @@ function decodeStandardCap(b: Bytes, cap: DecodedCap, end: number): void {
     }
     case CapId.MSIX: {
       if (!fits(Msix.SIZE)) return;
-      const ctl = b.u16(at + Msix.CONTROL);
-      const table = b.u32(at + Msix.TABLE);
-      const pba = b.u32(at + Msix.PBA);
-      cap.detail = {
-        kind: 'msix',
-        enabled: (ctl & Msix.CTRL_ENABLE) !== 0,
-        functionMasked: (ctl & Msix.CTRL_FUNCTION_MASK) !== 0,
-        tableSize: (ctl & Msix.CTRL_TABLE_SIZE_MASK) + 1,
-        tableBar: table & Msix.BIR_MASK,
-        tableOffset: (table & Msix.OFFSET_MASK) >>> 0,
-        pbaBar: pba & Msix.BIR_MASK,
-        pbaOffset: (pba & Msix.OFFSET_MASK) >>> 0,
-      };
+      cap.detail = { kind: 'msix', ...decodeMsixCapability(b.u16(at + Msix.CONTROL), b.u32(at + Msix.TABLE), b.u32(at + Msix.PBA)) };
       return;
     }
     case CapId.EXP: {

@@ -12,6 +12,30 @@ export interface MsixEntry {
   masked: boolean;
 }
 
+/** The MSI-X capability's fields as a device and lspci see them. */
+export interface MsixCapability {
+  enabled: boolean;
+  functionMasked: boolean;
+  tableSize: number;
+  tableBar: number;
+  tableOffset: number;
+  pbaBar: number;
+  pbaOffset: number;
+}
+
+/** Decodes the MSI-X capability from its Message Control, Table and PBA words. */
+export function decodeMsixCapability(ctl: number, table: number, pba: number): MsixCapability {
+  return {
+    enabled: (ctl & Msix.CTRL_ENABLE) !== 0,
+    functionMasked: (ctl & Msix.CTRL_FUNCTION_MASK) !== 0,
+    tableSize: (ctl & Msix.CTRL_TABLE_SIZE_MASK) + 1,
+    tableBar: table & Msix.BIR_MASK,
+    tableOffset: (table & Msix.OFFSET_MASK) >>> 0,
+    pbaBar: pba & Msix.BIR_MASK,
+    pbaOffset: (pba & Msix.OFFSET_MASK) >>> 0,
+  };
+}
+
 function fail(errno: number, message: string): never {
   throw new VfuError(errno, message);
 }

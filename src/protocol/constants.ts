@@ -35,9 +35,6 @@ const commandNames = new Map<number, CommandName>(
 export function commandName(cmd: number): string {
   return commandNames.get(cmd) ?? `CMD_${cmd}`;
 }
-export function isKnownCommand(cmd: number): cmd is CommandId {
-  return commandNames.has(cmd);
-}
 
 /** Header flags. */
 export const HeaderFlag = {

@@ -23,6 +23,7 @@ export function errnoOf(e: unknown, fallback: number = Errno.EIO): number {
   return fallback;
 }
 
+/** A VfuError with EINVAL: the reply to a malformed request. */
 export function einval(message: string): VfuError {
   return new VfuError(Errno.EINVAL, message);
 }

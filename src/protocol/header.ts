@@ -18,9 +18,11 @@ export interface HeaderFields {
   errorNo: number;
 }
 
+/** Whether a header's flags mark a reply. */
 export function isReply(flags: number): boolean {
   return (flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_REPLY;
 }
+/** Whether a header's flags mark a command (a request). */
 export function isCommand(flags: number): boolean {
   return (flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_COMMAND;
 }

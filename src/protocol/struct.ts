@@ -97,9 +97,6 @@ export function defineStruct<const F extends Fields>(name: string, fields: F): S
   return s;
 }
 
-/** 2^53 - 1: u64 wire values above this cannot be addresses or sizes here. */
-export const MAX_SAFE = Number.MAX_SAFE_INTEGER;
-
 /** A u64 as a number, or NaN when it does not fit exactly. */
 export function u64ToNumber(v: bigint): number {
   return v <= 9007199254740991n ? Number(v) : Number.NaN;

@@ -4,7 +4,8 @@
 // replies with the right errno, and clean-up when the client goes away.
 import { native } from '../native/index.js';
 import { type Capabilities } from '../protocol/capabilities.js';
-import { Command, Errno, HEADER_SIZE, HeaderFlag, MigState, commandName } from '../protocol/constants.js';
+import { Command, Errno, HEADER_SIZE, MigState, commandName } from '../protocol/constants.js';
+import { isCommand } from '../protocol/header.js';
 import { VfuError, errnoOf } from '../protocol/errors.js';
 import { DmaAccessStruct } from '../protocol/messages/dma.js';
 import { MigDataStruct } from '../protocol/messages/migration.js';
@@ -108,7 +109,7 @@ export class Session {
    * buffered and goes through the ordinary checks.
    */
   private placeMigData(cmd: number, flags: number, msgSize: number, head: Buffer): Buffer | null {
-    if (cmd !== Command.MIG_DATA_WRITE || (flags & HeaderFlag.TYPE_MASK) !== HeaderFlag.TYPE_COMMAND) return null;
+    if (cmd !== Command.MIG_DATA_WRITE || !isCommand(flags)) return null;
     if (this.busy || this.queue.length > 0 || !this.negotiated || this.conn.closed) return null;
     const mig = this.device.migration;
     const argsz = head.readUInt32LE(MigDataStruct.off.argsz);
@@ -198,7 +199,7 @@ export class Session {
       this.conn.replyError(via, f, Errno.EINVAL);
       return;
     }
-    if ((f.flags & HeaderFlag.TYPE_MASK) !== HeaderFlag.TYPE_COMMAND) {
+    if (!isCommand(f.flags)) {
       this.conn.replyError(via, f, Errno.EINVAL);
       return;
     }

@@ -7,7 +7,7 @@
 // against the main direction (server->client DMA) use a second endpoint.
 import { Errno, HEADER_SIZE, HeaderFlag, commandName } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
-import { writeHeader } from '../protocol/header.js';
+import { isReply, writeHeader } from '../protocol/header.js';
 import type { Endpoint } from './endpoint.js';
 import type { Frame } from './framer.js';
 
@@ -145,7 +145,7 @@ export class Connection {
   private onFrame(f: Frame, via: Endpoint): void {
     this.stats.received++;
     this.stats.bytesReceived += f.msgSize;
-    if ((f.flags & HeaderFlag.TYPE_MASK) === HeaderFlag.TYPE_REPLY) {
+    if (isReply(f.flags)) {
       this.onReply(f);
       return;
     }

@@ -1,17 +1,13 @@
 // The legacy (migration v1) DIRTY_PAGES command: START and STOP logging over
 // every mapping at the negotiated migration page size, GET_BITMAP for a range.
-import { DirtyPagesFlag, Errno } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { DirtyPagesFlag } from '../../protocol/constants.js';
+import { einval } from '../../protocol/errors.js';
 import { BitmapRangeStruct, DirtyPagesStruct } from '../../protocol/messages/migration.js';
 import { u64ToNumber } from '../../protocol/struct.js';
 import { bitmapSize } from '../../migration/dirty.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
-}
 
 export function dirtyPages(s: Session, f: Frame, via: Endpoint): void {
   const p = f.payload;

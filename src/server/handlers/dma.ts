@@ -1,16 +1,12 @@
 // DMA_MAP and DMA_UNMAP (exact match, UNMAP_ALL, and the v1 dirty bitmap).
-import { DmaUnmapFlag, Errno } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { DmaUnmapFlag } from '../../protocol/constants.js';
+import { einval } from '../../protocol/errors.js';
 import { BitmapStruct, DmaMapStruct, DmaUnmapStruct } from '../../protocol/messages/dma.js';
 import { u64ToNumber } from '../../protocol/struct.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 import { bitmapSize } from '../../migration/dirty.js';
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
-}
 
 function num(v: bigint, what: string): number {
   const n = u64ToNumber(v);

@@ -3,7 +3,7 @@
 // extension (MIG_DATA_SIZE, MIG_PRECOPY_INFO).  GET, SET and PROBE follow the
 // kernel's rules; errnos follow libvfio-user.
 import { Errno, Feature, FeatureFlag, MigState } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { VfuError, einval } from '../../protocol/errors.js';
 import {
   FeatureStruct,
   LoggingControlStruct,
@@ -23,10 +23,6 @@ import { quiesced } from './dma.js';
 
 const { GET, SET, PROBE } = FeatureFlag;
 const HDR = FeatureStruct.size;
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
-}
 
 /** Operations a feature supports for this device and client (0: none). */
 function supported(s: Session, feature: number): number {
@@ -172,9 +168,4 @@ function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: 
       return;
   }
   throw einval(`feature ${feature} has no SET`);
-}
-
-/** Whether a device is in a state where MIG_DATA_READ makes sense. */
-export function isSaving(state: number): boolean {
-  return state === MigState.PRE_COPY || state === MigState.PRE_COPY_P2P || state === MigState.STOP_COPY;
 }

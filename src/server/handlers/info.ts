@@ -1,7 +1,7 @@
 // DEVICE_GET_INFO, DEVICE_GET_REGION_INFO (argsz retry, sparse-mmap and type
 // capabilities, the region's fd), DEVICE_GET_IRQ_INFO, DEVICE_GET_REGION_IO_FDS.
 import { DeviceFlag, Errno, PCI_NUM_IRQS, PciRegion, RegionCapId, RegionFlag } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { VfuError, einval } from '../../protocol/errors.js';
 import { DeviceInfoStruct, IrqInfoStruct } from '../../protocol/messages/device.js';
 import {
   IoFdsStruct,
@@ -13,10 +13,6 @@ import {
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
-}
 
 export function deviceGetInfo(s: Session, f: Frame, via: Endpoint): void {
   if (f.payload.length < DeviceInfoStruct.size) throw einval('short DEVICE_GET_INFO');

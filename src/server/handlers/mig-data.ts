@@ -2,8 +2,8 @@
 // size up to max_data_xfer_size works (libvfio-user's framing breaks at
 // 64 KiB writes); data goes out, and comes in, without extra copies.
 import type { MigrationController } from '../../migration/controller.js';
-import { Errno, HEADER_SIZE } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { HEADER_SIZE } from '../../protocol/constants.js';
+import { einval } from '../../protocol/errors.js';
 import { MigDataStruct } from '../../protocol/messages/migration.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
@@ -18,10 +18,6 @@ let zeroBuf = Buffer.alloc(0);
 function zeros(n: number): Buffer {
   if (zeroBuf.length < n) zeroBuf = Buffer.alloc(n);
   return zeroBuf.subarray(0, n);
-}
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
 }
 
 export function migDataRead(s: Session, f: Frame, via: Endpoint): void | Promise<void> {

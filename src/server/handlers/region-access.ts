@@ -1,8 +1,8 @@
 // REGION_READ, REGION_WRITE and REGION_WRITE_MULTI: bounds and overflow
 // checks (libvfio-user's errnos), then the config space model, the region's
 // callbacks or its memory.
-import { Errno, HEADER_SIZE, MIGR_REGION_V1_INDEX, MigState, PciRegion } from '../../protocol/constants.js';
-import { VfuError } from '../../protocol/errors.js';
+import { HEADER_SIZE, MIGR_REGION_V1_INDEX, MigState, PciRegion } from '../../protocol/constants.js';
+import { einval } from '../../protocol/errors.js';
 import { RegionAccessStruct, WriteMultiEntryStruct, WriteMultiHeadStruct } from '../../protocol/messages/region.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
@@ -10,10 +10,6 @@ import type { Session } from '../session.js';
 
 const ACCESS = RegionAccessStruct.size;
 const REPLY_AT = HEADER_SIZE + ACCESS;
-
-function einval(why: string): VfuError {
-  return new VfuError(Errno.EINVAL, why);
-}
 
 /**
  * Validates an access.  Offsets are u64 on the wire; as a number one past
