@@ -20,7 +20,6 @@ import {
   Errno,
   Feature,
   FeatureFlag,
-  HEADER_SIZE,
   IrqSetFlag,
   MigState,
   RegionCapId,
@@ -59,7 +58,7 @@ import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
 import { NativeEndpoint } from '../transport/native-endpoint.js';
 import { closeFd, connect, type TransportKind } from '../transport/socket.js';
-import { GuestMemory, type GuestRange } from './guest-memory.js';
+import { GuestMemory } from './guest-memory.js';
 
 export interface ClientOptions {
   transport?: TransportKind;
@@ -823,4 +822,3 @@ export class VfioUserClient extends EventEmitter {
   }
 }
 
-export { HEADER_SIZE, type GuestRange };

@@ -18,7 +18,7 @@
 // the step.  The destination is a MigrationTarget, so the same driver works
 // in one process (LocalTarget) and across hosts (tcp-stream.ts).
 import { PAGE_SIZE } from '../native/index.js';
-import { Errno, MigState, MigrationFlag, migStateNames } from '../protocol/constants.js';
+import { Errno, MigState, MigrationFlag } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
 
@@ -180,12 +180,23 @@ export class LocalTarget implements MigrationTarget {
  * guest memory (source.memory) is copied too, as a VMM would.
  */
 export async function migrate(source: VfioUserClient, target: MigrationTarget, opts: MigrateOptions = {}): Promise<MigrationReport> {
-  const t0 = performance.now();
-  const pageSize = opts.pageSize ?? 4096;
-  const chunk = opts.chunkSize ?? Math.min(source.serverCaps.maxDataXferSize, source.opts.maxDataXferSize ?? 1 << 20, 1 << 20);
-  const maxRounds = opts.maxRounds ?? 8;
-  const converge = opts.convergeBytes ?? 256 * 1024;
-  const report: MigrationReport = {
+  const m = new Migration(source, target, opts);
+  try {
+    await m.setup();
+    if (m.report.preCopy) await m.preCopy();
+    await m.stopCopy();
+    await m.resume();
+  } catch (e) {
+    await m.rollback(e);
+    throw new MigrationError(m.step, e);
+  }
+  await m.release();
+  return m.log.finish();
+}
+
+/** The report as it is built: phases timed and counted as they end. */
+class ReportLog {
+  readonly report: MigrationReport = {
     phases: [],
     rounds: [],
     downtimeMs: 0,
@@ -195,211 +206,290 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     preCopy: false,
     converged: false,
   };
-  let phase: Phase = 'setup';
-  let phaseStart = performance.now();
-  let phaseDev = 0;
-  let phaseGuest = 0;
-  let phaseMsgs = source.conn.stats.sent;
-  const endPhase = (next: Phase): void => {
-    report.phases.push({
-      phase,
-      ms: performance.now() - phaseStart,
-      deviceBytes: phaseDev,
-      guestBytes: phaseGuest,
-      messages: source.conn.stats.sent - phaseMsgs,
+  phase: Phase = 'setup';
+  round = 0;
+  private readonly t0 = performance.now();
+  private phaseStart = this.t0;
+  private phaseDev = 0;
+  private phaseGuest = 0;
+  private phaseMsgs: number;
+
+  constructor(
+    private readonly source: VfioUserClient,
+    private readonly onProgress?: (e: ProgressEvent) => void,
+  ) {
+    this.phaseMsgs = source.conn.stats.sent;
+  }
+
+  /** Device bytes moved in the current phase. */
+  get phaseDeviceBytes(): number {
+    return this.phaseDev;
+  }
+
+  /** Ends the current phase and starts `next`. */
+  enter(next: Phase): void {
+    this.report.phases.push({
+      phase: this.phase,
+      ms: performance.now() - this.phaseStart,
+      deviceBytes: this.phaseDev,
+      guestBytes: this.phaseGuest,
+      messages: this.source.conn.stats.sent - this.phaseMsgs,
     });
-    phase = next;
-    phaseStart = performance.now();
-    phaseDev = phaseGuest = 0;
-    phaseMsgs = source.conn.stats.sent;
-  };
-  let round = 0;
-  const progress = (extra: Partial<ProgressEvent> = {}): void =>
-    opts.onProgress?.({ phase, round, deviceBytes: report.deviceBytes, guestBytes: report.guestBytes, ...extra });
+    this.phase = next;
+    this.phaseStart = performance.now();
+    this.phaseDev = this.phaseGuest = 0;
+    this.phaseMsgs = this.source.conn.stats.sent;
+  }
 
-  let step = 'checking the source';
-  let logging = false;
-  let began = false;
-  let paused = false;
-  let downtimeStart = 0;
+  device(n: number): void {
+    this.report.deviceBytes += n;
+    this.phaseDev += n;
+    this.progress();
+  }
 
+  guest(n: number): void {
+    this.report.guestBytes += n;
+    this.phaseGuest += n;
+  }
+
+  progress(extra: Partial<ProgressEvent> = {}): void {
+    const r = this.report;
+    this.onProgress?.({ phase: this.phase, round: this.round, deviceBytes: r.deviceBytes, guestBytes: r.guestBytes, ...extra });
+  }
+
+  /** Ends the last phase; the report is complete. */
+  finish(): MigrationReport {
+    this.enter('cleanup');
+    this.report.totalMs = performance.now() - this.t0;
+    return this.report;
+  }
+}
+
+/** One migration's state, and its steps in the order migrate() runs them. */
+class Migration {
+  readonly log: ReportLog;
+  readonly report: MigrationReport;
+  /** What is being done, for the error when it fails. */
+  step = 'checking the source';
+  private readonly pageSize: number;
+  private readonly chunk: number;
+  private logging = false;
+  private began = false;
+  private paused = false;
+  private downtimeStart = 0;
   // One buffer for every chunk of device data: each is handed on (and the
   // hand-over awaited) before the next read, and a fresh 1 MiB buffer per
   // chunk cost more in page faults than the copy itself.
-  const chunkBuf = Buffer.allocUnsafeSlow(chunk);
-  const sendDevice = async (untilEnd: boolean): Promise<number> => {
-    let sent = 0;
-    const forward = untilEnd || !opts.discardPrecopyDeviceData;
-    for (;;) {
-      const data = await source.migDataRead(chunk, chunkBuf);
-      if (data.length > 0) {
-        if (forward) await target.deviceData(data);
-        sent += data.length;
-        report.deviceBytes += data.length;
-        phaseDev += data.length;
-        progress();
-      }
-      if (data.length < chunk) return sent; // PRE_COPY: nothing more now; STOP_COPY: end
-      if (!untilEnd && sent > 64 * chunk) return sent; // keep rounds short
-    }
-  };
+  private readonly chunkBuf: Buffer;
 
-  const sendPages = async (iova: number, pages: number[], base: number): Promise<number> => {
-    let bytes = 0;
-    // coalesce runs of adjacent pages into one transfer
-    for (let i = 0; i < pages.length; ) {
-      let j = i;
-      while (j + 1 < pages.length && pages[j + 1] === pages[j]! + 1) j++;
-      const start = iova + pages[i]! * pageSize;
-      const end = Math.min(base, iova + (pages[j]! + 1) * pageSize);
-      const data = source.memory.view(start, end - start);
-      await target.guestPages(start, data);
-      bytes += data.length;
-      i = j + 1;
-    }
-    report.guestBytes += bytes;
-    phaseGuest += bytes;
-    return bytes;
-  };
+  constructor(
+    private readonly source: VfioUserClient,
+    private readonly target: MigrationTarget,
+    private readonly opts: MigrateOptions,
+  ) {
+    this.log = new ReportLog(source, opts.onProgress);
+    this.report = this.log.report;
+    this.pageSize = opts.pageSize ?? 4096;
+    this.chunk = opts.chunkSize ?? Math.min(source.serverCaps.maxDataXferSize, source.opts.maxDataXferSize ?? 1 << 20, 1 << 20);
+    this.chunkBuf = Buffer.allocUnsafeSlow(this.chunk);
+  }
 
-  /** Collects and sends every dirty page; returns [pages, bytes]. */
-  const sendDirty = async (full: boolean): Promise<[number, number]> => {
-    let pages = 0;
-    let bytes = 0;
-    for (const m of source.dmaMappings) {
-      const r = source.memory.within(m.iova, m.size);
-      if (!r) continue;
-      const n = Math.ceil(m.size / pageSize);
-      const dirty = new Uint8Array(n);
-      // device DMA (its log) and the guest's own / message writes (ours)
-      if (logging) {
-        const bm = await source.dirtyReport(m.iova, m.size, pageSize);
-        for (let p = 0; p < n; p++) if (bm[p >> 3]! & (1 << (p & 7))) dirty[p] = 1;
-      }
-      const scale = pageSize / PAGE_SIZE;
-      for (const p of source.memory.takeDirty(r)) {
-        const abs = r.iova + p * PAGE_SIZE;
-        if (abs >= m.iova && abs < m.iova + m.size) dirty[Math.floor((abs - m.iova) / PAGE_SIZE / scale)] = 1;
-      }
-      const list: number[] = [];
-      for (let p = 0; p < n; p++) if (full || dirty[p]) list.push(p);
-      pages += list.length;
-      bytes += await sendPages(m.iova, list, m.iova + m.size);
-    }
-    return [pages, bytes];
-  };
-
-  const stateOf = async (): Promise<number> => source.migrationState();
-
-  try {
+  /** Dirty logging on the source; the destination maps memory and enters RESUMING. */
+  async setup(): Promise<void> {
+    const { source } = this;
     const flags = await source.migrationFlags();
     if (!(flags & MigrationFlag.STOP_COPY)) throw new VfuError(Errno.ENOTSUP, 'the source device is not migratable');
-    const preCopy = !opts.noPreCopy && (flags & MigrationFlag.PRE_COPY) !== 0;
-    report.preCopy = preCopy;
+    this.report.preCopy = !this.opts.noPreCopy && (flags & MigrationFlag.PRE_COPY) !== 0;
     if (source.dmaMappings.length > 0) {
-      step = 'starting dirty logging on the source';
-      await source.startDirtyLogging(pageSize);
-      logging = true;
+      this.step = 'starting dirty logging on the source';
+      await source.startDirtyLogging(this.pageSize);
+      this.logging = true;
     }
-    step = 'preparing the destination';
+    this.step = 'preparing the destination';
     const layout: GuestLayout = {
       ranges: source.dmaMappings.map((m) => ({ iova: m.iova, size: m.size })),
       irqs: source.interruptConfig,
     };
-    began = true;
-    await target.begin(layout);
-    progress();
+    this.began = true;
+    await this.target.begin(layout);
+    this.log.progress();
+  }
 
-    if (preCopy) {
-      endPhase('pre-copy');
-      step = 'entering PRE_COPY';
-      await source.setMigrationState(MigState.PRE_COPY);
-      for (round = 0; ; round++) {
-        const rs = performance.now();
-        step = `pre-copy round ${round}`;
-        const [dirtyPages, guestBytes] = await sendDirty(round === 0);
-        const deviceBytes = await sendDevice(false);
-        let remaining = dirtyPages * pageSize;
-        const stopCopy = await source.stopCopySize().catch(() => null);
-        if (stopCopy !== null) remaining += stopCopy;
-        else {
-          const info = await source.precopyInfo().catch(() => null);
-          if (info) remaining += info.initialBytes + info.dirtyBytes;
-        }
-        report.rounds.push({ round, dirtyPages, guestBytes, deviceBytes, ms: performance.now() - rs, remainingEstimate: remaining });
-        progress({ round, remainingEstimate: remaining });
-        if (round > 0 && remaining <= converge) {
-          report.converged = true;
-          break;
-        }
-        if (round >= maxRounds) break;
-        if (opts.roundDelayMs) await new Promise((r) => setTimeout(r, opts.roundDelayMs));
+  /** PRE_COPY, then rounds until what is left is small or the rounds run out. */
+  async preCopy(): Promise<void> {
+    const maxRounds = this.opts.maxRounds ?? 8;
+    this.log.enter('pre-copy');
+    this.step = 'entering PRE_COPY';
+    await this.source.setMigrationState(MigState.PRE_COPY);
+    for (let round = 0; ; round++) {
+      this.log.round = round;
+      const remaining = await this.preCopyRound(round);
+      if (round > 0 && remaining <= (this.opts.convergeBytes ?? 256 * 1024)) {
+        this.report.converged = true;
+        return;
       }
+      if (round >= maxRounds) return;
+      if (this.opts.roundDelayMs) await new Promise((r) => setTimeout(r, this.opts.roundDelayMs));
     }
+  }
 
-    endPhase('stop-copy');
-    round = report.rounds.length;
-    step = 'pausing the guest';
+  /** One round: dirty pages (all of them in round 0), new device data; returns the estimate of what is left. */
+  private async preCopyRound(round: number): Promise<number> {
+    const rs = performance.now();
+    this.step = `pre-copy round ${round}`;
+    const [dirtyPages, guestBytes] = await this.sendDirty(round === 0);
+    const deviceBytes = await this.sendDevice(false);
+    let remaining = dirtyPages * this.pageSize;
+    const stopCopy = await this.source.stopCopySize().catch(() => null);
+    if (stopCopy !== null) remaining += stopCopy;
+    else {
+      const info = await this.source.precopyInfo().catch(() => null);
+      if (info) remaining += info.initialBytes + info.dirtyBytes;
+    }
+    this.report.rounds.push({ round, dirtyPages, guestBytes, deviceBytes, ms: performance.now() - rs, remainingEstimate: remaining });
+    this.log.progress({ round, remainingEstimate: remaining });
+    return remaining;
+  }
+
+  /** Guest paused, source STOP_COPY: the rest of the device state and the last dirty pages; source STOP. */
+  async stopCopy(): Promise<void> {
+    const { source, opts } = this;
+    this.log.enter('stop-copy');
+    this.log.round = this.report.rounds.length;
+    this.step = 'pausing the guest';
     if (opts.pauseGuest) await opts.pauseGuest();
-    paused = true;
-    downtimeStart = performance.now();
-    step = 'entering STOP_COPY';
+    this.paused = true;
+    this.downtimeStart = performance.now();
+    this.step = 'entering STOP_COPY';
     await source.setMigrationState(MigState.STOP_COPY);
-    step = 'stop-copy data';
-    await sendDevice(true);
-    step = 'final dirty pages';
-    const [finalPages, finalBytes] = await sendDirty(!preCopy);
-    report.rounds.push({ round: report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: phaseDev, ms: performance.now() - downtimeStart, remainingEstimate: 0 });
-    if (logging) {
+    this.step = 'stop-copy data';
+    await this.sendDevice(true);
+    this.step = 'final dirty pages';
+    const [finalPages, finalBytes] = await this.sendDirty(!this.report.preCopy);
+    const ms = performance.now() - this.downtimeStart;
+    this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: this.log.phaseDeviceBytes, ms, remainingEstimate: 0 });
+    if (this.logging) {
       await source.stopDirtyLogging();
-      logging = false;
+      this.logging = false;
     }
     // STOP ends the stream; a stopped device can be read for verification
-    step = 'stopping the source';
+    this.step = 'stopping the source';
     await source.setMigrationState(MigState.STOP);
+  }
+
+  /** Destination RESUMING -> STOP -> RUNNING; the guest resumes there. */
+  async resume(): Promise<void> {
+    const { opts } = this;
     // verification is not part of the downtime a real guest would see
     let verifyMs = 0;
     if (opts.sourceChecksum) {
       const v0 = performance.now();
-      report.sourceChecksum = await opts.sourceChecksum();
+      this.report.sourceChecksum = await opts.sourceChecksum();
       verifyMs = performance.now() - v0;
     }
-
-    endPhase('resume');
-    step = 'resuming the destination';
-    await target.finish();
-    report.downtimeMs = performance.now() - downtimeStart - verifyMs;
-    if (opts.sourceChecksum && target.checksum) report.destinationChecksum = await target.checksum();
+    this.log.enter('resume');
+    this.step = 'resuming the destination';
+    await this.target.finish();
+    this.report.downtimeMs = performance.now() - this.downtimeStart - verifyMs;
+    if (opts.sourceChecksum && this.target.checksum) this.report.destinationChecksum = await this.target.checksum();
     if (opts.resumeGuest) await opts.resumeGuest('destination');
-  } catch (e) {
-    await rollback(e);
-    throw new MigrationError(step, e);
   }
 
-  endPhase('cleanup');
-  try {
-    // Release the source: DMA_UNMAP is refused while stopped, so the mappings
-    // go when the connection does (the server drops them with the client).
-    if ((await stateOf()) !== MigState.STOP) await source.setMigrationState(MigState.STOP);
-  } catch {
-    // the device now runs on the destination; the source is released anyway
-  }
-  endPhase('cleanup');
-  report.totalMs = performance.now() - t0;
-  return report;
-
-  async function rollback(cause: unknown): Promise<void> {
+  /**
+   * Releases the source: DMA_UNMAP is refused while stopped, so the mappings
+   * go when the connection does (the server drops them with the client).
+   */
+  async release(): Promise<void> {
+    this.log.enter('cleanup');
     try {
-      if (logging) await source.stopDirtyLogging().catch(() => {});
+      if ((await this.source.migrationState()) !== MigState.STOP) await this.source.setMigrationState(MigState.STOP);
+    } catch {
+      // the device now runs on the destination; the source is released anyway
+    }
+  }
+
+  /** After a failure: the source runs again, the destination is reset, the guest resumes at the source. */
+  async rollback(cause: unknown): Promise<void> {
+    const { source, opts } = this;
+    try {
+      if (this.logging) await source.stopDirtyLogging().catch(() => {});
       if (!source.closed) {
-        const s = await stateOf().catch(() => -1);
+        const s = await source.migrationState().catch(() => -1);
         if (s !== MigState.RUNNING && s !== -1) await source.setMigrationState(MigState.RUNNING);
       }
     } catch {
       // report the original failure
     }
-    if (began) await target.abort(cause as Error).catch(() => {});
-    if (paused && opts.resumeGuest) await Promise.resolve(opts.resumeGuest('source')).catch(() => {});
+    if (this.began) await this.target.abort(cause as Error).catch(() => {});
+    if (this.paused && opts.resumeGuest) await Promise.resolve(opts.resumeGuest('source')).catch(() => {});
+  }
+
+  /** Device data until the device has none for now (pre-copy, bounded) or none at all (stop-copy). */
+  private async sendDevice(untilEnd: boolean): Promise<number> {
+    const { chunk } = this;
+    let sent = 0;
+    const forward = untilEnd || !this.opts.discardPrecopyDeviceData;
+    for (;;) {
+      const data = await this.source.migDataRead(chunk, this.chunkBuf);
+      if (data.length > 0) {
+        if (forward) await this.target.deviceData(data);
+        sent += data.length;
+        this.log.device(data.length);
+      }
+      if (data.length < chunk) return sent; // PRE_COPY: nothing more now; STOP_COPY: end
+      if (!untilEnd && sent > 64 * chunk) return sent; // keep rounds short
+    }
+  }
+
+  /** Collects and sends every dirty page (every page when `full`); returns [pages, bytes]. */
+  private async sendDirty(full: boolean): Promise<[number, number]> {
+    let pages = 0;
+    let bytes = 0;
+    for (const m of this.source.dmaMappings) {
+      const list = await this.dirtyPages(m.iova, m.size, full);
+      if (list === null) continue;
+      pages += list.length;
+      bytes += await this.sendPages(m.iova, list, m.iova + m.size);
+    }
+    return [pages, bytes];
+  }
+
+  /** The dirty pages of one mapping (device DMA per its log, guest CPU and message writes per ours). */
+  private async dirtyPages(iova: number, size: number, full: boolean): Promise<number[] | null> {
+    const { source, pageSize } = this;
+    const r = source.memory.within(iova, size);
+    if (!r) return null;
+    const n = Math.ceil(size / pageSize);
+    const dirty = new Uint8Array(n);
+    if (this.logging) {
+      const bm = await source.dirtyReport(iova, size, pageSize);
+      for (let p = 0; p < n; p++) if (bm[p >> 3]! & (1 << (p & 7))) dirty[p] = 1;
+    }
+    const scale = pageSize / PAGE_SIZE;
+    for (const p of source.memory.takeDirty(r)) {
+      const abs = r.iova + p * PAGE_SIZE;
+      if (abs >= iova && abs < iova + size) dirty[Math.floor((abs - iova) / PAGE_SIZE / scale)] = 1;
+    }
+    const list: number[] = [];
+    for (let p = 0; p < n; p++) if (full || dirty[p]) list.push(p);
+    return list;
+  }
+
+  /** Sends pages (numbers within the mapping at `iova`), runs of adjacent pages as one transfer. */
+  private async sendPages(iova: number, pages: number[], limit: number): Promise<number> {
+    let bytes = 0;
+    for (let i = 0; i < pages.length; ) {
+      let j = i;
+      while (j + 1 < pages.length && pages[j + 1] === pages[j]! + 1) j++;
+      const start = iova + pages[i]! * this.pageSize;
+      const end = Math.min(limit, iova + (pages[j]! + 1) * this.pageSize);
+      const data = this.source.memory.view(start, end - start);
+      await this.target.guestPages(start, data);
+      bytes += data.length;
+      i = j + 1;
+    }
+    this.log.guest(bytes);
+    return bytes;
   }
 }
 
@@ -429,4 +519,3 @@ export function formatReport(r: MigrationReport): string {
   return lines.join('\n');
 }
 
-export { migStateNames };

@@ -41,232 +41,257 @@ export interface SampleOptions {
   bar1Size?: number;
 }
 
+/** A sample device (see the top of this file), ready to serve. */
 export function createSample(opts: SampleOptions = {}): SampleDevice {
   const bar1Size = opts.bar1Size ?? BAR1_SIZE;
   if (!Number.isInteger(bar1Size) || bar1Size < 0x3000 || bar1Size % 0x1000 !== 0) {
     throw new VfuError(Errno.EINVAL, `sample: BAR1 size ${bar1Size} is not whole pages, at least three`);
   }
-  /** The stop-copy image: BAR1 then BAR0. */
-  const IMAGE = bar1Size + 8;
-  const device = new VfioUserDevice({
+  const s = new Sample(bar1Size);
+  s.addRegions();
+  s.setupDmaSlots();
+  s.setupMigration(opts);
+  s.device.on('close', () => s.disarm());
+  return s;
+}
+
+/** The device's state and behaviour; createSample wires it to a VfioUserDevice. */
+class Sample implements SampleDevice {
+  readonly device = new VfioUserDevice({
     name: 'sample',
     pci: { vendorId: 0xdead, deviceId: 0xbeef, subsystemVendorId: 0xcafe, subsystemId: 0xbabe },
   });
-  let bar0 = 0n;
-  let timer: NodeJS.Timeout | null = null;
-  let migState: MigStateId = MigState.RUNNING;
-  let transferred = 0;
-  // Destination: the last IMAGE bytes received, as a ring, and how many came.
-  let incoming = Buffer.alloc(0);
-  let received = 0;
-  const slots: (DmaMappingInfo | null)[] = new Array(96).fill(null);
-  const st: SampleDevice = {
-    device,
-    bar1: Buffer.alloc(0),
-    get bar0() {
-      return bar0;
-    },
-    dmaChecks: { ok: 0, failed: 0 },
-    interrupts: 0,
-  };
+  bar1: Buffer = Buffer.alloc(0);
+  dmaChecks = { ok: 0, failed: 0 };
+  interrupts = 0;
+  private bar0Time = 0n;
+  private timer: NodeJS.Timeout | null = null;
+  private migState: MigStateId = MigState.RUNNING;
+  /** Source: stream bytes read so far in this state. */
+  private transferred = 0;
+  /** Destination: the last `image` bytes received, as a ring, and how many came. */
+  private incoming: Buffer = Buffer.alloc(0);
+  private received = 0;
+  private readonly slots: (DmaMappingInfo | null)[] = new Array(96).fill(null);
+  /** The stop-copy image: BAR1 then BAR0. */
+  private readonly image: number;
 
-  const nowSec = (): bigint => BigInt(Math.floor(Date.now() / 1000));
-  const disarm = (): void => {
-    if (timer) clearTimeout(timer);
-    timer = null;
-  };
+  constructor(private readonly bar1Size: number) {
+    this.image = bar1Size + 8;
+  }
+
+  get bar0(): bigint {
+    return this.bar0Time;
+  }
+
+  // ------------------------------------------------------------- regions
+
+  addRegions(): void {
+    this.device.addRegion(PciRegion.BAR0, {
+      size: 8,
+      kind: 'io',
+      access: {
+        read: (offset, out) => {
+          if (offset !== 0 || out.length !== 8) throw new VfuError(Errno.EINVAL, 'bad BAR0 access');
+          out.writeBigInt64LE(nowSec() - this.bar0Time);
+        },
+        write: (offset, data) => {
+          if (offset !== 0 || data.length !== 8) throw new VfuError(Errno.EINVAL, 'bad BAR0 access');
+          const t = data.readBigInt64LE(0);
+          if (this.migState === MigState.RUNNING) this.arm(t);
+          this.bar0Time = t;
+        },
+      },
+    });
+    const bar1 = this.device.addRegion(PciRegion.BAR1, {
+      size: this.bar1Size,
+      memory: true,
+      sparse: [
+        { offset: 0, size: 0x1000 },
+        { offset: 0x2000, size: 0x1000 },
+      ],
+      access: {
+        read: (offset, out) => void this.bar1.copy(out, 0, offset, offset + out.length),
+        write: (offset, data) => void data.copy(this.bar1, offset),
+      },
+    });
+    this.bar1 = bar1.memory!;
+    this.device.setIrqCount(IrqIndex.INTX, 1);
+  }
+
+  // ------------------------------------------------------- timer and DMA
+
+  disarm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
   // Like setitimer(t - now): whole seconds, and nothing when not in the future.
   // setTimeout cannot wait beyond 2^31-1 ms (it fires at once instead): a
   // time further away is reached in steps.
-  const arm = (t: bigint): void => {
-    disarm();
+  private arm(t: bigint): void {
+    this.disarm();
     const delay = t - nowSec();
     if (delay <= 0n) return;
     const ms = Number(delay) * 1000;
     if (ms > MAX_TIMEOUT_MS) {
-      timer = setTimeout(() => arm(t), MAX_TIMEOUT_MS);
+      this.timer = setTimeout(() => this.arm(t), MAX_TIMEOUT_MS);
       return;
     }
-    timer = setTimeout(() => {
-      timer = null;
-      void fire();
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.fire();
     }, ms);
-  };
+  }
 
-  const fire = async (): Promise<void> => {
-    // If the client has not given us its eventfd yet (a fresh migration
-    // destination), deliver as soon as it does rather than losing it.
-    if (!device.irqs.trigger(IrqIndex.INTX, 0)) {
-      await new Promise<void>((resolve) => {
-        const prev = device.irqs.onEventfdAttached;
-        device.irqs.onEventfdAttached = (i, v) => {
-          prev?.(i, v);
-          if (i === IrqIndex.INTX) {
-            device.irqs.onEventfdAttached = prev;
-            resolve();
-          }
-        };
-      });
-      device.irqs.trigger(IrqIndex.INTX, 0);
-    }
-    st.interrupts++;
-    device.log('debug', 'timer interrupt raised; doing DMA');
+  private async fire(): Promise<void> {
+    await this.raiseIntx();
+    this.interrupts++;
+    this.device.log('debug', 'timer interrupt raised; doing DMA');
     try {
-      await dmaIo(1, false);
-      await dmaIo(0, true);
+      await this.dmaIo(1, false);
+      await this.dmaIo(0, true);
     } catch (e) {
-      st.dmaChecks.failed++;
-      device.log('error', `sample DMA failed: ${(e as Error).message}`);
+      this.dmaChecks.failed++;
+      this.device.log('error', `sample DMA failed: ${(e as Error).message}`);
     }
-  };
+  }
+
+  // If the client has not given us its eventfd yet (a fresh migration
+  // destination), deliver as soon as it does rather than losing it.
+  private async raiseIntx(): Promise<void> {
+    const irqs = this.device.irqs;
+    if (irqs.trigger(IrqIndex.INTX, 0)) return;
+    await new Promise<void>((resolve) => {
+      const prev = irqs.onEventfdAttached;
+      irqs.onEventfdAttached = (i, v) => {
+        prev?.(i, v);
+        if (i === IrqIndex.INTX) {
+          irqs.onEventfdAttached = prev;
+          resolve();
+        }
+      };
+    });
+    irqs.trigger(IrqIndex.INTX, 0);
+  }
+
+  setupDmaSlots(): void {
+    const slots = this.slots;
+    this.device.setupDma({
+      onMap: (m) => {
+        const i = slots.indexOf(null);
+        if (i >= 0) slots[i] = m;
+      },
+      onUnmap: (m) => {
+        const i = slots.findIndex((x) => x !== null && x.iova === m.iova && x.size === m.size);
+        if (i >= 0) slots[i] = null;
+      },
+    });
+    this.device.onReset(() => {});
+  }
 
   // Writes 4 KiB in 1 KiB chunks, reads it back in 2 KiB chunks, compares.
-  const dmaIo = async (slot: number, messages: boolean): Promise<void> => {
-    const m = slots[slot];
+  private async dmaIo(slot: number, messages: boolean): Promise<void> {
+    const m = this.slots[slot];
+    const dma = this.device.dma;
     if (!m) {
-      device.log('debug', `no DMA region in slot ${slot}`);
+      this.device.log('debug', `no DMA region in slot ${slot}`);
       return;
     }
-    device.log('debug', `DMA ${messages ? 'by messages' : 'direct'} at 0x${m.iova.toString(16)}`);
+    this.device.log('debug', `DMA ${messages ? 'by messages' : 'direct'} at 0x${m.iova.toString(16)}`);
     const buf = Buffer.alloc(CHUNK * CHUNKS);
     for (let i = 0; i < CHUNKS; i++) {
       const chunk = buf.subarray(i * CHUNK, (i + 1) * CHUNK).fill(0x41 + i);
-      if (messages) await device.dma.write(m.iova + i * CHUNK, chunk, { messages: true });
-      else device.dma.writeSync(m.iova + i * CHUNK, chunk);
+      if (messages) await dma.write(m.iova + i * CHUNK, chunk, { messages: true });
+      else dma.writeSync(m.iova + i * CHUNK, chunk);
     }
-    const crc1 = crc32(buf);
     const back = Buffer.alloc(buf.length);
     for (let i = 0; i < CHUNKS; i += 2) {
       const part = back.subarray(i * CHUNK, (i + 2) * CHUNK);
-      if (messages) await device.dma.read(m.iova + i * CHUNK, part, { messages: true });
-      else device.dma.readSync(m.iova + i * CHUNK, part);
+      if (messages) await dma.read(m.iova + i * CHUNK, part, { messages: true });
+      else dma.readSync(m.iova + i * CHUNK, part);
     }
-    if (crc32(back) === crc1) st.dmaChecks.ok++;
+    if (crc32(back) === crc32(buf)) this.dmaChecks.ok++;
     else {
-      st.dmaChecks.failed++;
-      device.log('error', `DMA write and read mismatch in slot ${slot}`);
+      this.dmaChecks.failed++;
+      this.device.log('error', `DMA write and read mismatch in slot ${slot}`);
     }
-  };
+  }
 
-  device.addRegion(PciRegion.BAR0, {
-    size: 8,
-    kind: 'io',
-    access: {
-      read(offset, out) {
-        if (offset !== 0 || out.length !== 8) throw Object.assign(new Error('bad BAR0 access'), { errno: 22 });
-        out.writeBigInt64LE(nowSec() - bar0);
-      },
-      write(offset, data) {
-        if (offset !== 0 || data.length !== 8) throw Object.assign(new Error('bad BAR0 access'), { errno: 22 });
-        const t = data.readBigInt64LE(0);
-        if (migState === MigState.RUNNING) arm(t);
-        bar0 = t;
-      },
-    },
-  });
-  const bar1 = device.addRegion(PciRegion.BAR1, {
-    size: bar1Size,
-    memory: true,
-    sparse: [
-      { offset: 0, size: 0x1000 },
-      { offset: 0x2000, size: 0x1000 },
-    ],
-    access: {
-      read(offset, out) {
-        st.bar1.copy(out, 0, offset, offset + out.length);
-      },
-      write(offset, data) {
-        data.copy(st.bar1, offset);
-      },
-    },
-  });
-  st.bar1 = bar1.memory!;
-  device.setIrqCount(IrqIndex.INTX, 1);
-  device.setupDma({
-    onMap: (m) => {
-      const i = slots.indexOf(null);
-      if (i >= 0) slots[i] = m;
-    },
-    onUnmap: (m) => {
-      const i = slots.findIndex((x) => x !== null && x.iova === m.iova && x.size === m.size);
-      if (i >= 0) slots[i] = null;
-    },
-  });
-  device.onReset(() => {});
+  // ----------------------------------------------------------- migration
 
-  const total = (): number => bar1Size + (migState === MigState.STOP_COPY ? 8 : 0);
-  const bar0Bytes = (): Buffer => {
-    const b = Buffer.alloc(8);
-    b.writeBigInt64LE(bar0);
-    return b;
-  };
-  device.setupMigration({
-    features: { preCopy: opts.preCopy ?? true },
-    ...(opts.v1 ? { v1: true } : {}),
-    transition(from, to) {
-      if (from === MigState.RESUMING) restore();
-      if (to === MigState.STOP_COPY) {
-        disarm();
-        transferred = 0;
-      } else if (to === MigState.PRE_COPY) {
-        transferred = 0;
-      } else if (to === MigState.RESUMING) {
-        incoming = Buffer.alloc(IMAGE);
-        received = 0;
-      } else if (to === MigState.RUNNING) {
-        arm(bar0);
-      }
-      migState = to;
-    },
-    readData(max) {
-      const end = Math.min(total(), transferred + max);
-      const out = Buffer.alloc(Math.max(0, end - transferred));
-      let o = 0;
-      for (let at = transferred; at < end; ) {
-        if (at < bar1Size) {
-          const n = Math.min(end, bar1Size) - at;
-          st.bar1.copy(out, o, at, at + n);
-          o += n;
-          at += n;
-        } else {
-          const n = end - at;
-          bar0Bytes().copy(out, o, at - bar1Size, at - bar1Size + n);
-          o += n;
-          at += n;
-        }
-      }
-      transferred = end;
-      return out;
-    },
-    writeData(data) {
-      // Keep only the newest IMAGE bytes: the pre-copy part before them is
-      // superseded by the stop-copy image, which always comes last.
-      let src = data;
-      if (src.length > IMAGE) src = src.subarray(src.length - IMAGE);
-      const at = (received + data.length - src.length) % IMAGE;
-      const first = Math.min(src.length, IMAGE - at);
-      src.copy(incoming, at, 0, first);
-      src.copy(incoming, 0, first);
-      received += data.length;
-    },
-    precopyInfo: () => ({ initialBytes: Math.max(0, bar1Size - transferred), dirtyBytes: 0 }),
-    stopCopySize: () => bar1Size + 8,
-  });
-  const restore = (): void => {
-    if (received === 0) return; // nothing sent: the device stays as it was
-    if (received < IMAGE) {
-      // Refuse, and drop what came: the client may send a whole image again,
-      // or leave RESUMING with the device as it was.
-      const n = received;
-      received = 0;
-      throw new VfuError(Errno.EINVAL, `incomplete device state: ${n} of at least ${IMAGE} bytes`);
+  setupMigration(opts: SampleOptions): void {
+    this.device.setupMigration({
+      features: { preCopy: opts.preCopy ?? true },
+      ...(opts.v1 ? { v1: true } : {}),
+      transition: (from, to) => this.transition(from, to),
+      readData: (max) => this.readData(max),
+      writeData: (data) => this.writeData(data),
+      precopyInfo: () => ({ initialBytes: Math.max(0, this.bar1Size - this.transferred), dirtyBytes: 0 }),
+      stopCopySize: () => this.image,
+    });
+  }
+
+  private transition(from: MigStateId, to: MigStateId): void {
+    if (from === MigState.RESUMING) this.restore();
+    if (to === MigState.STOP_COPY) {
+      this.disarm();
+      this.transferred = 0;
+    } else if (to === MigState.PRE_COPY) {
+      this.transferred = 0;
+    } else if (to === MigState.RESUMING) {
+      this.incoming = Buffer.alloc(this.image);
+      this.received = 0;
+    } else if (to === MigState.RUNNING) {
+      this.arm(this.bar0Time);
     }
-    const at = received % IMAGE;
-    const image = Buffer.concat([incoming.subarray(at), incoming.subarray(0, at)]);
-    image.copy(st.bar1, 0, 0, bar1Size);
-    bar0 = image.readBigInt64LE(bar1Size);
-    received = 0;
-  };
-  device.on('close', disarm);
-  return st;
+    this.migState = to;
+  }
+
+  /** The stream: BAR1 in PRE_COPY, BAR1 then BAR0 in STOP_COPY. */
+  private readData(max: number): Buffer {
+    const total = this.bar1Size + (this.migState === MigState.STOP_COPY ? 8 : 0);
+    const start = this.transferred;
+    const end = Math.min(total, start + max);
+    const out = Buffer.alloc(Math.max(0, end - start));
+    const fromBar1 = Math.max(0, Math.min(end, this.bar1Size) - start);
+    if (fromBar1 > 0) this.bar1.copy(out, 0, start, start + fromBar1);
+    if (end > this.bar1Size) {
+      const b0 = Buffer.alloc(8);
+      b0.writeBigInt64LE(this.bar0Time);
+      const at = Math.max(start, this.bar1Size);
+      b0.copy(out, at - start, at - this.bar1Size, end - this.bar1Size);
+    }
+    this.transferred = end;
+    return out;
+  }
+
+  // Keep only the newest `image` bytes: the pre-copy part before them is
+  // superseded by the stop-copy image, which always comes last.
+  private writeData(data: Buffer): void {
+    const size = this.image;
+    const src = data.length > size ? data.subarray(data.length - size) : data;
+    const at = (this.received + data.length - src.length) % size;
+    const first = Math.min(src.length, size - at);
+    src.copy(this.incoming, at, 0, first);
+    src.copy(this.incoming, 0, first);
+    this.received += data.length;
+  }
+
+  private restore(): void {
+    const n = this.received;
+    if (n === 0) return; // nothing sent: the device stays as it was
+    this.received = 0;
+    // Refuse, and drop what came: the client may send a whole image again,
+    // or leave RESUMING with the device as it was.
+    if (n < this.image) throw new VfuError(Errno.EINVAL, `incomplete device state: ${n} of at least ${this.image} bytes`);
+    const at = n % this.image;
+    const image = Buffer.concat([this.incoming.subarray(at), this.incoming.subarray(0, at)]);
+    image.copy(this.bar1, 0, 0, this.bar1Size);
+    this.bar0Time = image.readBigInt64LE(this.bar1Size);
+  }
+}
+
+function nowSec(): bigint {
+  return BigInt(Math.floor(Date.now() / 1000));
 }
