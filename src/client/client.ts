@@ -6,7 +6,7 @@
 // Everything the server sends is validated: a reply that does not match its
 // request, garbage, or a DMA request outside guest memory gets an error (the
 // latter an EFAULT reply), never a crash.  Requests time out (configurable)
-// and losing the server is reported as 'error' then 'close' events.
+// and losing the server is reported as a 'lost' event (see ClientEvents).
 import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { fstatSync } from 'node:fs';
@@ -132,11 +132,36 @@ function bad(cmd: number, why: string): VfuError {
   return new VfuError(Errno.EPROTO, `${commandName(cmd)} reply: ${why}`);
 }
 
+/** The events of a {@link VfioUserClient} and their listeners' arguments. */
+export interface ClientEvents {
+  /**
+   * An interrupt fired: its index (IrqIndex), vector, and how many times
+   * since the last event (eventfd counts coalesce).
+   */
+  interrupt: [index: number, vector: number, count: number];
+  /**
+   * The connection to the server ended without close() (server exited,
+   * socket broken, protocol violation): `err` says why, null for a plain
+   * end of stream.  Pending requests have failed; call reconnect() or close().
+   */
+  lost: [err: Error | null];
+  /**
+   * The same failure as 'lost' when there is an error, emitted only if
+   * someone listens (so an unhandled 'error' never throws).
+   */
+  error: [err: Error];
+  /** reconnect() re-established the connection, mappings and interrupts. */
+  reconnected: [];
+  /** close() was called: everything the client held is released. */
+  close: [];
+}
+
 /**
- * Events: 'interrupt' (index, vector, count), 'error' (Error: server lost or
- * misbehaving), 'close', 'reconnected'.
+ * The VMM's side of a vfio-user connection (see {@link VfioUserClient.connect}).
+ * Its events are listed in {@link ClientEvents}; call close() when done, or
+ * the process stays alive.
  */
-export class VfioUserClient extends EventEmitter {
+export class VfioUserClient extends EventEmitter<ClientEvents> {
   conn!: Connection;
   serverCaps!: Capabilities;
   serverVersion = { major: 0, minor: 0 };

@@ -22,7 +22,7 @@ export interface MigrationCallbacks {
    * VfuError) to fail it; the state then stays where the walk had got to.
    * Throw an error with `enterError: true` to move the device to ERROR.
    */
-  transition(from: MigStateId, to: MigStateId): void | Promise<void>;
+  transition(from: MigStateId, to: MigStateId): unknown;
   /**
    * The next bytes of the outgoing stream, at most `max`.  In PRE_COPY fewer
    * than `max` means "nothing more for now"; in STOP_COPY it means the end.
@@ -33,7 +33,7 @@ export interface MigrationCallbacks {
    */
   readData(max: number): Buffer | Promise<Buffer>;
   /** The next bytes of the incoming stream (valid until return/first await). */
-  writeData(data: Buffer): void | Promise<void>;
+  writeData(data: Buffer): unknown;
   /**
    * Optional, for zero-copy restores: where the next `size` bytes of the
    * incoming stream may be received directly (a view of the device's state

@@ -151,7 +151,8 @@ export interface ExtVendorOptions extends Placement {
   readonly?: boolean;
 }
 
-export type HookResult = void | Promise<void>;
+/** What a config space hook may return: anything; a rejected promise goes to onHookError. */
+export type HookResult = unknown;
 /**
  * What device code and the server hear about.  Hooks run synchronously
  * inside write(), after the whole write has been applied; a returned

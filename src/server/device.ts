@@ -3,6 +3,7 @@
 // socket.  Shaped after libvfio-user's vfu_* calls, in idiomatic TypeScript.
 import { EventEmitter } from 'node:events';
 import { MigrationController, type MigrationCallbacks } from '../migration/controller.js';
+import type { Capabilities } from '../protocol/capabilities.js';
 import { MigrationRegionV1 } from '../migration/v1-region.js';
 import { PciConfigSpace, type PciConfigOptions } from '../pci/config-space.js';
 import {
@@ -13,6 +14,7 @@ import {
   PciRegion,
   REGION_SUBTYPE_MIGRATION,
   REGION_TYPE_MIGRATION,
+  type MigStateId,
 } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import { DmaController, type DmaLimits, type DmaMappingInfo, type UnsealedPolicy, defaultDmaLimits } from './dma.js';
@@ -21,17 +23,59 @@ import { DirtyLogging } from './dirty-logging.js';
 import { IoEventFds, type IoEventFdSpec } from './ioeventfds.js';
 import { Region, type RegionSpec } from './regions.js';
 
+/**
+ * Why the reset hook runs:
+ * - `'client'`: the client sent DEVICE_RESET (a VMM resetting the device,
+ *   as on a guest reboot);
+ * - `'flr'`: the guest initiated a PCIe Function Level Reset through config
+ *   space (config space is back to its power-on values already);
+ * - `'lost-connection'`: the client went away (closed, crashed, or was a
+ *   short-lived tool such as `vfu lspci`, or the source side at the end of
+ *   `vfu migrate`).  Its DMA mappings and interrupt descriptors are gone, but
+ *   nothing says the device should forget its registers: a device that keeps
+ *   its state here survives an inspection and a reconnecting VMM.  Clear only
+ *   what belonged to the client (queues pointing into guest memory, say).
+ */
 export type ResetReason = 'client' | 'lost-connection' | 'flr';
+
+/** Severity of a device 'log' event. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * The events of a {@link VfioUserDevice} and their listeners' arguments
+ * (`device.on('reset', (reason) => ...)`).
+ */
+export interface DeviceEvents {
+  /** A client finished negotiating (VERSION); its capabilities. */
+  connected: [caps: Capabilities];
+  /**
+   * The client went away and the clean-up is over: mappings dropped, a
+   * migration in progress walked back to RUNNING, the reset hook run with
+   * 'lost-connection'.  The next client may connect.
+   */
+  disconnected: [];
+  /** A reset is starting (before the onReset hook runs). */
+  reset: [reason: ResetReason];
+  /** The migration state machine moved along one arc. */
+  migration: [from: MigStateId, to: MigStateId];
+  /** A diagnostic from the server or the device (nothing is printed unless you listen). */
+  log: [level: LogLevel, message: string];
+  /** The server released the device's resources (dispose()). */
+  close: [];
+}
 
 /** The device's identity in config space (the PCI model's options, minus the pin). */
 export type PciIdentity = Omit<PciConfigOptions, 'interruptPin'>;
 
+/** Options of a new {@link VfioUserDevice}. */
 export interface DeviceOptions {
+  /** Vendor, device, subsystem ids, class code, revision, PCIe or not. */
   pci: PciIdentity;
   /** Name used in logs. */
   name?: string;
 }
 
+/** DMA callbacks and limits of a device (see {@link VfioUserDevice.setupDma}). */
 export interface DmaOptions extends Partial<DmaLimits> {
   /** Throw to refuse a mapping (DMA_MAP fails with the error's errno). */
   onMap?: (m: DmaMappingInfo) => void;
@@ -41,16 +85,18 @@ export interface DmaOptions extends Partial<DmaLimits> {
   unsealedFds?: UnsealedPolicy;
 }
 
+/** What {@link VfioUserDevice.setupMigration} takes: the device's migration callbacks, and v1. */
 export interface MigrationSetup extends MigrationCallbacks {
   /** Also expose the legacy v1 migration region (index 9). */
   v1?: boolean | { windowSize?: number };
 }
 
 /**
- * Events: 'connected', 'disconnected', 'reset' (reason), 'migration'
- * (from, to), 'log' (level, message).
+ * A PCI device to serve over vfio-user: describe it (regions, interrupts,
+ * DMA, migration, reset and quiesce hooks), then hand it to
+ * {@link VfioUserServer.listen}.  Its events are listed in {@link DeviceEvents}.
  */
-export class VfioUserDevice extends EventEmitter {
+export class VfioUserDevice extends EventEmitter<DeviceEvents> {
   readonly name: string;
   readonly pci: PciConfigSpace;
   readonly dma: DmaController;
@@ -60,9 +106,9 @@ export class VfioUserDevice extends EventEmitter {
   migration: MigrationController | null = null;
   migrationV1: MigrationRegionV1 | null = null;
   private readonly regionList: (Region | undefined)[] = [];
-  private resetCb: ((reason: ResetReason) => void | Promise<void>) | null = null;
-  private quiesceCb: (() => void | Promise<void>) | null = null;
-  private resumeCb: (() => void) | null = null;
+  private resetCb: ((reason: ResetReason) => unknown) | null = null;
+  private quiesceCb: (() => unknown) | null = null;
+  private resumeCb: (() => unknown) | null = null;
   private realized = false;
   /** Set by the config space when a write initiates an FLR (see region writes). */
   flrRequested = false;
@@ -168,8 +214,14 @@ export class VfioUserDevice extends EventEmitter {
     return ctrl;
   }
 
-  /** Reset callback: DEVICE_RESET ('client'), client gone, or PCIe FLR. */
-  onReset(cb: (reason: ResetReason) => void | Promise<void>): void {
+  /**
+   * The reset hook: DEVICE_RESET from the client (`'client'`), a PCIe FLR
+   * (`'flr'`), or the client gone (`'lost-connection'`, which also runs
+   * when a tool like `vfu lspci` disconnects: keep the device's registers
+   * then, see {@link ResetReason}).  It may return a promise, which is
+   * awaited (with device DMA quiesced); its value is ignored.
+   */
+  onReset(cb: (reason: ResetReason) => unknown): void {
     this.resetCb = cb;
   }
 
@@ -177,7 +229,7 @@ export class VfioUserDevice extends EventEmitter {
    * Quiesce hook: before DMA map/unmap, reset and migration transitions the
    * server awaits it; the device must stop DMA until `resume` is called.
    */
-  onQuiesce(quiesce: () => void | Promise<void>, resume?: () => void): void {
+  onQuiesce(quiesce: () => unknown, resume?: () => unknown): void {
     this.quiesceCb = quiesce;
     this.resumeCb = resume ?? null;
   }
@@ -226,7 +278,8 @@ export class VfioUserDevice extends EventEmitter {
     this.emit('close');
   }
 
-  log(level: 'debug' | 'info' | 'warn' | 'error', message: string): void {
+  /** Emits a 'log' event (device code may log through it too). */
+  log(level: LogLevel, message: string): void {
     this.emit('log', level, message);
   }
 }

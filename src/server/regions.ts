@@ -6,22 +6,33 @@ import { PAGE_SIZE, native } from '../native/index.js';
 import { Errno, RegionFlag } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 
+/**
+ * Callbacks that serve a region's REGION_READ / REGION_WRITE.  Either may be
+ * `async` (the server then holds later commands until it settles); any
+ * other return value is ignored, so `(o, out) => regs.copy(out, 0, o)` is
+ * fine.  Throw a {@link VfuError} to reply with its errno.
+ */
 export interface RegionAccess {
   /** Fill `out` (exactly the bytes asked for) from `offset`. */
-  read?(offset: number, out: Buffer): void | Promise<void>;
+  read?(offset: number, out: Buffer): unknown;
   /**
    * Apply `data` at `offset`.  `data` is a view of the receive buffer: it is
    * valid until the callback returns or first awaits; copy what you keep.
    */
-  write?(offset: number, data: Buffer): void | Promise<void>;
+  write?(offset: number, data: Buffer): unknown;
 }
 
+/** A part of a memory-backed region the client may mmap. */
 export interface SparseArea {
+  /** Byte offset in the region (page-aligned). */
   offset: number;
+  /** Length in bytes. */
   size: number;
 }
 
+/** How {@link VfioUserDevice.addRegion} describes a region. */
 export interface RegionSpec {
+  /** Bytes (a BAR's size is rounded up to a power of two in config space). */
   size: number;
   /** Client may read / write (default both). */
   readable?: boolean;
@@ -41,6 +52,7 @@ export interface RegionSpec {
   access?: RegionAccess;
 }
 
+/** A region as the server holds it (see {@link VfioUserDevice.region}). */
 export class Region {
   readonly index: number;
   readonly size: number;

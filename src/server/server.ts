@@ -45,11 +45,25 @@ function sessionOptions(o: ServeOptions): SessionOptions {
   };
 }
 
+/** The events of a {@link VfioUserServer} and their listeners' arguments. */
+export interface ServerEvents {
+  /** A client connected (its session; negotiation follows). */
+  session: [session: Session];
+  /** The client went away and the device is cleaned up (see DeviceEvents.disconnected). */
+  disconnected: [];
+  /** A second client tried to connect while one is served; it got EBUSY. */
+  refused: [];
+  /** The server is closed and the device's resources released. */
+  close: [];
+}
+
 /**
- * Events: 'session' (Session), 'disconnected', 'refused' (a second client),
- * 'close'.
+ * Serves one {@link VfioUserDevice} on a UNIX socket (or an inherited
+ * connected descriptor), one client at a time.  It does not handle
+ * signals: a program that serves (like `vfu serve`) calls close() on
+ * SIGTERM.  Its events are listed in {@link ServerEvents}.
  */
-export class VfioUserServer extends EventEmitter {
+export class VfioUserServer extends EventEmitter<ServerEvents> {
   session: Session | null = null;
   /** Clients served so far. */
   connections = 0;

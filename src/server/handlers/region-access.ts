@@ -35,14 +35,19 @@ function check(s: Session, index: number, offset: number, count: number, write: 
   if (offset + count > size) throw einval(`access [${offset}, +${count}) outside region ${index} (${size} bytes)`);
 }
 
-function doRead(s: Session, index: number, offset: number, out: Buffer): void | Promise<void> {
+/** A device callback's result: a promise to wait for, or undefined (any other value is ignored). */
+function pending(r: unknown): Promise<unknown> | undefined {
+  return r instanceof Promise ? r : undefined;
+}
+
+function doRead(s: Session, index: number, offset: number, out: Buffer): Promise<unknown> | undefined {
   const dev = s.device;
   if (index === PciRegion.CONFIG) {
     dev.pci.read(offset, out.length, out, 0);
     return;
   }
   const r = dev.region(index)!;
-  if (r.access?.read) return r.access.read(offset, out);
+  if (r.access?.read) return pending(r.access.read(offset, out));
   if (r.memory) {
     r.memory.copy(out, 0, offset, offset + out.length);
     return;
@@ -50,7 +55,7 @@ function doRead(s: Session, index: number, offset: number, out: Buffer): void | 
   throw einval(`region ${index} has no read handler`);
 }
 
-export function doWrite(s: Session, index: number, offset: number, data: Buffer): void | Promise<void> {
+export function doWrite(s: Session, index: number, offset: number, data: Buffer): Promise<unknown> | undefined {
   const dev = s.device;
   if (index === PciRegion.CONFIG) {
     // A write may initiate an FLR: the config model calls its hook
@@ -61,7 +66,7 @@ export function doWrite(s: Session, index: number, offset: number, data: Buffer)
     return;
   }
   const r = dev.region(index)!;
-  if (r.access?.write) return r.access.write(offset, data);
+  if (r.access?.write) return pending(r.access.write(offset, data));
   if (r.memory) {
     data.copy(r.memory, offset);
     return;
