@@ -4,7 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect as tcpConnect } from 'node:net';
+import { type AddressInfo, connect as tcpConnect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -87,12 +87,14 @@ test('vfu migrate to tcp:// and vfu receive: the same across a network', async (
   serveChild('bigstate', a, '--state-mib', String(STATE_MIB), '--precopy-mib', '4');
   const dst = serveChild('bigstate', b, '--state-mib', String(STATE_MIB));
   await until(() => existsSync(a) && existsSync(b));
-  const port = 47000 + Math.floor(Math.random() * 1000);
-  const recv = spawn(process.execPath, [cli, 'receive', '--listen', `tcp://127.0.0.1:${port}`, '--to', b], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const recv = spawn(process.execPath, [cli, 'receive', '--listen', 'tcp://127.0.0.1:0', '--to', b], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(recv);
   let rout = '';
+  let rerr = '';
   recv.stdout.on('data', (d) => (rout += d));
-  await new Promise<void>((r) => recv.stderr.once('data', () => r()));
+  recv.stderr.on('data', (d) => (rerr += d));
+  await until(() => /listening on tcp:\/\/127\.0\.0\.1:\d+/.test(rerr));
+  const port = Number(/listening on tcp:\/\/127\.0\.0\.1:(\d+)/.exec(rerr)![1]);
   const m = await run(['migrate', '--from', a, '--to', `tcp://127.0.0.1:${port}`, '--guest-mib', '2', '-q']);
   assert.equal(m.code, 0, m.err);
   assert.match(m.out, /downtime/);
@@ -105,19 +107,16 @@ test('a damaged migration stream is refused: the destination is reset, the recei
   const s = createSample();
   const srv = await serve(s.device);
   let outcome: { ok: boolean; error?: Error } | null = null;
-  let dst: VfioUserClient | null = null;
-  const port = 48000 + Math.floor(Math.random() * 1000);
-  const server = await receiveMigrations('127.0.0.1', port, {
-    connectDestination: async () => (dst = await VfioUserClient.connect(srv.path)),
+  const server = await receiveMigrations('127.0.0.1', 0, {
+    connectDestination: () => VfioUserClient.connect(srv.path),
     onDone: (r) => (outcome = r),
   });
-  const sock = tcpConnect({ host: '127.0.0.1', port });
+  const sock = tcpConnect({ host: '127.0.0.1', port: (server.address() as AddressInfo).port });
   await new Promise<void>((r) => sock.once('connect', () => r()));
   const hello = Buffer.from(JSON.stringify({ version: 1, layout: { ranges: [], irqs: [] } }));
   sock.write(encodeChunkHeader(ChunkType.HELLO, hello));
   sock.write(hello);
-  await until(() => dst !== null);
-  await new Promise((r) => setTimeout(r, 50)); // HELLO applied (destination in RESUMING)
+  await until(() => s.device.migration!.state === MigState.RESUMING); // HELLO applied
   const data = Buffer.alloc(4096, 7);
   const h = encodeChunkHeader(ChunkType.DEVICE, data);
   h.writeUInt32LE(h.readUInt32LE(12) ^ 1, 12); // corrupt the CRC

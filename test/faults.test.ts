@@ -16,7 +16,7 @@ import { createSample, BAR1_SIZE } from '../src/devices/sample.js';
 import { native } from '../src/native/index.js';
 import { Errno, IrqIndex, MigState, PciRegion } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
-import { type Holdings, type Proc, backTo, cli, holdings, line, root, start, startServer, waitFor } from './helpers/procs.js';
+import { type Holdings, type Proc, backTo, cli, holdings, line, root, start, startServer } from './helpers/procs.js';
 import { fdCount, once, rejectsWith, serve, tempDir, until } from './helpers/server.js';
 
 const n = native!;
@@ -207,13 +207,13 @@ describe('process faults: SIGKILL and a cut migration stream', () => {
     const dstPath = join(t.dir, 'dst.sock');
     const src = await startServer(srcPath);
     const dst = await startServer(dstPath);
+    const srcRest = holdings(src.pid);
+    const dstRest = holdings(dst.pid);
     const c = await VfioUserClient.connect(srcPath);
     await c.regionWrite(PciRegion.BAR1, 0, pattern);
     c.close();
-    // at rest: no client (give the server a moment to notice this one left)
-    await new Promise((r) => setTimeout(r, 100));
-    const srcRest = holdings(src.pid);
-    const dstRest = holdings(dst.pid);
+    // at rest: the server has released this client's resources
+    await backTo(src.pid, srcRest);
     const stop = async (): Promise<void> => {
       for (const p of [src, dst]) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
       const codes = await Promise.all([src.exited, dst.exited]);
@@ -281,7 +281,7 @@ describe('process faults: SIGKILL and a cut migration stream', () => {
     const s = await servers();
     const receivePort = await freePort();
     const recv = start([cli, 'receive', '--listen', `tcp://127.0.0.1:${receivePort}`, '--to', s.dstPath, '--json']);
-    await waitFor(() => /listening/.test(recv.stderr()), 10_000, 'vfu receive');
+    await until(() => /listening/.test(recv.stderr()), 10_000, 'vfu receive');
     // a proxy that forwards the stream and cuts it 4 KiB into the first PAGES chunk
     let cutAt = -1;
     const proxy = createServer((a: Socket) => {

@@ -604,7 +604,12 @@ test('hooks: async rejections go to onHookError; write stays synchronous', async
   const p = device(true);
   p.addExpress({ flrCapable: true });
   const errors: [unknown, string][] = [];
-  p.onHookError = (e, ev) => void errors.push([e, ev]);
+  let reported!: () => void;
+  const whenReported = new Promise<void>((r) => (reported = r));
+  p.onHookError = (e, ev) => {
+    errors.push([e, ev]);
+    reported();
+  };
   let done = false;
   p.hooks.flr = async () => {
     await new Promise((r) => setTimeout(r, 1));
@@ -613,7 +618,7 @@ test('hooks: async rejections go to onHookError; write stays synchronous', async
   };
   p.write16(0x40 + Exp.DEVCTL, Exp.DEVCTL_BCR_FLR);
   assert.equal(done, false);
-  await new Promise((r) => setTimeout(r, 20));
+  await whenReported;
   assert.equal(done, true);
   assert.equal(errors.length, 1);
   assert.equal(errors[0]![1], 'flr');

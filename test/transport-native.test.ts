@@ -16,7 +16,8 @@ import type { Endpoint } from '../src/transport/endpoint.js';
 import type { Frame } from '../src/transport/framer.js';
 import { NativeEndpoint } from '../src/transport/native-endpoint.js';
 import { closeFd, connect, endpointPair, listen } from '../src/transport/socket.js';
-import { FrameQueue, O_CLOEXEC, delay, fdFlags, openFds, turns } from './helpers/endpoints.js';
+import { FrameQueue, O_CLOEXEC, fdFlags, openFds } from './helpers/endpoints.js';
+import { turns, until } from './helpers/wait.js';
 import { encodeMsg, pattern } from './helpers/frames.js';
 
 if (maybeNative === null) throw new Error('these tests need the native addon');
@@ -182,7 +183,9 @@ test('backpressure: 64 MiB with descriptors queued while the receiver is not rea
   }
   const whenDrained = sender.whenDrained().then(() => (drained = true));
   // Nothing reads: the socket buffer fills and the rest waits in the queue.
-  await delay(50);
+  // Once every ready poll event has run, the endpoint is still sending.
+  await turns(5);
+  assert.equal(sender.sending, true);
   assert.equal(drained, false, 'cannot be drained before the receiver reads');
   const receiver = new NativeEndpoint(rawReceiver, LIMITS);
   const qr = new FrameQueue(receiver);
@@ -224,7 +227,7 @@ test('stable payloads queue by reference: intact across partial writes, with des
   assert.equal(sender.sending, true, 'the socket cannot take 8 MiB at once');
   let drained = false;
   const whenDrained = sender.whenDrained().then(() => (drained = true));
-  await delay(20);
+  await turns(5); // every ready poll event has run: the socket is still full
   assert.equal(drained, false);
   const receiver = new NativeEndpoint(rawReceiver, LIMITS);
   const got = await new FrameQueue(receiver).count(2 * COUNT, 30_000);
@@ -274,8 +277,7 @@ test('outbox: replies sent from inside callbacks keep their order with fd-carryi
     i += k;
     await turns(2);
   }
-  await delay(50);
-  assert.equal(server.sending, true);
+  await until(() => server.sending, 10_000, 'replies backed up in the outbox');
   const client = new NativeEndpoint(clientFd, LIMITS);
   const expected: [number, Buffer][] = [];
   for (let i = 0; i < N; i++) {
@@ -312,8 +314,7 @@ test('outbox: a reply the addon could not send (full socket, nothing else to sen
   let filled = 0;
   while (native.sendmsg(server.fd, junk, null, null) === HEADER_SIZE) filled++;
   rawSend(clientFd, encodeMsg({ msgId: 7, cmd: Command.REGION_READ, flags: 0, errorNo: 0, payload: Buffer.alloc(16) }));
-  await delay(50);
-  assert.equal(server.sending, true, 'the reply waits in the outbox');
+  await until(() => server.sending, 10_000, 'the reply waits in the outbox');
   const got = await new FrameQueue(new NativeEndpoint(clientFd, LIMITS)).count(filled + 1);
   assert.equal(got[filled]!.msgId, 7);
   assert.equal(got[filled]!.payload.toString(), 'late reply');
@@ -450,8 +451,7 @@ test('Connection: a reply with an unknown id is ignored and counted', async () =
   // A stray reply (id nobody asked with) and one with the right id but the wrong command.
   server.reply(server.main, { ...req, msgId: (req.msgId + 100) & 0xffff }, Buffer.from('stray'));
   server.reply(server.main, { ...req, cmd: Command.REGION_WRITE }, Buffer.from('wrong cmd'));
-  await delay(20);
-  assert.equal(client.protocolErrors, 2);
+  await until(() => client.protocolErrors === 2, 10_000, 'both bad replies counted');
   assert.equal(client.inFlight, 1);
   server.reply(server.main, req, Buffer.from('real'));
   assert.equal((await p).payload.toString(), 'real');

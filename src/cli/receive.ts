@@ -36,7 +36,9 @@ export async function receiveCommand(o: ReceiveCliOptions): Promise<void> {
       }
     },
   });
-  process.stderr.write(`vfu receive: listening on ${o.listen}, destination ${o.to}\n`);
+  const bound = server.address();
+  const where = bound && typeof bound === 'object' ? `tcp://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}` : o.listen;
+  process.stderr.write(`vfu receive: listening on ${where}, destination ${o.to}\n`);
   process.on('SIGTERM', () => {
     server.close();
     for (const c of clients) c.close();

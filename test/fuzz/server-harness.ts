@@ -34,6 +34,7 @@ import { closeFds, openFd, openFdCount } from './fds.js';
 import { type ServerCase, serverCase } from './server-cases.js';
 import { type WireMessage, expectsReply, parseWire, silentCommand } from './wire.js';
 import { emptyFaults, type FaultCounts } from './faults.js';
+import { until } from '../helpers/wait.js';
 
 /** Bytes of a skipped body the harness is willing to send to stay in sync. */
 const PAD_BUDGET = 2 * 1024 * 1024;
@@ -239,7 +240,7 @@ export class ServerFuzzer {
     this.client = new RawClient(fd);
     this.negotiated = false;
     // wait until the server has taken this connection as its session
-    await until(() => this.server.session !== null && !this.server.session.conn.closed, 5000);
+    await until(() => this.server.session !== null && !this.server.session.conn.closed, 5000, 'a session', 1);
     if (negotiate) {
       const body = version.encode({ major: 0, minor: 2, json: CLIENT_CAPS, nul: true });
       this.client.send(encode({ msgId: 0, cmd: Command.VERSION, flags: 0, errorNo: 0, payload: body }));
@@ -256,7 +257,7 @@ export class ServerFuzzer {
     const had = this.server.session !== null;
     this.client.close();
     this.client = null;
-    if (had) await until(() => this.server.session === null, 5000).catch(() => this.fail('the server did not release the session'));
+    if (had) await until(() => this.server.session === null, 5000, 'the session to end', 1).catch(() => this.fail('the server did not release the session'));
   }
 
   private async reconnect(negotiate = true): Promise<void> {
@@ -525,13 +526,6 @@ export class ServerFuzzer {
   }
 }
 
-async function until(pred: () => boolean, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
 
 /** Runs server cases [from, to) in this process. */
 export async function fuzzServer(seed: number, from: number, to: number, onCase?: ServerFuzzOptions['onCase']): Promise<FuzzStats> {

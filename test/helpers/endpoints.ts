@@ -79,7 +79,4 @@ export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** A few turns of the event loop (poll callbacks included). */
-export async function turns(n = 3): Promise<void> {
-  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
-}
+export { turns } from './wait.js';

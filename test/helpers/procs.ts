@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { until } from './wait.js';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const cli = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -29,17 +30,10 @@ export function start(args: string[]): Proc {
 
 export async function startServer(path: string): Promise<Proc> {
   const p = start([cli, 'serve', 'sample', '--socket-path', path]);
-  await waitFor(() => existsSync(path), 10_000, `server socket ${path}`);
+  await until(() => existsSync(path), 10_000, `server socket ${path}`);
   return p;
 }
 
-export async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Descriptor count of a process. */
 export function fdsOf(pid: number): number {
@@ -84,5 +78,5 @@ export async function backTo(pid: number, h: Holdings, ms = 5000): Promise<void>
 
 /** Waits for a line on a process's stdout. */
 export async function line(p: Proc, re: RegExp, ms = 20_000): Promise<void> {
-  await waitFor(() => re.test(p.stdout()), ms, `${re} from ${p.pid} (stderr: ${p.stderr().slice(-300)})`);
+  await until(() => re.test(p.stdout()), ms, `${re} from ${p.pid} (stderr: ${p.stderr().slice(-300)})`);
 }

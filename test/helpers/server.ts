@@ -55,14 +55,7 @@ export function once<T extends unknown[]>(em: NodeJS.EventEmitter, ev: string, m
   });
 }
 
-/** Waits until `pred()` holds (polling), rejecting after `ms`. */
-export async function until(pred: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+export { until } from './wait.js';
 
 /**
  * Connects to a server that another process is starting.  A peer that binds
