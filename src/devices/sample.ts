@@ -160,19 +160,17 @@ class Sample implements SampleDevice {
   // If the client has not given us its eventfd yet (a fresh migration
   // destination), deliver as soon as it does rather than losing it.
   private async raiseIntx(): Promise<void> {
-    const irqs = this.device.irqs;
-    if (irqs.trigger(IrqIndex.INTX, 0)) return;
+    const dev = this.device;
+    if (dev.trigger(IrqIndex.INTX, 0)) return;
     await new Promise<void>((resolve) => {
-      const prev = irqs.onEventfdAttached;
-      irqs.onEventfdAttached = (i, v) => {
-        prev?.(i, v);
-        if (i === IrqIndex.INTX) {
-          irqs.onEventfdAttached = prev;
-          resolve();
-        }
+      const attached = (index: number): void => {
+        if (index !== IrqIndex.INTX) return;
+        dev.off('irqAttached', attached);
+        resolve();
       };
+      dev.on('irqAttached', attached);
     });
-    irqs.trigger(IrqIndex.INTX, 0);
+    dev.trigger(IrqIndex.INTX, 0);
   }
 
   setupDmaSlots(): void {
@@ -187,6 +185,8 @@ class Sample implements SampleDevice {
         if (i >= 0) slots[i] = null;
       },
     });
+    // Like libvfio-user's sample, a reset (of any kind) leaves BAR0 and BAR1
+    // alone: `vfu lspci` or a VMM reconnecting finds the device as it was.
     this.device.onReset(() => {});
   }
 

@@ -58,6 +58,12 @@ export interface DeviceEvents {
   reset: [reason: ResetReason];
   /** The migration state machine moved along one arc. */
   migration: [from: MigStateId, to: MigStateId];
+  /**
+   * The client attached an eventfd to this interrupt vector (SET_IRQS):
+   * trigger() reaches the client from now on.  A device with an interrupt
+   * to deliver before that (a fresh migration destination) waits for this.
+   */
+  irqAttached: [index: number, vector: number];
   /** A diagnostic from the server or the device (nothing is printed unless you listen). */
   log: [level: LogLevel, message: string];
   /** The server released the device's resources (dispose()). */
@@ -132,6 +138,7 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
     this.dma = new DmaController({ ...defaultDmaLimits });
     this.dma.dirty = (iova, length) => this.logging.mark(iova, length);
     this.dma.log = (m) => this.log('warn', m);
+    this.irqs.onEventfdAttached = (index, vector) => this.emit('irqAttached', index, vector);
   }
 
   private mutable(): void {

@@ -25,7 +25,7 @@ export interface SetIrqsRequest {
 export class IrqController {
   private readonly vectors: Vector[][] = [];
   private readonly stateCallbacks: (IrqStateCallback | undefined)[] = [];
-  /** Called when an eventfd is attached (devices deliver pending work then). */
+  /** Called when an eventfd is attached (the device turns it into its 'irqAttached' event). */
   onEventfdAttached: ((index: number, vector: number) => void) | null = null;
   /** Interrupts delivered, per index (statistics). */
   readonly delivered = new Array<number>(PCI_NUM_IRQS).fill(0);
