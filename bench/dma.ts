@@ -14,9 +14,9 @@
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { requireNative } from '../src/native/index.js';
+import { DirtyLog } from '../src/migration/dirty.js';
 import { DmaMapFlag } from '../src/protocol/constants.js';
 import { DmaController } from '../src/server/dma.js';
-import { DirtyLogging } from '../src/server/dirty-logging.js';
 import { type BenchRow, formatRows } from './rows.js';
 
 const MiB = 1024 * 1024;
@@ -74,7 +74,7 @@ export function benchDma(): BenchRow[] {
       const straddles = (i: number): boolean => at(i) < half && at(i) + chunk > half;
       const bytes = count * chunk;
 
-      const logging = new DirtyLogging();
+      const logging = new DirtyLog();
       logging.start(4096, null, dma.mappings.map((m) => ({ iova: m.iova, length: m.size })));
       const mark = (iova: number, length: number): void => logging.mark(iova, length);
       const [baseWrite, baseRead, w, wl, r, v] = rates(

@@ -14,7 +14,7 @@ export { PciConfigSpace, MsixTable, decodeConfigSpace, formatDescription } from 
 
 export { MigrationController, type MigrationCallbacks, type PrecopyInfo } from './migration/controller.js';
 export { deriveNextState, planPath, migrationFlags, type MigrationFeatures } from './migration/fsm.js';
-export { DirtyBitmap, bitmapSize } from './migration/dirty.js';
+export { DirtyBitmap, DirtyLog, bitmapSize, type DirtyLogOptions, type LogRange } from './migration/dirty.js';
 
 export { VfioUserClient, type ClientOptions, type RegionInfo, type DeviceInfo, type IrqInfo } from './client/client.js';
 export { GuestMemory, type GuestRange } from './client/guest-memory.js';

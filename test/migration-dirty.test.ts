@@ -189,7 +189,12 @@ test('DirtyLog: start/stop, errors and errnos', () => {
   assert.equal(log.pageSize, 4096);
   assert.equal(log.bitmapBytes, 32 + 32 + 4);
   assert.deepEqual(log.ranges, [{ iova: 0, length: 1 << 20 }, { iova: 1 << 20, length: 1 << 20 }, { iova: 8 << 20, length: 4096 }]);
-  errno(() => log.start(4096, [{ iova: 0, length: 4096 }]), Errno.EBUSY);
+  // Again at the same page size: nothing changes (libvfio-user); another page size: EINVAL.
+  log.start(4096, [{ iova: 0, length: 4096 }]);
+  assert.equal(log.ranges.length, 3, 'the ranges of the first start stay');
+  errno(() => log.start(8192, [{ iova: 0, length: 4096 }]), Errno.EINVAL);
+  errno(() => log.start(8192, null), Errno.EINVAL);
+  assert.equal(log.pageSize, 4096);
   errno(() => log.report(2 << 20, 4096, 4096, out), Errno.ENOENT); // in a gap
   errno(() => log.report((1 << 20) - 4096, 8192, 4096, out), Errno.ENOENT); // straddles two ranges
   errno(() => log.report((8 << 20) + 4096, 1, 4096, out), Errno.ENOENT); // past the last
@@ -397,5 +402,104 @@ test('property: DirtyLog over several ranges matches one model per range', () =>
       },
     ),
     { numRuns: 150 },
+  );
+});
+
+test('DirtyLog: every mapping logged, mappings added and removed while logging', () => {
+  const log = new DirtyLog({ maxBitmapBytes: 64 });
+  const out = Buffer.alloc(64);
+  log.onMap(0, 4096); // not logging: nothing to do
+  log.start(4096, null, [{ iova: 1 << 20, length: 32 * 4096 }]);
+  assert.equal(log.bitmapBytes, 4);
+  log.checkMap(1 << 20, 32 * 4096); // the same mapping again costs nothing
+  log.onMap(1 << 20, 32 * 4096);
+  assert.equal(log.ranges.length, 1);
+  errno(() => log.checkMap(0, 512 * 4096), Errno.ENOMEM); // 64 more bytes > 64 - 4
+  log.checkMap(0, 4096);
+  log.onMap(0, 4096);
+  assert.deepEqual(log.ranges, [{ iova: 0, length: 4096 }, { iova: 1 << 20, length: 32 * 4096 }]);
+  log.mark(0, (1 << 20) + 4096); // both ranges, across the gap
+  assert.equal(log.dirtyCount(), 2);
+  log.onUnmap(0, 8192); // not that extent: kept
+  assert.equal(log.ranges.length, 2);
+  log.onUnmap(0, 4096);
+  assert.equal(log.bitmapBytes, 4);
+  errno(() => log.report(0, 4096, 4096, out), Errno.ENOENT);
+  log.report(1 << 20, 32 * 4096, 4096, out);
+  assert.deepEqual(setBits(out.subarray(0, 8)), [0]);
+  log.onUnmapAll();
+  assert.equal(log.ranges.length, 0);
+  assert.equal(log.bitmapBytes, 0);
+  assert.equal(log.active, true, 'logging stays on for later mappings');
+  log.onMap(8192, 4096);
+  log.mark(8192, 1);
+  log.report(8192, 4096, 4096, out);
+  assert.deepEqual(setBits(out.subarray(0, 8)), [0]);
+  log.stop();
+  // Given ranges: mappings come and go without touching them.
+  log.start(4096, [{ iova: 0, length: 4096 }]);
+  log.onMap(1 << 20, 4096);
+  log.onUnmap(0, 4096);
+  log.onUnmapAll();
+  assert.deepEqual(log.ranges, [{ iova: 0, length: 4096 }]);
+});
+
+test('property: DirtyLog logging every mapping through maps and unmaps matches one model per mapping', () => {
+  // What the server does: start over the current mappings, then DMA_MAP /
+  // DMA_UNMAP / UNMAP_ALL while the device writes, with reports between.
+  const t = 4096;
+  const slot = 64 * t; // slot i holds at most one mapping, at i * slot
+  const op = fc.oneof(
+    fc.record({ k: fc.constant('map' as const), i: fc.nat({ max: 15 }), pages: fc.integer({ min: 1, max: 64 }) }),
+    fc.record({ k: fc.constant('unmap' as const), i: fc.nat({ max: 15 }) }),
+    fc.record({ k: fc.constant('unmapAll' as const) }),
+    fc.record({ k: fc.constant('mark' as const), at: fc.nat({ max: 16 * slot }), len: fc.integer({ min: 1, max: 3 * slot }) }),
+    fc.record({ k: fc.constant('report' as const), i: fc.nat({ max: 15 }), pExp: fc.integer({ min: 9, max: 16 }) }),
+  );
+  fc.assert(
+    fc.property(fc.array(fc.nat({ max: 15 }), { maxLength: 5 }), fc.array(op, { maxLength: 60 }), (initial, ops) => {
+      const mapped = new Map<number, Model>();
+      for (const i of new Set(initial)) mapped.set(i, new Model(i * slot, 8 * t, t));
+      const log = new DirtyLog();
+      log.start(t, null, [...mapped.values()].map((m) => ({ iova: m.iova, length: m.length })));
+      for (const o of ops) {
+        if (o.k === 'map') {
+          if (mapped.has(o.i)) continue; // the table refuses overlaps before the log sees them
+          log.checkMap(o.i * slot, o.pages * t);
+          log.onMap(o.i * slot, o.pages * t);
+          mapped.set(o.i, new Model(o.i * slot, o.pages * t, t));
+        } else if (o.k === 'unmap') {
+          const m = mapped.get(o.i);
+          if (m === undefined) continue;
+          log.onUnmap(m.iova, m.length);
+          mapped.delete(o.i);
+        } else if (o.k === 'unmapAll') {
+          log.onUnmapAll();
+          mapped.clear();
+        } else if (o.k === 'mark') {
+          log.mark(o.at, o.len);
+          for (const m of mapped.values()) m.mark(o.at, o.len);
+        } else {
+          const m = mapped.get(o.i);
+          const p = 2 ** o.pExp;
+          if (m === undefined) {
+            errno(() => log.report(o.i * slot, t, p, Buffer.alloc(8)), Errno.ENOENT);
+            continue;
+          }
+          const want = m.report(m.iova, m.length, p);
+          const got = Buffer.alloc(want.length, 0xff);
+          log.report(m.iova, m.length, p, got);
+          assert.ok(got.equals(want), `report of mapping ${o.i} at ${p}`);
+        }
+        assert.deepEqual(
+          log.ranges,
+          [...mapped.entries()].sort((a, b) => a[0] - b[0]).map(([, m]) => ({ iova: m.iova, length: m.length })),
+        );
+      }
+      let n = 0;
+      for (const m of mapped.values()) n += m.count();
+      assert.equal(log.dirtyCount(), n);
+    }),
+    { numRuns: 300 },
   );
 });

@@ -13,6 +13,7 @@
 import { endianness } from 'node:os';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
+import { SortedMap } from '../util/sorted-map.js';
 
 const LITTLE_ENDIAN = endianness() === 'LE';
 /** Bit indices stay below 2^32 so `>>> 5` and `& 31` are exact. */
@@ -491,21 +492,43 @@ export class DirtyBitmap {
 }
 
 export interface DirtyLogOptions {
-  /** Cap on the tracking bitmaps of one start(); ENOMEM beyond. Default DEFAULT_MAX_BITMAP_BYTES. */
+  /** Cap on the tracking bitmaps (ENOMEM beyond). Default DEFAULT_MAX_BITMAP_BYTES. */
   maxBitmapBytes?: number;
 }
 
+/** An IOVA range to log. */
+export interface LogRange {
+  iova: number;
+  length: number;
+}
+
 /**
- * The device's dirty page log: a DirtyBitmap per logged range, between
- * start() and stop().  Errnos: EINVAL for a bad page size or bad arguments
- * (and REPORT while not logging), ENOENT for a report range that is not
- * inside one logged range (libvfio-user likewise answers ENOENT for IOVAs it
- * has no mapping for), ENOMEM when the bitmaps would exceed maxBitmapBytes,
- * EBUSY for start() while already logging.
+ * The device's dirty page log (DMA_LOGGING_START / _REPORT / _STOP and the
+ * v1 DIRTY_PAGES command): a DirtyBitmap per logged range, kept in IOVA
+ * order in a SortedMap so that marking, reporting and (when every mapping is
+ * logged) adding or removing a mapping cost O(log n) in the number of
+ * ranges.
+ *
+ * Starting again while logging, with the same page size, succeeds and
+ * changes nothing (the ranges of the first start stay); another page size
+ * is EINVAL.  That is libvfio-user's answer (dma.c, dirty page logging
+ * start), which QEMU's vfio-user client meets; the kernel's drivers answer
+ * EINVAL to any second start (mlx5), and nothing answers EBUSY, which an
+ * earlier copy of this class did.
+ *
+ * Errnos: EINVAL for a bad page size or bad arguments (and REPORT while not
+ * logging), ENOENT for a report range that is not inside one logged range
+ * (libvfio-user likewise answers ENOENT for IOVAs it has no mapping for),
+ * ENOMEM when the tracking bitmaps would exceed maxBitmapBytes.
  */
 export class DirtyLog {
-  readonly maxBitmapBytes: number;
-  private maps: DirtyBitmap[] = [];
+  /** Cap on the tracking bitmaps' bytes (ServeOptions.maxDirtyBitmapBytes). */
+  maxBitmapBytes: number;
+  private maps = new SortedMap<DirtyBitmap>();
+  /** Bytes of the tracking bitmaps (what maxBitmapBytes caps). */
+  private bytes = 0;
+  /** Logging every DMA mapping (num_ranges 0, v1 START): later mappings join. */
+  private everyMapping = false;
   private lastHit: DirtyBitmap | undefined;
   private tracking = 0;
 
@@ -514,7 +537,7 @@ export class DirtyLog {
   }
 
   get active(): boolean {
-    return this.maps.length > 0;
+    return this.tracking !== 0;
   }
 
   /** Tracking page size, 0 when not logging. */
@@ -524,46 +547,102 @@ export class DirtyLog {
 
   /** Total bytes of the tracking bitmaps. */
   get bitmapBytes(): number {
-    let n = 0;
-    for (const m of this.maps) n += m.bytes;
-    return n;
+    return this.bytes;
   }
 
   /** The logged ranges, ascending. */
-  get ranges(): { iova: number; length: number }[] {
-    return this.maps.map((m) => ({ iova: m.iova, length: m.length }));
+  get ranges(): LogRange[] {
+    return this.maps.values().map((m) => ({ iova: m.iova, length: m.length }));
   }
 
   /**
-   * Starts logging `ranges` at `pageSize`.  The list must be non-empty (the
-   * server expands num_ranges = 0 to the DMA-mapped regions first) and the
-   * ranges must not overlap.
+   * Starts logging `ranges` at `pageSize`, or, with `ranges` null, every
+   * range in `mapped` (the DMA mappings) and every mapping added later (see
+   * onMap).  Given ranges must be non-empty and must not overlap.
    */
-  start(pageSize: number, ranges: readonly { iova: number; length: number }[]): void {
-    if (this.active) throw new VfuError(Errno.EBUSY, 'dirty page logging already started');
+  start(pageSize: number, ranges: readonly LogRange[] | null, mapped: readonly LogRange[] = []): void {
     checkPageSize(pageSize);
-    if (ranges.length === 0) throw new VfuError(Errno.EINVAL, 'no ranges to log');
-    for (const r of ranges) checkSpan(r.iova, r.length, 'logged range');
-    const sorted = [...ranges].sort((a, b) => a.iova - b.iova);
+    if (this.active) {
+      if (pageSize === this.tracking) return;
+      throw new VfuError(Errno.EINVAL, `dirty page logging already started at ${this.tracking}-byte pages`);
+    }
+    if (ranges !== null && ranges.length === 0) throw new VfuError(Errno.EINVAL, 'no ranges to log');
+    const list = ranges ?? mapped;
+    for (const r of list) checkSpan(r.iova, r.length, 'logged range');
+    const sorted = [...list].sort((a, b) => a.iova - b.iova);
     for (let i = 1; i < sorted.length; i++)
       if (sorted[i - 1]!.iova + sorted[i - 1]!.length > sorted[i]!.iova)
         throw new VfuError(Errno.EINVAL, `logged ranges overlap at ${sorted[i]!.iova}`);
     let total = 0;
-    for (const r of sorted) {
-      if (Math.ceil(r.length / pageSize) > MAX_TRACKED_PAGES) throw new VfuError(Errno.ENOMEM, 'logged range too large');
-      total += trackedBytes(r.length, pageSize);
-    }
+    for (const r of sorted) total += this.costOf(r.length, pageSize);
     if (total > this.maxBitmapBytes)
       throw new VfuError(Errno.ENOMEM, `dirty bitmaps need ${total} bytes, limit ${this.maxBitmapBytes}`);
-    this.maps = sorted.map((r) => new DirtyBitmap(r.iova, r.length, pageSize));
+    const maps = new SortedMap<DirtyBitmap>();
+    for (const r of sorted) maps.insert(r.iova, new DirtyBitmap(r.iova, r.length, pageSize));
+    this.maps = maps;
+    this.bytes = total;
+    this.everyMapping = ranges === null;
     this.tracking = pageSize;
     this.lastHit = undefined;
   }
 
   stop(): void {
-    this.maps = [];
+    this.maps = new SortedMap();
+    this.bytes = 0;
+    this.everyMapping = false;
     this.lastHit = undefined;
     this.tracking = 0;
+  }
+
+  /** Tracking bytes for a range; ENOMEM past the page count a bitmap can index. */
+  private costOf(length: number, pageSize: number): number {
+    if (Math.ceil(length / pageSize) > MAX_TRACKED_PAGES) throw new VfuError(Errno.ENOMEM, 'logged range too large');
+    return trackedBytes(length, pageSize);
+  }
+
+  /** Whether [iova, +length) is logged as one range of exactly that extent. */
+  private logs(iova: number, length: number): boolean {
+    const e = this.maps.get(iova);
+    return e !== null && e.value.length === length;
+  }
+
+  /**
+   * Before a DMA mapping is added: ENOMEM when every mapping is logged and
+   * this one's bitmap would exceed the cap (a mapping we could not log would
+   * silently lose dirty pages).  The same range again needs nothing new.
+   */
+  checkMap(iova: number, length: number): void {
+    if (!this.everyMapping || this.logs(iova, length)) return;
+    checkSpan(iova, length, 'mapping');
+    const more = this.costOf(length, this.tracking);
+    if (this.bytes + more > this.maxBitmapBytes)
+      throw new VfuError(Errno.ENOMEM, `logging the new mapping needs ${more} more bytes of bitmap (limit ${this.maxBitmapBytes})`);
+  }
+
+  /** A DMA mapping was added: logged from now on when every mapping is. */
+  onMap(iova: number, length: number): void {
+    // An identical DMA_MAP again is the same mapping: one log.
+    if (!this.everyMapping || this.logs(iova, length)) return;
+    const bm = new DirtyBitmap(iova, length, this.tracking);
+    this.maps.insert(iova, bm);
+    this.bytes += bm.bytes;
+  }
+
+  /** A DMA mapping was removed: so is its log, when every mapping is logged. */
+  onUnmap(iova: number, length: number): void {
+    if (!this.everyMapping || !this.logs(iova, length)) return;
+    const bm = this.maps.get(iova)!.value;
+    this.maps.delete(iova);
+    this.bytes -= bm.bytes;
+    if (this.lastHit === bm) this.lastHit = undefined;
+  }
+
+  /** Every DMA mapping was removed (UNMAP_ALL): linear, whatever the count. */
+  onUnmapAll(): void {
+    if (!this.everyMapping) return;
+    this.maps.clear();
+    this.bytes = 0;
+    this.lastHit = undefined;
   }
 
   /** Records a device write to [addr, addr+len); a no-op when not logging. */
@@ -574,20 +653,15 @@ export class DirtyLog {
       l.mark(addr, len);
       return;
     }
-    const maps = this.maps;
-    if (maps.length === 0 || !(len > 0)) return;
-    let lo = 0;
-    let hi = maps.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const m = maps[mid]!;
-      if (m.iova + m.length <= addr) lo = mid + 1;
-      else hi = mid;
-    }
+    if (this.maps.size === 0 || !(len > 0)) return;
+    // The range holding addr, or else the first one after it.
+    let e = this.maps.floor(addr);
+    if (e === null) e = this.maps.first;
+    else if (e.value.iova + e.value.length <= addr) e = e.next;
     const end = addr + len;
-    for (let i = lo; i < maps.length && maps[i]!.iova < end; i++) {
-      maps[i]!.mark(addr, len);
-      this.lastHit = maps[i];
+    for (; e !== null && e.value.iova < end; e = e.next) {
+      e.value.mark(addr, len);
+      this.lastHit = e.value;
     }
   }
 
@@ -612,17 +686,9 @@ export class DirtyLog {
     if (!this.active) throw new VfuError(Errno.EINVAL, 'dirty page logging not started');
     checkPageSize(pageSize);
     checkSpan(iova, length, 'report range');
-    const maps = this.maps;
-    let lo = 0;
-    let hi = maps.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (maps[mid]!.iova + maps[mid]!.length <= iova) lo = mid + 1;
-      else hi = mid;
-    }
-    const m = maps[lo];
-    if (m === undefined || iova < m.iova || iova + length > m.iova + m.length)
-      throw new VfuError(Errno.ENOENT, `[${iova}, +${length}) is not inside one logged range`);
+    const m = this.maps.floor(iova)?.value;
+    if (m === undefined || iova + length > m.iova + m.length)
+      throw new VfuError(Errno.ENOENT, `[0x${iova.toString(16)}, +0x${length.toString(16)}) is not inside one logged range`);
     m.report(iova, length, pageSize, out, outOffset);
   }
 }

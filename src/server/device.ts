@@ -3,6 +3,7 @@
 // socket.  Shaped after libvfio-user's vfu_* calls, in idiomatic TypeScript.
 import { EventEmitter } from 'node:events';
 import { MigrationController, type MigrationCallbacks } from '../migration/controller.js';
+import { DirtyLog } from '../migration/dirty.js';
 import type { Capabilities } from '../protocol/capabilities.js';
 import { MigrationRegionV1 } from '../migration/v1-region.js';
 import { PciConfigSpace, type PciConfigOptions } from '../pci/config-space.js';
@@ -19,7 +20,6 @@ import {
 import { VfuError } from '../protocol/errors.js';
 import { DmaController, type DmaLimits, type DmaMappingInfo, type UnsealedPolicy, defaultDmaLimits } from './dma.js';
 import { IrqController, type IrqStateCallback } from './irqs.js';
-import { DirtyLogging } from './dirty-logging.js';
 import { IoEventFds, type IoEventFdSpec } from './ioeventfds.js';
 import { Region, type RegionSpec } from './regions.js';
 
@@ -108,7 +108,8 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
   readonly dma: DmaController;
   readonly irqs = new IrqController();
   readonly ioeventfds = new IoEventFds();
-  readonly logging = new DirtyLogging();
+  /** Dirty page log of the device's DMA writes (DMA_LOGGING_*, v1 DIRTY_PAGES). */
+  readonly logging = new DirtyLog();
   migration: MigrationController | null = null;
   migrationV1: MigrationRegionV1 | null = null;
   private readonly regionList: (Region | undefined)[] = [];

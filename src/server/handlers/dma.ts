@@ -70,7 +70,7 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
   const echo = Buffer.from(p.subarray(0, DmaUnmapStruct.size));
   if (u.flags === DmaUnmapFlag.ALL) {
     return quiesced(s, () => {
-      for (const m of dma.mappings) s.loggingOnUnmap(m.iova, m.size);
+      s.device.logging.onUnmapAll();
       dma.unmapAll();
       s.conn.reply(via, f, echo);
     });
