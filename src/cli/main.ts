@@ -13,8 +13,8 @@ program.name('vfu').description('vfio-user for TypeScript: serve devices, inspec
 
 program
   .command('serve')
-  .description('run a sample device as a vfio-user server')
-  .argument('<device>', 'gpio | sample | bigstate')
+  .description('run a device as a vfio-user server: a built-in one, or your module')
+  .argument('<device>', 'gpio | sample | bigstate, or a module path (./my-device.js) whose default export returns a VfioUserDevice or a promise of one')
   .option('--socket-path <path>', 'UNIX socket to listen on (created mode 0600)')
   .option('--fd <n>', 'an inherited, already connected socket')
   .option('-v, --verbose', 'log connections, resets and migration steps to stderr')

@@ -1,9 +1,14 @@
-// `vfu serve DEVICE --socket-path PATH | --fd N [-v]`: runs a sample device
-// following the spec's backend conventions (never daemonises, honours
-// SIGTERM, --socket-path or --fd).
+// `vfu serve DEVICE --socket-path PATH | --fd N [-v]`: runs a built-in
+// device, or a module of the user's (`vfu serve ./my-device.js`), following
+// the spec's backend conventions (never daemonises, honours SIGTERM,
+// --socket-path or --fd).
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { deviceFactories } from '../devices/index.js';
 import { migStateNames } from '../protocol/constants.js';
+import type { VfioUserDevice } from '../server/device.js';
 import { VfioUserServer } from '../server/server.js';
+import { intOption } from './options.js';
 
 export interface ServeCliOptions {
   socketPath?: string;
@@ -16,31 +21,67 @@ export interface ServeCliOptions {
   verify?: boolean;
 }
 
+/** A device argument naming a module rather than a built-in device. */
+export function isModulePath(name: string): boolean {
+  return name.includes('/') || /\.[cm]?js$/.test(name);
+}
+
+/**
+ * Loads a user's device module: its default export is a function returning
+ * a VfioUserDevice or a promise of one.
+ */
+export async function loadDeviceModule(path: string): Promise<VfioUserDevice> {
+  const url = pathToFileURL(resolve(path)).href;
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(url)) as { default?: unknown };
+  } catch (e) {
+    throw new Error(`cannot load device module ${path}: ${(e as Error).message}`);
+  }
+  if (typeof mod.default !== 'function') {
+    throw new Error(`${path} has no default export function (export default function createDevice(): VfioUserDevice)`);
+  }
+  const device: unknown = await (mod.default as () => unknown)();
+  // Duck-typed: the module may import another copy of the package than vfu's.
+  const d = device as Partial<VfioUserDevice> | null;
+  if (d === null || typeof d !== 'object' || typeof d.addRegion !== 'function' || typeof d.realize !== 'function') {
+    throw new Error(`${path}: its default export returned ${d === null ? 'null' : typeof d}, not a VfioUserDevice`);
+  }
+  return device as VfioUserDevice;
+}
+
 export async function serveCommand(name: string, o: ServeCliOptions): Promise<void> {
   const factory = deviceFactories[name];
-  if (!factory) throw new Error(`unknown device '${name}' (known: ${Object.keys(deviceFactories).join(', ')})`);
+  if (!factory && !isModulePath(name)) {
+    throw new Error(`unknown device '${name}' (built-in: ${Object.keys(deviceFactories).join(', ')}; or a module path such as ./my-device.js)`);
+  }
   if ((o.socketPath === undefined) === (o.fd === undefined)) throw new Error('give exactly one of --socket-path and --fd');
-  const device = factory({
-    ...(o.v1 ? { v1: true } : {}),
-    ...(o.stateMib !== undefined ? { stateMib: Number(o.stateMib) } : {}),
-    ...(o.precopyMib !== undefined ? { precopyMib: Number(o.precopyMib) } : {}),
-    ...(o.verify === false ? { verify: false } : {}),
-  });
+  const fd = o.fd !== undefined ? intOption('--fd', o.fd, 0) : undefined;
+  const maxDataXferSize = o.maxDataXferSize !== undefined ? intOption('--max-data-xfer-size', o.maxDataXferSize, 4096) : undefined;
+  const device = factory
+    ? factory({
+        ...(o.v1 ? { v1: true } : {}),
+        ...(o.stateMib !== undefined ? { stateMib: intOption('--state-mib', o.stateMib, 1) } : {}),
+        ...(o.precopyMib !== undefined ? { precopyMib: intOption('--precopy-mib', o.precopyMib, 0) } : {}),
+        ...(o.verify === false ? { verify: false } : {}),
+      })
+    : await loadDeviceModule(name);
+  const label = factory !== undefined ? name : device.name;
   const log = (msg: string): void => {
-    if (o.verbose) process.stderr.write(`vfu[${process.pid}] ${name}: ${msg}\n`);
+    if (o.verbose) process.stderr.write(`vfu[${process.pid}] ${label}: ${msg}\n`);
   };
-  device.on('log', (level: string, msg: string) => {
-    if (o.verbose || level === 'error' || level === 'info') process.stderr.write(`vfu[${process.pid}] ${name}: ${level}: ${msg}\n`);
+  device.on('log', (level, msg) => {
+    if (o.verbose || level === 'error' || level === 'info') process.stderr.write(`vfu[${process.pid}] ${label}: ${level}: ${msg}\n`);
   });
   device.on('connected', () => log('client connected'));
   device.on('disconnected', () => log('client disconnected'));
-  device.on('reset', (reason: string) => log(`reset (${reason})`));
-  device.on('migration', (from: number, to: number) => log(`migration ${migStateNames[from]} -> ${migStateNames[to]}`));
-  const serveOpts = o.maxDataXferSize !== undefined ? { maxDataXferSize: Number(o.maxDataXferSize) } : {};
+  device.on('reset', (reason) => log(`reset (${reason})`));
+  device.on('migration', (from, to) => log(`migration ${migStateNames[from]} -> ${migStateNames[to]}`));
+  const serveOpts = maxDataXferSize !== undefined ? { maxDataXferSize } : {};
   const server =
     o.socketPath !== undefined
       ? await VfioUserServer.listen(device, o.socketPath, serveOpts)
-      : VfioUserServer.fromFd(device, Number(o.fd), serveOpts);
+      : VfioUserServer.fromFd(device, fd!, serveOpts);
   log(o.socketPath !== undefined ? `listening on ${o.socketPath}` : `serving fd ${o.fd}`);
   const stop = (sig: string): void => {
     log(`${sig}: shutting down`);
