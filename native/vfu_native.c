@@ -23,18 +23,24 @@
  *     freed only after both the libuv close callback and the JS finaliser ran.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -875,36 +881,199 @@ static napi_value n_eventfd_read(napi_env env, napi_callback_info info) {
     return make_int(env, v > INT64_MAX ? INT64_MAX : (int64_t)v);
 }
 
-/* eventfdWrite(fd, value) -> 0 or -errno */
+/*
+ * Writing to an eventfd the client shares must never block our thread, and
+ * nothing cheaper than a signal makes it so on Linux (measured on 6.18):
+ *   - O_NONBLOCK belongs to the open file description, which the client
+ *     shares: setting it turns the client's blocking reads into EAGAIN;
+ *   - reopening /proc/self/fd/N (for a private description) fails with
+ *     ENXIO on anonymous inodes, and pwritev2(RWF_NOWAIT) gives EOPNOTSUPP;
+ *   - poll(POLLOUT) then write() races with a client that fills the counter
+ *     in between (0xfffffffffffffffe), and the write then sleeps until the
+ *     client reads, which it need never do.
+ * So the write runs under a per-thread POSIX timer that sends this thread a
+ * signal, whose handler does nothing and is installed without SA_RESTART:
+ * a write that went to sleep returns EINTR (reported as EAGAIN) within
+ * WRITE_GUARD_NS.  The timer repeats until disarmed, so a signal that lands
+ * just before the write went to sleep is followed by another.  A write that
+ * does not block never looks at signals and is not disturbed.  The caller
+ * keeps the interrupt pending and retries once the eventfd reads as writable
+ * (epoll below: uv_poll would set O_NONBLOCK on the shared file).
+ * The period is a trade: arming and disarming cost ~0.7 us more per write at
+ * 10 ms than at 50 ms but ~3 us less than at 1 ms (a nearer timer
+ * reprograms the clock), and a stall costs the loop at most one period.
+ */
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+#define WRITE_GUARD_NS 10000000L
+
+static int g_guard_signo;           /* 0: not installed yet */
+static pthread_once_t g_guard_once = PTHREAD_ONCE_INIT;
+static __thread int t_guard_state;  /* 0 untried, 1 ready, -errno failed */
+static __thread timer_t t_guard_timer;
+
+static void guard_handler(int sig) { (void)sig; }
+
+/* Takes the highest real-time signal nobody handles. */
+static void guard_install(void) {
+    for (int sig = SIGRTMAX; sig > SIGRTMIN + 2; sig--) {
+        struct sigaction old, sa;
+        if (sigaction(sig, NULL, &old) < 0 || old.sa_handler != SIG_DFL ||
+            (old.sa_flags & SA_SIGINFO)) {
+            continue;
+        }
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = guard_handler; /* no SA_RESTART: sleeping writes end */
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(sig, &sa, NULL) == 0) {
+            g_guard_signo = sig;
+            return;
+        }
+    }
+}
+
+/* This thread's guard timer: 0, or -errno when none can be had. */
+static int guard_ready(void) {
+    if (t_guard_state != 0) return t_guard_state > 0 ? 0 : t_guard_state;
+    pthread_once(&g_guard_once, guard_install);
+    if (g_guard_signo == 0) {
+        t_guard_state = -EAGAIN;
+        return t_guard_state;
+    }
+    {
+        struct sigevent sev;
+        sigset_t set;
+        memset(&sev, 0, sizeof(sev));
+        sev.sigev_notify = SIGEV_THREAD_ID;
+        sev.sigev_signo = g_guard_signo;
+        sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+        if (timer_create(CLOCK_MONOTONIC, &sev, &t_guard_timer) < 0) {
+            t_guard_state = -errno;
+            return t_guard_state;
+        }
+        sigemptyset(&set);
+        sigaddset(&set, g_guard_signo);
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    }
+    t_guard_state = 1;
+    return 0;
+}
+
+/* write(fd, v) that gives up with -EAGAIN instead of sleeping. */
+static int guarded_write_u64(int fd, uint64_t v) {
+    struct itimerspec arm = {.it_value = {0, WRITE_GUARD_NS}, .it_interval = {0, WRITE_GUARD_NS}};
+    struct itimerspec off = {{0, 0}, {0, 0}};
+    ssize_t n;
+    int err, rc = guard_ready();
+    if (rc < 0) {
+        /* No guard (no free signal): fall back to asking poll(), which only
+         * a client racing us can defeat. */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 0) < 0) return -errno;
+        if (!(p.revents & POLLOUT)) return -EAGAIN;
+        n = write(fd, &v, sizeof(v));
+        return n < 0 ? -errno : n == sizeof(v) ? 0 : -EIO;
+    }
+    if (timer_settime(t_guard_timer, 0, &arm, NULL) < 0) return -errno;
+    n = write(fd, &v, sizeof(v));
+    err = errno;
+    timer_settime(t_guard_timer, 0, &off, NULL);
+    if (n < 0) return err == EINTR ? -EAGAIN : -err;
+    return n == sizeof(v) ? 0 : -EIO;
+}
+
+/* eventfdWrite(fd, value) -> 0 or -errno; -EAGAIN when the counter has no
+ * room (the write would have to wait for the reader). */
 static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
     napi_value argv[2];
     int32_t fd;
     int64_t val = 1;
-    uint64_t v;
-    ssize_t n;
     if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
         return throw_last(env);
     }
-    if (!is_nullish(env, argv[1])) get_i64(env, argv[1], &val);
-    v = (uint64_t)val;
-    /* Never block the event loop: an eventfd at its maximum count (or a
-     * pipe nobody reads) is not writable.  We may not set O_NONBLOCK on it,
-     * because the peer shares the open file and would see its own reads
-     * turn non-blocking; ask poll() instead. */
-    {
-        struct pollfd p = { .fd = fd, .events = POLLOUT };
-        int pr;
-        do {
-            pr = poll(&p, 1, 0);
-        } while (pr < 0 && errno == EINTR);
-        if (pr < 0) return make_int(env, -errno);
-        if (pr == 0 || !(p.revents & POLLOUT)) return make_int(env, -EAGAIN);
+    if (!is_nullish(env, argv[1]) && get_i64(env, argv[1], &val) < 0) return throw_last(env);
+    return make_int(env, guarded_write_u64(fd, (uint64_t)val));
+}
+
+/* isEventfd(fd) -> 1, 0, or -errno (EBADF).  The /proc link names the anon
+ * inode's kind; without /proc any anonymous inode (no file type bits) is
+ * taken, as that is all fstat can tell. */
+static napi_value n_is_eventfd(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int32_t fd;
+    char path[64], link[64];
+    ssize_t n;
+    struct stat st;
+    if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
+        return throw_last(env);
     }
+    if (fstat(fd, &st) < 0) return make_int(env, -errno);
+    if ((st.st_mode & S_IFMT) != 0) return make_int(env, 0);
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    n = readlink(path, link, sizeof(link) - 1);
+    if (n < 0) return make_int(env, 1);
+    link[n] = '\0';
+    return make_int(env, strcmp(link, "anon_inode:[eventfd]") == 0 ? 1 : 0);
+}
+
+/* -------------------------------------------------------------------- epoll */
+
+/* A private epoll set: lets the loop wait for a shared descriptor (a
+ * client's eventfd) to become writable without uv_poll, which would set
+ * O_NONBLOCK on it.  The epoll fd itself is ours and is what uv_poll sees. */
+
+/* epollCreate() -> fd or -errno */
+static napi_value n_epoll_create(napi_env env, napi_callback_info info) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return make_int(env, fd < 0 ? -errno : fd);
+}
+
+/* epollCtl(epfd, op (1 add, 2 delete, 3 modify), fd, events (1 readable,
+ * 2 writable)) -> 0 or -errno.  The event reports `fd`: delete before
+ * closing it, as epoll keys its entries on the open file, not the number. */
+static napi_value n_epoll_ctl(napi_env env, napi_callback_info info) {
+    napi_value argv[4];
+    int32_t epfd, op, fd, events = 0;
+    struct epoll_event ev;
+    if (get_args(env, info, 4, argv) < 0 || get_i32(env, argv[0], &epfd) < 0 ||
+        get_i32(env, argv[1], &op) < 0 || get_i32(env, argv[2], &fd) < 0 ||
+        (!is_nullish(env, argv[3]) && get_i32(env, argv[3], &events) < 0)) {
+        return throw_last(env);
+    }
+    if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_DEL && op != EPOLL_CTL_MOD) {
+        return make_int(env, -EINVAL);
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.events = (events & 1 ? EPOLLIN : 0) | (events & 2 ? EPOLLOUT : 0);
+    ev.data.fd = fd;
+    return make_int(env, epoll_ctl(epfd, op, fd, &ev) < 0 ? -errno : 0);
+}
+
+/* epollWait(epfd, out:Int32Array) -> number of ready fds written to `out`
+ * (without waiting), or -errno. */
+static napi_value n_epoll_wait(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int32_t epfd;
+    uint8_t *out;
+    size_t outlen, max;
+    struct epoll_event evs[64];
+    int n;
+    if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &epfd) < 0) {
+        return throw_last(env);
+    }
+    if (get_bytes(env, argv[1], &out, &outlen) < 0 || ((uintptr_t)out & 3) != 0) {
+        return throw_errno(env, "epollWait: out", EINVAL);
+    }
+    max = outlen / sizeof(int32_t);
+    if (max > 64) max = 64;
+    if (max == 0) return make_int(env, 0);
     do {
-        n = write(fd, &v, sizeof(v));
+        n = epoll_wait(epfd, evs, (int)max, 0);
     } while (n < 0 && errno == EINTR);
     if (n < 0) return make_int(env, -errno);
-    return make_int(env, n == sizeof(v) ? 0 : -EIO);
+    for (int i = 0; i < n; i++) ((int32_t *)out)[i] = evs[i].data.fd;
+    return make_int(env, n);
 }
 
 /* ------------------------------------------------------------------ process */
@@ -970,6 +1139,10 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("eventfd", n_eventfd);
     EXPORT_FN("eventfdRead", n_eventfd_read);
     EXPORT_FN("eventfdWrite", n_eventfd_write);
+    EXPORT_FN("isEventfd", n_is_eventfd);
+    EXPORT_FN("epollCreate", n_epoll_create);
+    EXPORT_FN("epollCtl", n_epoll_ctl);
+    EXPORT_FN("epollWait", n_epoll_wait);
     EXPORT_FN("waitpid", n_waitpid);
     return exports;
 }

@@ -17,6 +17,11 @@ export interface PollHandle {
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 
+/** epollCtl operations (the Linux values). */
+export const EPOLL_ADD = 1;
+export const EPOLL_DEL = 2;
+export const EPOLL_MOD = 3;
+
 /** recvmsg state array length: [nfds, flags, fds...] */
 export const RECV_STATE_LEN = 2 + 253;
 export const RECV_FLAG_CTRUNC = 1;
@@ -62,7 +67,24 @@ export interface NativeAddon {
   pageSize(): number;
   eventfd(initial?: number, flags?: number): number;
   eventfdRead(fd: number): number;
+  /**
+   * Adds `value` (default 1) to an eventfd's counter: 0, or -EAGAIN when the
+   * counter has no room (the write would wait for its reader; it never
+   * does, whatever the file's blocking mode), or another -errno.
+   */
   eventfdWrite(fd: number, value?: number): number;
+  /** 1 when `fd` is an eventfd, 0 when it is something else, -errno (EBADF). */
+  isEventfd(fd: number): number;
+  /** A private epoll set (close-on-exec), or -errno. */
+  epollCreate(): number;
+  /**
+   * Adds (EPOLL_ADD), removes or changes `fd`'s entry for POLL_READABLE /
+   * POLL_WRITABLE readiness: 0 or -errno.  Remove an entry before closing its
+   * fd (epoll keys on the open file, which a peer may keep open).
+   */
+  epollCtl(epfd: number, op: number, fd: number, events?: number): number;
+  /** The fds that are ready, into `out`, without waiting: their number or -errno. */
+  epollWait(epfd: number, out: Int32Array): number;
   /** [pid (0: still running, <0: -errno), exit code (-1 if none), signal]. */
   waitpid(pid: number, nohang: boolean): [number, number, number];
 }

@@ -1,6 +1,6 @@
 // Interrupts: per-index vector counts, the client's eventfds (SET_IRQS), mask
 // state with pending delivery on unmask, and trigger() for device code.
-import { native } from '../native/index.js';
+import { EPOLL_ADD, EPOLL_DEL, POLL_READABLE, POLL_WRITABLE, type PollHandle, native } from '../native/index.js';
 import { Errno, IrqIndex, IrqInfoFlag, IrqSetFlag, PCI_NUM_IRQS, irqIndexNames } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 
@@ -10,6 +10,19 @@ interface Vector {
   fd: number;
   masked: boolean;
   pending: boolean;
+  /** Raised while the eventfd's counter had no room: written once it has. */
+  stalled: boolean;
+}
+
+/**
+ * The vectors whose eventfd could not take a signal: a private epoll set
+ * watching their fds for writability, itself watched on the loop.
+ */
+interface StallSet {
+  epfd: number;
+  poll: PollHandle;
+  byFd: Map<number, { index: number; v: Vector }>;
+  ready: Int32Array;
 }
 
 export interface SetIrqsRequest {
@@ -29,6 +42,7 @@ export class IrqController {
   onEventfdAttached: ((index: number, vector: number) => void) | null = null;
   /** Interrupts delivered, per index (statistics). */
   readonly delivered = new Array<number>(PCI_NUM_IRQS).fill(0);
+  private stalls: StallSet | null = null;
 
   constructor() {
     for (let i = 0; i < PCI_NUM_IRQS; i++) this.vectors.push([]);
@@ -44,7 +58,7 @@ export class IrqController {
     if (index === IrqIndex.MSIX && count > 2048) throw new VfuError(Errno.EINVAL, 'MSI-X has at most 2048 vectors');
     if ((index === IrqIndex.ERR || index === IrqIndex.REQ) && count > 1) throw new VfuError(Errno.EINVAL, 'ERR/REQ have one vector');
     this.closeRange(index, 0, this.vectors[index]!.length);
-    this.vectors[index] = Array.from({ length: count }, () => ({ fd: -1, masked: false, pending: false }));
+    this.vectors[index] = Array.from({ length: count }, () => ({ fd: -1, masked: false, pending: false, stalled: false }));
   }
 
   count(index: number): number {
@@ -93,6 +107,9 @@ export class IrqController {
     if (count === 0 && start !== 0) throw bad('count 0 needs start 0');
     if (fds.length !== 0 && data !== IrqSetFlag.DATA_EVENTFD) throw bad('descriptors without DATA_EVENTFD');
     if (fds.length !== 0 && fds.length !== count) throw bad(`${fds.length} descriptors for ${count} vectors`);
+    // Anything else (a pipe, a socket, a file) could block or misbehave when
+    // written; the caller closes the refused descriptors.
+    for (const fd of fds) if (native!.isEventfd(fd) !== 1) throw bad(`descriptor ${fd} is not an eventfd`);
     if (data === IrqSetFlag.DATA_BOOL && (req.bools?.length ?? 0) < count) throw bad('short DATA_BOOL array');
 
     if (action === IrqSetFlag.ACTION_MASK || action === IrqSetFlag.ACTION_UNMASK) {
@@ -123,10 +140,10 @@ export class IrqController {
       }
       for (let i = 0; i < count; i++) {
         const v = this.vectors[index]![start + i]!;
-        if (v.fd >= 0) native?.close(v.fd);
+        this.release(v);
         // Not made non-blocking: O_NONBLOCK belongs to the open file, which
         // the client shares, and would break its blocking reads.
-        // eventfdWrite polls instead (see the addon).
+        // eventfdWrite cannot block anyway (see the addon).
         v.fd = fds[i]!;
       }
       for (let i = 0; i < count; i++) this.onEventfdAttached?.(index, start + i);
@@ -156,14 +173,22 @@ export class IrqController {
     return this.vectors[index]?.[vector]?.pending ?? false;
   }
 
+  /** Whether an interrupt waits for room in the vector's eventfd counter. */
+  isStalled(index: number, vector: number): boolean {
+    return this.vectors[index]?.[vector]?.stalled ?? false;
+  }
+
   hasEventfd(index: number, vector: number): boolean {
     return (this.vectors[index]?.[vector]?.fd ?? -1) >= 0;
   }
 
   /**
-   * Raises an interrupt.  Returns true when signalled now; false when it was
-   * left pending (vector masked) or had nowhere to go (no eventfd yet).
-   * Throws EINVAL for a vector the device does not have.
+   * Raises an interrupt.  Returns true when signalled now, or taken by an
+   * eventfd whose counter is full (the client has not read it): then it is
+   * written as soon as the client drains the counter, without ever blocking
+   * the loop.  False when it was left pending (vector masked) or had nowhere
+   * to go (no eventfd yet).  Throws EINVAL for a vector the device does not
+   * have.
    */
   trigger(index: number, vector = 0): boolean {
     const v = this.vectors[index]?.[vector];
@@ -177,19 +202,76 @@ export class IrqController {
 
   private signal(index: number, v: Vector): boolean {
     if (v.fd < 0) return false;
+    if (v.stalled) return true; // one is already waiting: eventfds add up anyway
     const r = native!.eventfdWrite(v.fd, 1);
-    if (r < 0) return false;
-    this.delivered[index]!++;
+    if (r === 0) {
+      this.delivered[index]!++;
+      return true;
+    }
+    return r === -Errno.EAGAIN && this.stall(index, v);
+  }
+
+  /** Waits for room in `v`'s counter (false: cannot watch it, dropped). */
+  private stall(index: number, v: Vector): boolean {
+    const n = native!;
+    if (this.stalls === null) {
+      const epfd = n.epollCreate();
+      if (epfd < 0) return false;
+      const poll = n.pollStart(epfd, POLL_READABLE, () => this.onRoom());
+      n.pollRef(poll, false); // the session, not a waiting interrupt, keeps the process up
+      this.stalls = { epfd, poll, byFd: new Map(), ready: new Int32Array(64) };
+    }
+    if (n.epollCtl(this.stalls.epfd, EPOLL_ADD, v.fd, POLL_WRITABLE) < 0) {
+      this.closeStallsIfIdle();
+      return false;
+    }
+    this.stalls.byFd.set(v.fd, { index, v });
+    v.stalled = true;
     return true;
+  }
+
+  private unstall(v: Vector): void {
+    const s = this.stalls;
+    if (!v.stalled || s === null) return;
+    native!.epollCtl(s.epfd, EPOLL_DEL, v.fd);
+    s.byFd.delete(v.fd);
+    v.stalled = false;
+  }
+
+  /** Some stalled eventfd has room: write what waits there. */
+  private onRoom(): void {
+    const s = this.stalls;
+    if (s === null) return;
+    const k = native!.epollWait(s.epfd, s.ready);
+    for (let i = 0; i < k; i++) {
+      const e = s.byFd.get(s.ready[i]!);
+      if (e === undefined) continue;
+      this.unstall(e.v);
+      this.signal(e.index, e.v); // may stall again if the client refilled it
+    }
+    this.closeStallsIfIdle();
+  }
+
+  private closeStallsIfIdle(): void {
+    const s = this.stalls;
+    if (s === null || s.byFd.size > 0) return;
+    native!.pollClose(s.poll);
+    native!.close(s.epfd);
+    this.stalls = null;
+  }
+
+  /** Closes a vector's eventfd, dropping an interrupt still waiting on it. */
+  private release(v: Vector): void {
+    if (v.fd < 0) return;
+    this.unstall(v);
+    this.closeStallsIfIdle();
+    native?.close(v.fd);
+    v.fd = -1;
   }
 
   private closeRange(index: number, start: number, count: number): void {
     const vs = this.vectors[index]!;
-    for (let i = start; i < Math.min(vs.length, start + count); i++) {
-      const v = vs[i]!;
-      if (v.fd >= 0) native?.close(v.fd);
-      v.fd = -1;
-    }
+    for (let i = start; i < Math.min(vs.length, start + count); i++) this.release(vs[i]!);
   }
 
   /** Drops every eventfd (client gone) and clears mask state. */
@@ -203,9 +285,9 @@ export class IrqController {
     }
   }
 
-  /** Descriptors held (for leak checks). */
+  /** Descriptors held (for leak checks), the epoll set's included. */
   get fdCount(): number {
-    let n = 0;
+    let n = this.stalls === null ? 0 : 1;
     for (const vs of this.vectors) for (const v of vs) if (v.fd >= 0) n++;
     return n;
   }

@@ -5,7 +5,8 @@ import { HEADER_SIZE } from '../../src/protocol/constants.js';
 import { writeHeader } from '../../src/protocol/header.js';
 import { messages, traceFiles } from '../helpers/traces.js';
 
-export type FdKind = 'memfd' | 'memfd-unsealed' | 'eventfd' | 'eventfd-blocking' | 'devnull' | 'socket' | 'dir' | 'tmpfile';
+/** `eventfd-full`: blocking, its counter at 0xfffffffffffffffe (no room for a signal). */
+export type FdKind = 'memfd' | 'memfd-unsealed' | 'eventfd' | 'eventfd-blocking' | 'eventfd-full' | 'devnull' | 'socket' | 'dir' | 'tmpfile';
 
 export interface FdSpec {
   kind: FdKind;

@@ -25,6 +25,11 @@ export function openFd(spec: FdSpec): number {
       return n.eventfd(0, 1);
     case 'eventfd-blocking':
       return n.eventfd(0, 0);
+    case 'eventfd-full': {
+      const fd = n.eventfd(0, 0);
+      n.eventfdWrite(fd, -2);
+      return fd;
+    }
     case 'devnull':
       return openSync('/dev/null', 'r+');
     case 'socket': {

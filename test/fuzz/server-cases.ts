@@ -380,7 +380,7 @@ function sizeLike(r: Rng): bigint {
  * the edges, migration state changes and dirty logging.
  */
 function structured(r: Rng, kinds: string[]): Msg {
-  const what = r.pick(['dma-map', 'dma-map', 'dma-unmap', 'set-irqs', 'region', 'feature', 'write-multi', 'mig-data', 'dirty-pages'] as const);
+  const what = r.pick(['dma-map', 'dma-map', 'dma-unmap', 'set-irqs', 'irq-race', 'region', 'feature', 'write-multi', 'mig-data', 'dirty-pages'] as const);
   kinds.push(what);
   const msgId = r.int(0x10000);
   const msg = (cmd: number, payload: Buffer, fds: FdSpec[] = []): Msg => ({ bytes: encode({ msgId, cmd, flags: r.bool(0.05) ? HeaderFlag.NO_REPLY : 0, errorNo: 0, payload }), fds });
@@ -420,6 +420,21 @@ function structured(r: Rng, kinds: string[]): Msg {
       bools.copy(p, 20);
       const nfds = data === 4 ? r.pick([0, 1, 1, 2]) : r.pick([0, 0, 0, 1]);
       const fds: FdSpec[] = Array.from({ length: nfds }, () => (r.bool(0.7) ? { kind: r.pick(['eventfd', 'eventfd-blocking'] as const) } : randomFd(r)));
+      return msg(Command.DEVICE_SET_IRQS, p, fds);
+    }
+    case 'irq-race': {
+      // The interrupt race: eventfds whose counter has no room, as a client
+      // racing the server's write leaves them.  The harness triggers every
+      // vector, then drains these and expects what waited to arrive.
+      const index = r.pick([0, 0, 3, 4]); // the sample's one-vector indexes: INTx, ERR, REQ
+      const count = 1;
+      const p = Buffer.alloc(20);
+      p.writeUInt32LE(20, 0);
+      p.writeUInt32LE(4 | 32, 4); // DATA_EVENTFD | ACTION_TRIGGER
+      p.writeUInt32LE(index, 8);
+      p.writeUInt32LE(0, 12);
+      p.writeUInt32LE(count, 16);
+      const fds: FdSpec[] = Array.from({ length: count }, () => ({ kind: r.bool(0.8) ? 'eventfd-full' : 'eventfd-blocking' }) as FdSpec);
       return msg(Command.DEVICE_SET_IRQS, p, fds);
     }
     case 'region': {

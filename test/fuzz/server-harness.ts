@@ -15,7 +15,7 @@
 // A header declaring a huge size makes the server skip that many bytes: up
 // to PAD_BUDGET the harness sends them (zeros) and carries on; beyond, it
 // reconnects, and says so in the statistics.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -307,13 +307,15 @@ export class ServerFuzzer {
 
     // send the pieces, yielding between them so the server reads them apart
     let stream = Buffer.alloc(0);
+    const raceFds: number[] = [];
     for (let k = 0; k < c.pieces.length; k++) {
       const p = c.pieces[k]!;
       if (p.bytes.length === 0) continue;
       const fds = p.fds.map(openFd);
       cl.send(p.bytes, fds);
       await cl.ep.whenDrained();
-      closeFds(fds);
+      // full eventfds stay open here until the interrupt race is checked
+      closeFds(fds.filter((fd, j) => p.fds[j]!.kind !== 'eventfd-full' || (raceFds.push(fd), false)));
       stream = Buffer.concat([stream, p.bytes]);
       if (k < c.pieces.length - 1) await new Promise((r) => setImmediate(r));
     }
@@ -339,6 +341,7 @@ export class ServerFuzzer {
     const answered = await cl.waitReplies(expected.length, this.timeoutMs);
     if (!answered) {
       this.lostCase(cl, `${cl.replies.length} of ${expected.length} replies`);
+      closeFds(raceFds);
       await this.reconnect();
       return;
     }
@@ -363,6 +366,7 @@ export class ServerFuzzer {
       const want = c.preNegotiation ? 2 : 1;
       if (!(await cl.waitReplies(want, this.timeoutMs))) {
         this.lostCase(cl, 'no answer to the probe');
+        closeFds(raceFds);
         await this.reconnect();
         return;
       }
@@ -395,6 +399,7 @@ export class ServerFuzzer {
     }
 
     if (accepted) this.exerciseDevice();
+    if (raceFds.length > 0) await this.checkIrqRace(raceFds);
 
     if (mustReconnect || c.preNegotiation) {
       this.stats.resyncByReconnect += mustReconnect ? 1 : 0;
@@ -433,6 +438,33 @@ export class ServerFuzzer {
         }
       }
     }
+  }
+
+  /**
+   * The interrupt race: interrupts raised into an eventfd with no room must
+   * have returned at once (we got here) and wait; once the client drains
+   * the counter, each must arrive without another message.
+   */
+  private async checkIrqRace(fds: number[]): Promise<void> {
+    const d = this.sample.device;
+    const stalled = (): number => {
+      let k = 0;
+      for (let i = 0; i < 5; i++) for (let v = 0; v < d.irqs.count(i); v++) if (d.irqs.isStalled(i, v)) k++;
+      return k;
+    };
+    const waiting = stalled();
+    const delivered0 = d.irqs.delivered.reduce((a, b) => a + b, 0);
+    // read only what is there: these are blocking and we are the server's thread too
+    for (const fd of fds) if (!/eventfd-count:\s*0\n/.test(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))) native!.eventfdRead(fd);
+    try {
+      await until(() => stalled() === 0, this.timeoutMs);
+    } catch {
+      this.stats.hangs++;
+      this.fail(`${stalled()} of ${waiting} interrupts waiting on a full eventfd not delivered after the drain`);
+    }
+    const delivered = d.irqs.delivered.reduce((a, b) => a + b, 0) - delivered0;
+    if (delivered < waiting) this.fail(`${waiting} interrupts waited on a full eventfd, ${delivered} delivered after the drain`);
+    closeFds(fds);
   }
 
   private lostCase(cl: RawClient, what: string): void {
