@@ -1,7 +1,7 @@
 // Runs the compiled test suite with Node's built-in runner (which prints the
 // pass/fail totals CI reads).  Usage: node scripts/run-tests.mjs [filter...]
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 function walk(dir, out = []) {
@@ -11,6 +11,15 @@ function walk(dir, out = []) {
     else if (e.endsWith('.test.js')) out.push(p);
   }
   return out;
+}
+
+// The suite runs against the addon built from this tree's source: a rebase
+// (or another branch's merge) can bring a newer native/vfu_native.c.
+const newest = Math.max(...['native/vfu_native.c', 'binding.gyp'].filter(existsSync).map((f) => statSync(f).mtimeMs));
+const addon = 'build/Release/vfu_native.node';
+if (existsSync(addon) && statSync(addon).mtimeMs < newest) {
+  console.log('the addon is older than its source: rebuilding it');
+  spawnSync(process.execPath, ['scripts/build-native.mjs'], { stdio: 'inherit' });
 }
 
 const filters = process.argv.slice(2);
