@@ -7,7 +7,7 @@
 //   node dist/bench/run.js --json                  also print the rows as JSON
 //   node dist/bench/run.js --markdown              the table as Markdown (BENCHMARKS.md)
 //
-// Sections: latency migread migwrite rss dma dirty v1v2 downtime transport.
+// Sections: latency migread migwrite rss dma maps dirty v1v2 downtime transport.
 // Every process taking part (servers, clients) is pinned to CPU 0 with
 // taskset: on this 2-vCPU VM a cross-CPU wake-up costs 30-45 µs and lands
 // unpredictably.  Throughput figures are the median of RUNS runs, each
@@ -22,6 +22,7 @@ import { crc32 } from 'node:zlib';
 import { fillPseudoRandom } from '../src/devices/bigstate.js';
 import { benchDirty } from './dirty.js';
 import { benchDma } from './dma.js';
+import { benchDmaMaps } from './dma-maps.js';
 import { type BenchRow, formatMarkdown, formatRows } from './rows.js';
 import { benchTransport } from './transport.js';
 
@@ -424,6 +425,7 @@ const sections: Record<string, (ctx: Ctx) => Promise<void>> = {
   migwrite,
   rss: async (ctx) => void ctx.rows.push(...rssRows.splice(0)),
   dma: async (ctx) => void ctx.rows.push(...benchDma()),
+  maps: async (ctx) => void ctx.rows.push(...benchDmaMaps()),
   dirty: async (ctx) => {
     for (const r of await benchDirty()) {
       // The issue asks for 1 GB/s of bitmap: held against the larger of the

@@ -53,6 +53,7 @@ test('property: SortedMap matches a sorted array', () => {
           assert.equal(map.get(o.key)?.key, keys.includes(o.key) ? o.key : undefined);
         }
         check(map, keys);
+        assert.ok(map.height <= 1.4405 * Math.log2(keys.length + 2), `height ${map.height} for ${keys.length} keys`);
       }
       map.clear();
       check(map, []);
@@ -78,6 +79,8 @@ test('SortedMap: 100,000 ascending, descending and interleaved inserts and delet
   for (let k = 0; k < n; k++) map.insert(k, k);
   for (let k = -1; k >= -n; k--) map.insert(k, k);
   assert.equal(map.size, 2 * n);
+  // An AVL tree of n nodes is at most 1.4405 log2(n + 2) high: lookups stay O(log n).
+  assert.ok(map.height <= 1.4405 * Math.log2(2 * n + 2), `height ${map.height}`);
   for (let k = -n; k < n; k += 2) assert.equal(map.delete(k), true);
   assert.equal(map.size, n);
   assert.equal(map.floor(-n)?.key, undefined);

@@ -80,6 +80,11 @@ export class SortedMap<V> {
     return this.n;
   }
 
+  /** Height of the tree: at most about 1.44 log2(size + 2) (tests hold it to that). */
+  get height(): number {
+    return h(this.root);
+  }
+
   /** The entry with the smallest key, or null. */
   get first(): SortedEntry<V> | null {
     return this.head;
