@@ -5,8 +5,18 @@ export { parseCapabilities, formatCapabilities, type Capabilities } from './prot
 export { describeMessage } from './protocol/describe.js';
 export { native, nativeLoadError, NativeUnavailableError } from './native/index.js';
 
-export { VfioUserDevice, type DeviceOptions, type PciIdentity, type ResetReason, type MigrationSetup } from './server/device.js';
-export { VfioUserServer, type ServeOptions } from './server/server.js';
+export {
+  VfioUserDevice,
+  type DeviceOptions,
+  type DeviceEvents,
+  type DmaOptions,
+  type LogLevel,
+  type PciIdentity,
+  type ResetReason,
+  type MigrationSetup,
+} from './server/device.js';
+export { VfioUserServer, type ServeOptions, type ServerEvents } from './server/server.js';
+export { RemoteError } from './transport/connection.js';
 export type { RegionSpec, RegionAccess, SparseArea } from './server/regions.js';
 export type { DmaMappingInfo, DmaSegment } from './server/dma.js';
 
@@ -16,7 +26,8 @@ export { MigrationController, type MigrationCallbacks, type PrecopyInfo } from '
 export { deriveNextState, planPath, migrationFlags, type MigrationFeatures } from './migration/fsm.js';
 export { DirtyBitmap, DirtyLog, bitmapSize, type DirtyLogOptions, type LogRange } from './migration/dirty.js';
 
-export { VfioUserClient, type ClientOptions, type RegionInfo, type DeviceInfo, type IrqInfo } from './client/client.js';
+export { VfioUserClient, type ClientOptions, type ClientEvents, type RegionInfo, type DeviceInfo, type IrqInfo } from './client/client.js';
+export { deviceProfile, compareProfiles, type DeviceProfile } from './client/compare.js';
 export { GuestMemory, type GuestRange } from './client/guest-memory.js';
 export {
   migrate,

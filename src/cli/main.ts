@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { demoCommand } from './demo.js';
 import { lspciCommand } from './lspci.js';
 import { migrateCommand } from './migrate.js';
+import { readCommand, writeCommand } from './regio.js';
 import { receiveCommand } from './receive.js';
 import { serveCommand } from './serve.js';
 import { traceCommand } from './trace.js';
@@ -41,6 +42,25 @@ program
   .option('--json', 'machine-readable output')
   .action(lspciCommand);
 
+const regionHelp = 'bar0 … bar5, rom, config, vga, migration, or a region number';
+program
+  .command('read')
+  .description("print a device's bytes in hex (like setpci/devmem): COUNT bytes (default 4) at OFFSET")
+  .argument('<socket>', 'server socket path')
+  .argument('<region>', regionHelp)
+  .argument('<offset>', 'byte offset in the region (decimal or 0x hex)')
+  .argument('[count]', 'bytes to read (default 4)')
+  .action(readCommand);
+
+program
+  .command('write')
+  .description("write bytes to a device's region")
+  .argument('<socket>', 'server socket path')
+  .argument('<region>', regionHelp)
+  .argument('<offset>', 'byte offset in the region (decimal or 0x hex)')
+  .argument('<hexbytes>', 'bytes in memory order, e.g. 01000000 (the 32-bit value 1) or "de ad be ef"')
+  .action(writeCommand);
+
 program
   .command('migrate')
   .description('live-migrate a device to another server, here or on another host')
@@ -51,8 +71,20 @@ program
   .option('--chunk-kib <n>', 'MIG_DATA_READ size in KiB')
   .option('--guest-mib <n>', 'also map and migrate this much simulated guest RAM')
   .option('--no-precopy', 'stop-copy only')
+  .option(
+    '--discard-precopy-data',
+    "read the device's pre-copy data but do not send it: only for destinations that cannot take pre-copy data before the " +
+      "stop-copy image (libvfio-user's samples/server); a device whose stop-copy image does not repeat its pre-copy data loses that part",
+  )
+  .option('--force', 'migrate even when the two devices differ (ids, class, regions, interrupts, migration capabilities)')
+  .option('--plot <file.svg>', 'write an SVG picture of the migration: bytes and dirty pages per round, estimate, downtime')
   .option('--json', 'print the report as JSON')
   .option('-q, --quiet', 'no progress bar')
+  .addHelpText(
+    'after',
+    '\nBefore anything moves, a local destination is compared with the source (vendor/device/subsystem ids, class,\n' +
+      'region sizes and flags, interrupt counts, migration capabilities); a mismatch is refused unless --force.',
+  )
   .action(migrateCommand);
 
 program

@@ -4,10 +4,14 @@
 // table (or JSON) follows.  With --guest-mib it also stands in for the
 // VMM's RAM (mapped to the device and migrated page by page).
 import { randomBytes } from 'node:crypto';
+import { statSync, writeFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import { VfioUserClient } from '../client/client.js';
+import { compareProfiles, deviceProfile } from '../client/compare.js';
 import { LocalTarget, formatReport, migrate, type MigrationTarget } from '../client/migrate.js';
 import { TcpTarget } from '../client/tcp-stream.js';
+import { intOption } from './options.js';
+import { migrationSvg } from './plot.js';
 
 export interface MigrateCliOptions {
   from: string;
@@ -19,19 +23,54 @@ export interface MigrateCliOptions {
   guestMib?: string;
   precopy?: boolean;
   quiet?: boolean;
+  force?: boolean;
+  discardPrecopyData?: boolean;
+  plot?: string;
+}
+
+/** The same socket file (by inode, so two spellings of one path count). */
+function sameSocket(a: string, b: string): boolean {
+  if (a === b) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
 }
 
 export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
+  const local = !o.to.startsWith('tcp://');
+  if (local && sameSocket(o.from, o.to)) {
+    throw new Error(`--from and --to are the same socket (${o.from}): migrate to a second server running the same device`);
+  }
+  const rounds = o.rounds !== undefined ? intOption('--rounds', o.rounds, 0) : undefined;
+  const convergeKib = o.convergeKib !== undefined ? intOption('--converge-kib', o.convergeKib, 0) : undefined;
+  const chunkKib = o.chunkKib !== undefined ? intOption('--chunk-kib', o.chunkKib, 1) : undefined;
+  const guestMib = o.guestMib !== undefined ? intOption('--guest-mib', o.guestMib, 1) : undefined;
   const src = await VfioUserClient.connect(o.from);
   let dst: VfioUserClient | null = null;
   let target: MigrationTarget;
-  if (o.to.startsWith('tcp://')) target = new TcpTarget(o.to);
-  else {
-    dst = await VfioUserClient.connect(o.to);
-    target = new LocalTarget(dst);
+  try {
+    if (!local) target = new TcpTarget(o.to);
+    else {
+      dst = await VfioUserClient.connect(o.to);
+      target = new LocalTarget(dst);
+      // Nothing moves until both ends are known to be the same kind of device.
+      const diffs = compareProfiles(await deviceProfile(src), await deviceProfile(dst));
+      if (diffs.length > 0 && !o.force) {
+        throw new Error(`the devices differ, nothing was migrated (--force to migrate anyway):\n  ${diffs.join('\n  ')}`);
+      }
+      if (diffs.length > 0) process.stderr.write(`vfu: warning: the devices differ (--force):\n  ${diffs.join('\n  ')}\n`);
+    }
+  } catch (e) {
+    src.close();
+    dst?.close();
+    throw e;
   }
-  if (o.guestMib) {
-    const size = Number(o.guestMib) * 1024 * 1024;
+  if (guestMib !== undefined) {
+    const size = guestMib * 1024 * 1024;
     const r = src.memory.add(0x100000, size);
     randomBytes(Math.min(size, 1 << 20)).copy(r.bytes);
     await src.dmaMap({ iova: 0x100000, size });
@@ -45,10 +84,11 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
   let estimateTotal = 0;
   try {
     const report = await migrate(src, target, {
-      ...(o.rounds !== undefined ? { maxRounds: Number(o.rounds) } : {}),
-      ...(o.convergeKib !== undefined ? { convergeBytes: Number(o.convergeKib) * 1024 } : {}),
-      ...(o.chunkKib !== undefined ? { chunkSize: Number(o.chunkKib) * 1024 } : {}),
+      ...(rounds !== undefined ? { maxRounds: rounds } : {}),
+      ...(convergeKib !== undefined ? { convergeBytes: convergeKib * 1024 } : {}),
+      ...(chunkKib !== undefined ? { chunkSize: chunkKib * 1024 } : {}),
       ...(o.precopy === false ? { noPreCopy: true } : {}),
+      ...(o.discardPrecopyData ? { discardPrecopyDeviceData: true } : {}),
       onProgress: (e) => {
         if (!showBar) return;
         const done = e.deviceBytes + e.guestBytes;
@@ -66,6 +106,7 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
       bar.update(100, { phase: 'done     ' });
       bar.stop();
     }
+    if (o.plot !== undefined) writeFileSync(o.plot, migrationSvg(report));
     process.stdout.write((o.json ? JSON.stringify(report, null, 2) : formatReport(report)) + '\n');
   } catch (e) {
     if (showBar) bar.stop();

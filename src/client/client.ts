@@ -26,6 +26,8 @@ import {
   VERSION_MAJOR,
   VERSION_MINOR,
   commandName,
+  featureName,
+  migStateNames,
 } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import { DeviceInfoStruct, IrqInfoStruct, IrqSetStruct } from '../protocol/messages/device.js';
@@ -53,7 +55,7 @@ import {
   type SubRegion,
 } from '../protocol/messages/region.js';
 import { version } from '../protocol/messages/version.js';
-import { Connection, type Reply } from '../transport/connection.js';
+import { Connection, RemoteError, type Reply } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
 import { NativeEndpoint } from '../transport/native-endpoint.js';
@@ -250,6 +252,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     };
     if (this.opts.twinSocket && canFds) ours.twinSocket = { supported: true };
     if (this.opts.migSizing ?? true) ours.migSizing = true;
+    ours.errorText = true;
     const body = version.encode({ major: VERSION_MAJOR, minor: VERSION_MINOR, json: formatCapabilities(ours), nul: true });
     const r = await this.conn.request(Command.VERSION, body);
     try {
@@ -258,6 +261,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       if (v.minor > VERSION_MINOR) throw bad(Command.VERSION, `minor ${v.minor} above ours`);
       this.serverVersion = { major: v.major, minor: v.minor };
       this.serverCaps = parseCapabilities(v.json, v.nul);
+      this.conn.errorText = this.serverCaps.errorText === true;
       const twin = this.serverCaps.twinSocket;
       if (twin?.supported && ours.twinSocket) {
         const fd = twin.fdIndex !== undefined ? r.fds[twin.fdIndex] : undefined;
@@ -674,10 +678,18 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   // ------------------------------------------------------------- features
 
-  private async feature(flags: number, data: Buffer | null, replyData: number): Promise<Buffer> {
+  private async feature(flags: number, data: Buffer | null, replyData: number, what?: string): Promise<Buffer> {
     const dlen = data ? data.length : 0;
     const head = FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(dlen, replyData), flags });
-    const r = this.noFds(await this.call(Command.DEVICE_FEATURE, data ? Buffer.concat([head, data]) : head));
+    let r: Reply;
+    try {
+      r = this.noFds(await this.call(Command.DEVICE_FEATURE, data ? Buffer.concat([head, data]) : head));
+    } catch (e) {
+      // say which feature (and which state) the peer refused
+      if (!(e instanceof RemoteError)) throw e;
+      const op = flags & FeatureFlag.SET ? 'SET' : flags & FeatureFlag.GET ? 'GET' : 'PROBE';
+      throw e.about(what ?? `${op} ${featureName(flags & 0xffff)}`);
+    }
     if (r.payload.length < FeatureStruct.size || r.payload.readUInt32LE(4) !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
     return r.payload.subarray(FeatureStruct.size);
   }
@@ -714,7 +726,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   async setMigrationState(state: number): Promise<void> {
-    await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.SET, MigStateStruct.encode({ deviceState: state, dataFd: -1 }), 0);
+    const data = MigStateStruct.encode({ deviceState: state, dataFd: -1 });
+    await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.SET, data, 0, `migration state -> ${migStateNames[state] ?? state}`);
   }
 
   /** Whether the server offered the pre-copy sizing extension. */

@@ -38,6 +38,12 @@ export interface Capabilities {
   writeMultiple: boolean;
   /** Request side: true to ask; reply side: the feature indexes. */
   migSizing?: true | MigSizingCaps;
+  /**
+   * Our extension `"vfu_error_text": true`: when both sides say it, error
+   * replies carry the reason as UTF-8 text after the header (the errno
+   * stays in the header).  Peers that do not ask never see a payload.
+   */
+  errorText?: boolean;
 }
 
 export const defaultCapabilities: Readonly<Capabilities> = Object.freeze({
@@ -125,6 +131,7 @@ export function parseCapabilities(json: string | undefined, nul: boolean | undef
       caps.migSizing = { dataSize, precopyInfo };
     } else if (s !== false) throw bad('vfu_mig_sizing must be a boolean or an object');
   }
+  if (bool(c, 'vfu_error_text') === true) caps.errorText = true;
   return caps;
 }
 
@@ -150,5 +157,6 @@ export function formatCapabilities(c: Partial<Capabilities>): string {
   if (c.writeMultiple) o['write_multiple'] = true;
   if (c.migSizing === true) o['vfu_mig_sizing'] = true;
   else if (c.migSizing) o['vfu_mig_sizing'] = { data_size: c.migSizing.dataSize, precopy_info: c.migSizing.precopyInfo };
+  if (c.errorText) o['vfu_error_text'] = true;
   return JSON.stringify({ capabilities: o });
 }

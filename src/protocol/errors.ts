@@ -7,7 +7,10 @@ import { Errno, errnoName } from './constants.js';
 export class VfuError extends Error {
   readonly errno: number;
   constructor(errno: number, message?: string) {
-    super(message ? `${message} (${errnoName(errno)})` : errnoName(errno));
+    // The errno is named once, even when the message already ends with it
+    // (an error wrapping another's message).
+    const name = errnoName(errno);
+    super(message ? (message.endsWith(`(${name})`) ? message : `${message} (${name})`) : name);
     this.name = 'VfuError';
     this.errno = errno;
   }

@@ -183,7 +183,7 @@ export class Session {
     this.closeFds(f.fds);
     const errno = errnoOf(e, Errno.EINVAL);
     this.device.log('debug', `${commandName(f.cmd)} (id ${f.msgId}) failed: ${(e as Error)?.message ?? e}`);
-    this.conn.replyError(via, f, errno);
+    this.conn.replyError(via, f, errno, (e as Error)?.message);
   }
 
   /** Closes descriptors a handler did not take (it sets f.fds = [] when it does). */

@@ -47,12 +47,41 @@ interface Pending {
   deadline: number;
 }
 
-/** An error reply from the peer. */
+/** Longest reason text sent or accepted in an error reply (bytes). */
+export const MAX_ERROR_TEXT = 512;
+
+/**
+ * An error reply from the peer: the command it refused, its errno, and its
+ * own reason when the peer sends one (our `vfu_error_text` extension).
+ */
 export class RemoteError extends VfuError {
-  constructor(errno: number, cmd: number) {
-    super(errno, `${commandName(cmd)} failed on the peer`);
+  /** The command the peer refused (a Command value). */
+  readonly command: number;
+  /** The peer's reason, when it gave one. */
+  readonly reason: string | null;
+  /** What the request was for, in words ("SET migration state STOP"), when the caller said. */
+  readonly what: string | null;
+  constructor(errno: number, cmd: number, reason: string | null = null, what: string | null = null) {
+    const head = `the peer refused ${commandName(cmd)}${what ? ` (${what})` : ''}`;
+    super(errno, reason ? `${head}: ${reason}` : head);
     this.name = 'RemoteError';
+    this.command = cmd;
+    this.reason = reason;
+    this.what = what;
   }
+
+  /** The same refusal, saying what the request was for. */
+  about(what: string): RemoteError {
+    return new RemoteError(this.errno, this.command, this.reason, what);
+  }
+}
+
+/** A peer's reason text, made printable (no control characters). */
+function reasonText(payload: Buffer): string | null {
+  if (payload.length === 0) return null;
+  // eslint-disable-next-line no-control-regex
+  const t = payload.subarray(0, MAX_ERROR_TEXT).toString('utf8').replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
+  return t === '' ? null : t;
 }
 
 export const copyReply: ReplyParser<Reply> = (f) => ({
@@ -82,6 +111,8 @@ export class Connection {
   onClose: (err: Error | null) => void = () => {};
   /** Protocol oddities seen (unknown reply ids, mismatched replies). */
   protocolErrors = 0;
+  /** Error replies carry reason text, both ways (negotiated: `vfu_error_text`). */
+  errorText = false;
   /** Traffic counters (messages and bytes, both directions). */
   readonly stats = { sent: 0, received: 0, bytesSent: 0, bytesReceived: 0 };
 
@@ -168,7 +199,7 @@ export class Connection {
     if (f.flags & HeaderFlag.ERROR) {
       for (const fd of f.fds) this.opts.closeFd(fd);
       const e = f.errorNo > 0 && f.errorNo <= MAX_ERRNO ? f.errorNo : Errno.EINVAL;
-      p.reject(new RemoteError(e, f.cmd));
+      p.reject(new RemoteError(e, f.cmd, this.errorText ? reasonText(f.payload) : null));
       return;
     }
     let v: unknown;
@@ -230,10 +261,15 @@ export class Connection {
     this.sendRaw(via, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, payload, extra, fds);
   }
 
-  /** Replies to `req` with an error and no payload (what the spec asks). */
-  replyError(via: Endpoint, req: Frame, errno: number): void {
+  /**
+   * Replies to `req` with an error: no payload (what the spec asks), or the
+   * `reason` text when `errorText` was negotiated.
+   */
+  replyError(via: Endpoint, req: Frame, errno: number, reason?: string): void {
     if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
-    this.sendRaw(via, req.msgId, req.cmd, HEADER_SIZE, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, errno, null, null, null);
+    const text = this.errorText && reason ? Buffer.from(reason, 'utf8').subarray(0, MAX_ERROR_TEXT) : null;
+    const size = HEADER_SIZE + (text ? text.length : 0);
+    this.sendRaw(via, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, errno, text, null, null);
   }
 
   /**

@@ -34,6 +34,7 @@ export function negotiate(s: Session, f: Frame, via: Endpoint): void {
     }
   }
   if (client.writeMultiple) ours.writeMultiple = true;
+  if (client.errorText) ours.errorText = true;
 
   let twinFds: number[] | null = null;
   if (client.twinSocket?.supported && s.opts.twinSocket && fdsOk && native) {
@@ -53,6 +54,7 @@ export function negotiate(s: Session, f: Frame, via: Endpoint): void {
     const fd = twinFds[0]!;
     void via.whenDrained().then(() => native!.close(fd));
   }
+  s.conn.errorText = client.errorText === true;
   s.clientCaps = { ...client, ...(ours.migSizing ? { migSizing: ours.migSizing } : {}) };
   if (client.migration?.pgsize !== undefined) s.dirtyPageSize = client.migration.pgsize;
   dev.emit('connected', s.clientCaps);
