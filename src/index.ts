@@ -43,3 +43,5 @@ export { TcpTarget, receiveMigrations, ChunkReader, BrokenStreamError } from './
 export { createSample } from './devices/sample.js';
 export { createGpio } from './devices/gpio.js';
 export { createBigState } from './devices/bigstate.js';
+export { createNvme, NVME_VENDOR_ID, NVME_DEVICE_ID, NVME_CLASS_CODE, type NvmeOptions, type NvmeDevice } from './devices/nvme/nvme.js';
+export { NvmeDriver, NvmeStatusError, type NvmeDriverOptions, type NvmeCompletion, type NvmeInfo } from './client/nvme/driver.js';

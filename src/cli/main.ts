@@ -15,7 +15,7 @@ program.name('vfu').description('vfio-user for TypeScript: serve devices, inspec
 program
   .command('serve')
   .description('run a device as a vfio-user server: a built-in one, or your module')
-  .argument('<device>', 'gpio | sample | bigstate, or a module path (./my-device.js) whose default export returns a VfioUserDevice or a promise of one')
+  .argument('<device>', 'gpio | sample | bigstate | nvme, or a module path (./my-device.js) whose default export returns a VfioUserDevice or a promise of one')
   .option('--socket-path <path>', 'UNIX socket to listen on (created mode 0600)')
   .option('--fd <n>', 'an inherited, already connected socket')
   .option('-v, --verbose', 'log connections, resets and migration steps to stderr')
@@ -24,6 +24,11 @@ program
   .option('--precopy-mib <n>', 'bigstate: MiB streamed in pre-copy')
   .option('--no-verify', 'bigstate: do not check a received state by its CRC-32 (length only)')
   .option('--max-data-xfer-size <bytes>', 'largest data transfer accepted')
+  .option('--image <file>', 'nvme: raw image backing the namespace (shared with a migration destination, never copied)')
+  .option('--size <size>', 'nvme: create the image at this size (e.g. 1G) when absent; must match when it exists')
+  .option('--queues <n>', 'nvme: I/O queue pairs (default 4)')
+  .option('--lba <bytes>', 'nvme: logical block size, 512 or 4096 (default 512)')
+  .option('--shadow-doorbells', 'nvme: offer Doorbell Buffer Config and doorbell ioeventfds')
   .action(serveCommand);
 
 program

@@ -19,6 +19,11 @@ export interface ServeCliOptions {
   precopyMib?: string;
   maxDataXferSize?: string;
   verify?: boolean;
+  image?: string;
+  size?: string;
+  queues?: string;
+  lba?: string;
+  shadowDoorbells?: boolean;
 }
 
 /** A device argument naming a module rather than a built-in device. */
@@ -64,6 +69,11 @@ export async function serveCommand(name: string, o: ServeCliOptions): Promise<vo
         ...(o.stateMib !== undefined ? { stateMib: intOption('--state-mib', o.stateMib, 1) } : {}),
         ...(o.precopyMib !== undefined ? { precopyMib: intOption('--precopy-mib', o.precopyMib, 0) } : {}),
         ...(o.verify === false ? { verify: false } : {}),
+        ...(o.image !== undefined ? { image: o.image } : {}),
+        ...(o.size !== undefined ? { size: o.size } : {}),
+        ...(o.queues !== undefined ? { queues: intOption('--queues', o.queues, 1) } : {}),
+        ...(o.lba !== undefined ? { lba: intOption('--lba', o.lba, 512) } : {}),
+        ...(o.shadowDoorbells ? { shadowDoorbells: true } : {}),
       })
     : await loadDeviceModule(name);
   const label = factory !== undefined ? name : device.name;
