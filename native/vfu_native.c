@@ -71,40 +71,50 @@
         }                                                                      \
     } while (0)
 
+/* Throws the failed N-API call's error unless one is already pending.  When
+ * even that fails there is nothing left to report with: the caller returns
+ * NULL (undefined) regardless. */
 static napi_value throw_last(napi_env env) {
     const napi_extended_error_info *info = NULL;
     bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (!pending) {
-        napi_get_last_error_info(env, &info);
-        napi_throw_error(env, NULL,
-                         info && info->error_message ? info->error_message
-                                                     : "vfu_native: N-API call failed");
-    }
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return NULL;
+    if (napi_get_last_error_info(env, &info) != napi_ok) info = NULL;
+    (void)napi_throw_error(env, NULL,
+                           info && info->error_message ? info->error_message
+                                                       : "vfu_native: N-API call failed");
     return NULL;
 }
 
-/* Throws Error(message: strerror) with .errno and .code. */
+/* Throws Error(message: strerror) with .errno and .code; a plain Error with
+ * code "ERRNO" if the object cannot be built. */
 static napi_value throw_errno(napi_env env, const char *what, int err) {
     char msg[256];
     napi_value m, e, n, c;
     snprintf(msg, sizeof(msg), "%s: %s", what, strerror(err));
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
-    napi_create_error(env, NULL, m, &e);
-    napi_create_int32(env, err, &n);
-    napi_set_named_property(env, e, "errno", n);
-    napi_create_string_utf8(env, "ERRNO", NAPI_AUTO_LENGTH, &c);
-    napi_set_named_property(env, e, "code", c);
-    napi_throw(env, e);
+    if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok ||
+        napi_create_error(env, NULL, m, &e) != napi_ok ||
+        napi_create_int32(env, err, &n) != napi_ok ||
+        napi_set_named_property(env, e, "errno", n) != napi_ok ||
+        napi_create_string_utf8(env, "ERRNO", NAPI_AUTO_LENGTH, &c) != napi_ok ||
+        napi_set_named_property(env, e, "code", c) != napi_ok ||
+        napi_throw(env, e) != napi_ok) {
+        bool pending = false;
+        if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) {
+            (void)napi_throw_error(env, "ERRNO", msg);
+        }
+    }
     return NULL;
 }
 
+/* A JS number, or NULL (undefined to JS) with the error thrown. */
 static napi_value make_int(napi_env env, int64_t v) {
     napi_value r;
-    napi_create_int64(env, v, &r);
+    if (napi_create_int64(env, v, &r) != napi_ok) return throw_last(env);
     return r;
 }
 
+/* The first `want` arguments, missing ones as undefined: 0, or -1 (a failed
+ * N-API call: report it with throw_last). */
 static int get_args(napi_env env, napi_callback_info info, size_t want,
                     napi_value *argv) {
     size_t argc = want;
@@ -112,7 +122,7 @@ static int get_args(napi_env env, napi_callback_info info, size_t want,
         return -1;
     }
     for (size_t i = argc; i < want; i++) {
-        napi_get_undefined(env, &argv[i]);
+        if (napi_get_undefined(env, &argv[i]) != napi_ok) return -1;
     }
     return 0;
 }
@@ -160,10 +170,25 @@ static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
     return -1;
 }
 
+/* 1 for undefined or null; 0 otherwise, and when the type cannot be had
+ * (the value is then read as what it is not, which fails and throws). */
 static int is_nullish(napi_env env, napi_value v) {
     napi_valuetype t;
-    napi_typeof(env, v, &t);
+    if (napi_typeof(env, v, &t) != napi_ok) return 0;
     return t == napi_undefined || t == napi_null;
+}
+
+/* An Int32Array-like state array: at least `n` slots, 4-byte aligned (we
+ * write it as int32_t; a Uint8Array or DataView at an odd offset is not). */
+static int get_state(napi_env env, napi_value v, size_t n, int32_t **out) {
+    uint8_t *p;
+    size_t len;
+    if (get_bytes(env, v, &p, &len) < 0 || len < n * sizeof(int32_t) ||
+        ((uintptr_t)p & (sizeof(int32_t) - 1)) != 0) {
+        return -1;
+    }
+    *out = (int32_t *)p;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ sockets */
@@ -174,9 +199,18 @@ static napi_value n_socketpair(napi_env env, napi_callback_info info) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
         return throw_errno(env, "socketpair", errno);
     }
-    CHECK(napi_create_array_with_length(env, 2, &arr));
-    napi_set_element(env, arr, 0, make_int(env, sv[0]));
-    napi_set_element(env, arr, 1, make_int(env, sv[1]));
+    {
+        napi_value a, b;
+        if (napi_create_array_with_length(env, 2, &arr) != napi_ok ||
+            napi_create_int32(env, sv[0], &a) != napi_ok ||
+            napi_create_int32(env, sv[1], &b) != napi_ok ||
+            napi_set_element(env, arr, 0, a) != napi_ok ||
+            napi_set_element(env, arr, 1, b) != napi_ok) {
+            close(sv[0]);
+            close(sv[1]);
+            return throw_last(env);
+        }
+    }
     return arr;
 }
 
@@ -194,6 +228,42 @@ static int fill_addr(napi_env env, napi_value v, struct sockaddr_un *addr) {
     return 0;
 }
 
+/*
+ * chmod() of the socket file we just bound, never through a symlink someone
+ * put in its place (chmod follows them; fchmod on the socket fd changes the
+ * socket's own inode, not the file bind made; Linux's fchmodat takes no
+ * AT_SYMLINK_NOFOLLOW before fchmodat2).  So: open the name itself with
+ * O_PATH|O_NOFOLLOW, check it is a socket we own, and chmod the inode that
+ * descriptor holds through /proc/self/fd (fchmod refuses O_PATH fds).
+ * Without /proc, the checked name is chmod()ed (a window only as wide as
+ * between the two calls).
+ */
+static int chmod_socket_nofollow(const char *path, mode_t mode) {
+    char proc[64];
+    struct stat st;
+    int fd, rc, err;
+    fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (fstat(fd, &st) < 0) {
+        err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid()) {
+        close(fd);
+        errno = S_ISLNK(st.st_mode) ? ELOOP : EEXIST;
+        return -1;
+    }
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    rc = chmod(proc, mode);
+    if (rc < 0 && errno == ENOENT) rc = chmod(path, mode);
+    err = errno;
+    close(fd);
+    errno = err;
+    return rc;
+}
+
 /* listen(path, backlog, mode): the socket file appears at `path` only once
  * it is listening (bound under a temporary name, then renamed), so a client
  * polling for the file never meets ECONNREFUSED; it is created with `mode`
@@ -206,8 +276,10 @@ static napi_value n_listen(napi_env env, napi_callback_info info) {
     mode_t old;
     if (get_args(env, info, 3, argv) < 0) return throw_last(env);
     if ((rc = fill_addr(env, argv[0], &addr)) < 0) return throw_errno(env, "listen", -rc);
-    if (!is_nullish(env, argv[1])) get_i32(env, argv[1], &backlog);
-    if (!is_nullish(env, argv[2])) get_i32(env, argv[2], &mode);
+    if ((!is_nullish(env, argv[1]) && get_i32(env, argv[1], &backlog) < 0) ||
+        (!is_nullish(env, argv[2]) && get_i32(env, argv[2], &mode) < 0)) {
+        return throw_last(env);
+    }
     tmp = addr;
     if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", addr.sun_path, (int)getpid()) >=
         (int)sizeof(tmp.sun_path)) {
@@ -224,7 +296,7 @@ static napi_value n_listen(napi_env env, napi_callback_info info) {
         close(fd);
         return throw_errno(env, "bind", err);
     }
-    if (chmod(tmp.sun_path, mode) < 0 || listen(fd, backlog) < 0 ||
+    if (chmod_socket_nofollow(tmp.sun_path, (mode_t)mode) < 0 || listen(fd, backlog) < 0 ||
         rename(tmp.sun_path, addr.sun_path) < 0) {
         err = errno;
         close(fd);
@@ -271,6 +343,7 @@ static napi_value n_connect(napi_env env, napi_callback_info info) {
 static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
     napi_value argv[4];
     int32_t fd;
+    int fds[MAX_FDS];
     struct iovec iov[2];
     struct msghdr msg;
     union {
@@ -282,6 +355,23 @@ static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
 
     if (get_args(env, info, 4, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
         return throw_last(env);
+    }
+    /* The descriptors first: reading an element can run JS (a getter, a
+     * proxy's trap) that detaches or frees the buffers, so no buffer
+     * pointer is taken before the last call that can enter JS. */
+    if (!is_nullish(env, argv[3])) {
+        bool isarr = false;
+        if (napi_is_array(env, argv[3], &isarr) != napi_ok) return throw_last(env);
+        if (!isarr) return throw_errno(env, "sendmsg: fds", EINVAL);
+        if (napi_get_array_length(env, argv[3], &nfds) != napi_ok) return throw_last(env);
+        if (nfds > MAX_FDS) return make_int(env, -EINVAL);
+        for (uint32_t i = 0; i < nfds; i++) {
+            napi_value e;
+            int32_t v;
+            if (napi_get_element(env, argv[3], i, &e) != napi_ok) return throw_last(env);
+            if (get_i32(env, e, &v) < 0) return throw_errno(env, "sendmsg: fd", EINVAL);
+            fds[i] = v;
+        }
     }
     memset(&msg, 0, sizeof(msg));
     if (get_bytes(env, argv[1], (uint8_t **)&iov[0].iov_base, &iov[0].iov_len) < 0) {
@@ -295,31 +385,16 @@ static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
         }
         if (iov[1].iov_len > 0) msg.msg_iovlen = 2;
     }
-    if (!is_nullish(env, argv[3])) {
-        bool isarr = false;
-        napi_is_array(env, argv[3], &isarr);
-        if (!isarr) return throw_errno(env, "sendmsg: fds", EINVAL);
-        napi_get_array_length(env, argv[3], &nfds);
-        if (nfds > MAX_FDS) return make_int(env, -EINVAL);
-        if (nfds > 0) {
-            struct cmsghdr *cm;
-            int *p;
-            memset(&ctrl, 0, sizeof(ctrl));
-            msg.msg_control = ctrl.buf;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-            cm = CMSG_FIRSTHDR(&msg);
-            cm->cmsg_level = SOL_SOCKET;
-            cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-            p = (int *)CMSG_DATA(cm);
-            for (uint32_t i = 0; i < nfds; i++) {
-                napi_value e;
-                int32_t v;
-                napi_get_element(env, argv[3], i, &e);
-                if (get_i32(env, e, &v) < 0) return throw_errno(env, "sendmsg: fd", EINVAL);
-                p[i] = v;
-            }
-        }
+    if (nfds > 0) {
+        struct cmsghdr *cm;
+        memset(&ctrl, 0, sizeof(ctrl));
+        msg.msg_control = ctrl.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
     }
     do {
         n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -377,21 +452,21 @@ static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
     napi_value argv[5];
     int32_t fd;
     int64_t off, len;
-    uint8_t *buf, *st8;
-    size_t buflen, stlen;
+    uint8_t *buf;
+    int32_t *state;
+    size_t buflen;
 
     if (get_args(env, info, 5, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
         get_i64(env, argv[2], &off) < 0 || get_i64(env, argv[3], &len) < 0) {
         return throw_last(env);
     }
-    if (get_bytes(env, argv[1], &buf, &buflen) < 0 ||
-        get_bytes(env, argv[4], &st8, &stlen) < 0 || stlen < STATE_LEN * sizeof(int32_t)) {
+    if (get_bytes(env, argv[1], &buf, &buflen) < 0 || get_state(env, argv[4], STATE_LEN, &state) < 0) {
         return throw_errno(env, "recvmsg: arguments", EINVAL);
     }
     if (off < 0 || len <= 0 || (uint64_t)off + (uint64_t)len > buflen) {
         return throw_errno(env, "recvmsg: range", ERANGE);
     }
-    return make_int(env, recv_into(fd, buf + off, (size_t)len, (int32_t *)st8));
+    return make_int(env, recv_into(fd, buf + off, (size_t)len, state));
 }
 
 static napi_value n_close(napi_env env, napi_callback_info info) {
@@ -463,12 +538,41 @@ typedef struct {
     int uv_closed;
     int finalized;
     /* pollSetIo: the receive-ahead buffer, the state array and the outbox,
-     * held by strong references while registered, and their memory. */
+     * held by strong references while registered.  Their memory is looked up
+     * afresh at each use: JS may detach (transfer) an ArrayBuffer at any
+     * time, and a pointer kept from registration would then dangle. */
     napi_ref rbuf_ref, rstate_ref, obuf_ref;
+} poll_ctx_t;
+
+/* The registered I/O memory as it is now; NULL / 0 for what is missing,
+ * detached or unusable (a state array that is not whole and aligned). */
+typedef struct {
     uint8_t *rbuf, *obuf;
     size_t rbuf_len, obuf_len;
-    int32_t *rstate;
-} poll_ctx_t;
+    int32_t *state;
+} poll_io_t;
+
+static void ref_bytes(napi_env env, napi_ref ref, uint8_t **data, size_t *len) {
+    napi_value v;
+    *data = NULL;
+    *len = 0;
+    if (ref == NULL || napi_get_reference_value(env, ref, &v) != napi_ok || v == NULL ||
+        get_bytes(env, v, data, len) < 0 || *data == NULL) {
+        *data = NULL;
+        *len = 0;
+    }
+}
+
+static void poll_io(napi_env env, poll_ctx_t *p, poll_io_t *io) {
+    uint8_t *st8;
+    size_t stlen;
+    memset(io, 0, sizeof(*io));
+    ref_bytes(env, p->rstate_ref, &st8, &stlen);
+    if (st8 == NULL || stlen < STATE_IO_SLOTS * sizeof(int32_t) || ((uintptr_t)st8 & 3) != 0) return;
+    io->state = (int32_t *)st8;
+    ref_bytes(env, p->rbuf_ref, &io->rbuf, &io->rbuf_len);
+    ref_bytes(env, p->obuf_ref, &io->obuf, &io->obuf_len);
+}
 
 static void poll_maybe_free(poll_ctx_t *p) {
     if (p->uv_closed && p->finalized) free(p);
@@ -493,23 +597,23 @@ static void poll_on_event(uv_poll_t *h, int status, int events);
  * call.  What the socket does not take stays at the front of the outbox and
  * we poll for writability: the JS side sends it first when that comes
  * (errors surface there too, as the socket then reads as writable). */
-static void send_outbox(poll_ctx_t *p) {
-    int32_t n = p->rstate[STATE_OUT_LEN];
+static void send_outbox(poll_ctx_t *p, const poll_io_t *io) {
+    int32_t n = io->state[STATE_OUT_LEN];
     ssize_t r;
     int fd;
-    if (n <= 0 || p->obuf == NULL || (size_t)n > p->obuf_len || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
+    if (n <= 0 || io->obuf == NULL || (size_t)n > io->obuf_len || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
         return;
     }
     do {
-        r = send(fd, p->obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        r = send(fd, io->obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (r < 0 && errno == EINTR);
     if (r == n) {
-        p->rstate[STATE_OUT_LEN] = 0;
+        io->state[STATE_OUT_LEN] = 0;
         return;
     }
     if (r > 0) {
-        memmove(p->obuf, p->obuf + r, (size_t)(n - r));
-        p->rstate[STATE_OUT_LEN] = (int32_t)(n - r);
+        memmove(io->obuf, io->obuf + r, (size_t)(n - r));
+        io->state[STATE_OUT_LEN] = (int32_t)(n - r);
     }
     uv_poll_start(&p->handle, UV_READABLE | UV_WRITABLE, poll_on_event);
 }
@@ -520,71 +624,123 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
     napi_handle_scope scope;
     napi_value cb, recv, argv[3], result;
     napi_status st;
+    poll_io_t io;
 
     if (p->closing) return;
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-    napi_get_reference_value(env, p->callback, &cb);
-    napi_get_reference_value(env, p->self, &recv);
-    argv[0] = make_int(env, events & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT));
-    argv[1] = make_int(env, status);
+    if (napi_get_reference_value(env, p->callback, &cb) != napi_ok || cb == NULL ||
+        napi_get_reference_value(env, p->self, &recv) != napi_ok || recv == NULL ||
+        napi_create_int32(env, events & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT), &argv[0]) != napi_ok ||
+        napi_create_int32(env, status, &argv[1]) != napi_ok ||
+        napi_get_null(env, &argv[2]) != napi_ok) {
+        goto out;
+    }
+    poll_io(env, p, &io);
     /* Receive-ahead: read into the registered target before entering JS,
      * which gets the result as a third argument (null: nothing read).  The
      * JS side saves the N-API call, and its cost, on every message. */
-    napi_get_null(env, &argv[2]);
-    if (status == 0 && (events & UV_READABLE) && p->rbuf != NULL) {
-        int32_t off = p->rstate[STATE_RECV_OFF], len = p->rstate[STATE_RECV_LEN];
+    if (status == 0 && (events & UV_READABLE) && io.state != NULL && io.rbuf != NULL) {
+        int32_t off = io.state[STATE_RECV_OFF], len = io.state[STATE_RECV_LEN];
         int fd;
-        if (len > 0 && off >= 0 && (size_t)off + (size_t)len <= p->rbuf_len &&
-            uv_fileno((uv_handle_t *)h, &fd) == 0) {
-            argv[2] = make_int(env, recv_into(fd, p->rbuf + off, (size_t)len, p->rstate));
+        if (len > 0 && off >= 0 && (size_t)off + (size_t)len <= io.rbuf_len &&
+            uv_fileno((uv_handle_t *)h, &fd) == 0 &&
+            napi_create_int64(env, recv_into(fd, io.rbuf + off, (size_t)len, io.state), &argv[2]) != napi_ok) {
+            goto out;
         }
     }
-    if (p->rstate != NULL) p->rstate[STATE_IN_CB] = 1;
+    if (io.state != NULL) io.state[STATE_IN_CB] = 1;
     st = napi_make_callback(env, p->actx, recv, cb, 3, argv, &result);
     if (st == napi_pending_exception) {
         napi_value err;
-        napi_get_and_clear_last_exception(env, &err);
-        napi_fatal_exception(env, err);
+        if (napi_get_and_clear_last_exception(env, &err) == napi_ok) (void)napi_fatal_exception(env, err);
     }
-    /* The registration may have changed (or the handle closed) meanwhile. */
-    if (p->rstate != NULL) {
-        p->rstate[STATE_IN_CB] = 0;
-        if (!p->closing) send_outbox(p);
+    /* JS ran: the registration may have changed, a buffer been detached, or
+     * the handle closed. */
+    if (p->rstate_ref != NULL) {
+        poll_io(env, p, &io);
+        if (io.state != NULL) {
+            io.state[STATE_IN_CB] = 0;
+            if (!p->closing) send_outbox(p, &io);
+        }
     }
-    napi_close_handle_scope(env, scope);
+out:
+    (void)napi_close_handle_scope(env, scope);
+}
+
+static void poll_release_io(napi_env env, poll_ctx_t *p) {
+    /* Deleting a reference fails only for a bad env or ref: nothing to undo. */
+    if (p->rbuf_ref) (void)napi_delete_reference(env, p->rbuf_ref);
+    if (p->rstate_ref) (void)napi_delete_reference(env, p->rstate_ref);
+    if (p->obuf_ref) (void)napi_delete_reference(env, p->obuf_ref);
+    p->rbuf_ref = p->rstate_ref = p->obuf_ref = NULL;
+}
+
+/* Drops the JS side's references (self last: the wrapper may then be
+ * collected, which runs poll_finalize). */
+static void poll_release_js(napi_env env, poll_ctx_t *p) {
+    poll_release_io(env, p);
+    if (p->actx) (void)napi_async_destroy(env, p->actx);
+    if (p->callback) (void)napi_delete_reference(env, p->callback);
+    if (p->self) (void)napi_delete_reference(env, p->self);
+    p->actx = NULL;
+    p->callback = p->self = NULL;
+}
+
+/* Stops and closes an initialised handle; `p` is freed once libuv has
+ * closed it and the wrapper was finalised (or never wrapped: `finalized`). */
+static void poll_shutdown(napi_env env, poll_ctx_t *p) {
+    p->closing = 1;
+    uv_poll_stop(&p->handle);
+    uv_close((uv_handle_t *)&p->handle, poll_on_uv_close);
+    poll_release_js(env, p);
 }
 
 /* pollStart(fd, events, callback(events, status)) -> handle */
 static napi_value n_poll_start(napi_env env, napi_callback_info info) {
     napi_value argv[3], obj, name;
+    napi_valuetype t;
     int32_t fd, events;
     uv_loop_t *loop;
     poll_ctx_t *p;
     int rc;
 
     if (get_args(env, info, 3, argv) < 0 || get_i32(env, argv[0], &fd) < 0 ||
-        get_i32(env, argv[1], &events) < 0) {
+        get_i32(env, argv[1], &events) < 0 || napi_typeof(env, argv[2], &t) != napi_ok) {
         return throw_last(env);
     }
+    if (t != napi_function) return throw_errno(env, "pollStart: callback", EINVAL);
     CHECK(napi_get_uv_event_loop(env, &loop));
     p = calloc(1, sizeof(*p));
     if (p == NULL) return throw_errno(env, "pollStart", ENOMEM);
     p->env = env;
+    /* The JS side first, undone if anything fails; the uv handle last, as
+     * once it is initialised only uv_close may release `p`. */
+    if (napi_create_object(env, &obj) != napi_ok ||
+        napi_create_reference(env, argv[2], 1, &p->callback) != napi_ok ||
+        napi_create_reference(env, obj, 1, &p->self) != napi_ok ||
+        napi_create_string_utf8(env, "vfu:poll", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, obj, name, &p->actx) != napi_ok) {
+        throw_last(env);
+        poll_release_js(env, p);
+        free(p);
+        return NULL;
+    }
     rc = uv_poll_init(loop, &p->handle, fd);
     if (rc < 0) {
+        poll_release_js(env, p);
         free(p);
         return throw_errno(env, "uv_poll_init", -rc);
     }
     p->handle.data = p;
-    CHECK(napi_create_object(env, &obj));
-    CHECK(napi_create_reference(env, argv[2], 1, &p->callback));
-    CHECK(napi_create_reference(env, obj, 1, &p->self));
-    CHECK(napi_create_string_utf8(env, "vfu:poll", NAPI_AUTO_LENGTH, &name));
-    CHECK(napi_async_init(env, obj, name, &p->actx));
-    CHECK(napi_wrap(env, obj, p, poll_finalize, NULL, NULL));
+    if (napi_wrap(env, obj, p, poll_finalize, NULL, NULL) != napi_ok) {
+        throw_last(env);
+        p->finalized = 1; /* no wrapper will finalise it */
+        poll_shutdown(env, p);
+        return NULL;
+    }
     rc = uv_poll_start(&p->handle, events & (UV_READABLE | UV_WRITABLE), poll_on_event);
     if (rc < 0) {
-        /* Leave the JS object wrapped; closing frees everything. */
+        poll_shutdown(env, p); /* the wrapper's finaliser completes the release */
         return throw_errno(env, "uv_poll_start", -rc);
     }
     return obj;
@@ -617,8 +773,9 @@ static napi_value n_poll_ref(napi_env env, napi_callback_info info) {
     napi_value argv[2];
     bool ref = true;
     poll_ctx_t *p;
-    if (get_args(env, info, 2, argv) < 0) return throw_last(env);
-    napi_get_value_bool(env, argv[1], &ref);
+    if (get_args(env, info, 2, argv) < 0 || napi_get_value_bool(env, argv[1], &ref) != napi_ok) {
+        return throw_last(env);
+    }
     p = unwrap_poll(env, argv[0]);
     if (p == NULL || p->closing) return NULL;
     if (ref) {
@@ -627,16 +784,6 @@ static napi_value n_poll_ref(napi_env env, napi_callback_info info) {
         uv_unref((uv_handle_t *)&p->handle);
     }
     return NULL;
-}
-
-static void poll_release_io(napi_env env, poll_ctx_t *p) {
-    if (p->rbuf_ref) napi_delete_reference(env, p->rbuf_ref);
-    if (p->rstate_ref) napi_delete_reference(env, p->rstate_ref);
-    if (p->obuf_ref) napi_delete_reference(env, p->obuf_ref);
-    p->rbuf_ref = p->rstate_ref = p->obuf_ref = NULL;
-    p->rbuf = p->obuf = NULL;
-    p->rbuf_len = p->obuf_len = 0;
-    p->rstate = NULL;
 }
 
 /*
@@ -652,8 +799,9 @@ static void poll_release_io(napi_env env, poll_ctx_t *p) {
 static napi_value n_poll_set_io(napi_env env, napi_callback_info info) {
     napi_value argv[4];
     poll_ctx_t *p;
-    uint8_t *rbuf = NULL, *st8, *obuf = NULL;
-    size_t rlen = 0, stlen, olen = 0;
+    uint8_t *rbuf = NULL, *obuf = NULL;
+    int32_t *state;
+    size_t rlen = 0, olen = 0;
     if (get_args(env, info, 4, argv) < 0) return throw_last(env);
     p = unwrap_poll(env, argv[0]);
     if (p == NULL || p->closing) return throw_errno(env, "pollSetIo", EBADF);
@@ -661,20 +809,19 @@ static napi_value n_poll_set_io(napi_env env, napi_callback_info info) {
         poll_release_io(env, p);
         return NULL;
     }
-    if (get_bytes(env, argv[2], &st8, &stlen) < 0 || stlen < STATE_IO_SLOTS * sizeof(int32_t) ||
+    if (get_state(env, argv[2], STATE_IO_SLOTS, &state) < 0 ||
         (!is_nullish(env, argv[1]) && get_bytes(env, argv[1], &rbuf, &rlen) < 0) ||
         (!is_nullish(env, argv[3]) && get_bytes(env, argv[3], &obuf, &olen) < 0)) {
         return throw_errno(env, "pollSetIo: arguments", EINVAL);
     }
     poll_release_io(env, p);
-    CHECK(napi_create_reference(env, argv[2], 1, &p->rstate_ref));
-    if (rbuf != NULL) CHECK(napi_create_reference(env, argv[1], 1, &p->rbuf_ref));
-    if (obuf != NULL) CHECK(napi_create_reference(env, argv[3], 1, &p->obuf_ref));
-    p->rstate = (int32_t *)st8;
-    p->rbuf = rbuf;
-    p->rbuf_len = rlen;
-    p->obuf = obuf;
-    p->obuf_len = olen;
+    if (napi_create_reference(env, argv[2], 1, &p->rstate_ref) != napi_ok ||
+        (rbuf != NULL && napi_create_reference(env, argv[1], 1, &p->rbuf_ref) != napi_ok) ||
+        (obuf != NULL && napi_create_reference(env, argv[3], 1, &p->obuf_ref) != napi_ok)) {
+        throw_last(env);
+        poll_release_io(env, p);
+        return NULL;
+    }
     return NULL;
 }
 
@@ -685,13 +832,7 @@ static napi_value n_poll_close(napi_env env, napi_callback_info info) {
     if (get_args(env, info, 1, argv) < 0) return throw_last(env);
     p = unwrap_poll(env, argv[0]);
     if (p == NULL || p->closing) return NULL;
-    p->closing = 1;
-    uv_poll_stop(&p->handle);
-    uv_close((uv_handle_t *)&p->handle, poll_on_uv_close);
-    napi_async_destroy(env, p->actx);
-    napi_delete_reference(env, p->callback);
-    napi_delete_reference(env, p->self);
-    poll_release_io(env, p);
+    poll_shutdown(env, p);
     return NULL;
 }
 
@@ -705,7 +846,12 @@ typedef struct mapping {
     int adopted; /* owned by its ArrayBuffer (creation succeeded) */
 } mapping_t;
 
-static mapping_t *g_mappings; /* live mappings; the main thread only */
+/* Live mappings, for munmap() and liveMappings().  Worker threads may load
+ * the addon too (each env gets its own functions, all share this list), so
+ * the list and each entry's `unmapped` are guarded by a mutex; it is never
+ * held across an N-API call that may run a finaliser. */
+static mapping_t *g_mappings;
+static pthread_mutex_t g_mappings_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void mapping_unlink(mapping_t *m) {
     for (mapping_t **pp = &g_mappings; *pp; pp = &(*pp)->next) {
@@ -721,11 +867,13 @@ static void mapping_finalize(napi_env env, void *data, void *hint) {
     /* Node calls the finaliser at once when it cannot make the ArrayBuffer
      * (too large): n_mmap, which sees the failure, cleans up then. */
     if (!m->adopted) return;
+    pthread_mutex_lock(&g_mappings_lock);
     if (!m->unmapped) {
         munmap(m->addr, m->len);
         m->unmapped = 1;
     }
     mapping_unlink(m);
+    pthread_mutex_unlock(&g_mappings_lock);
     free(m);
 }
 
@@ -741,8 +889,11 @@ static napi_value n_memfd_create(napi_env env, napi_callback_info info) {
     if (get_args(env, info, 3, argv) < 0 || get_i64(env, argv[1], &size) < 0) {
         return throw_last(env);
     }
-    napi_get_value_string_utf8(env, argv[0], name, sizeof(name), &nl);
-    napi_get_value_bool(env, argv[2], &seal);
+    if ((!is_nullish(env, argv[0]) &&
+         napi_get_value_string_utf8(env, argv[0], name, sizeof(name), &nl) != napi_ok) ||
+        (!is_nullish(env, argv[2]) && napi_get_value_bool(env, argv[2], &seal) != napi_ok)) {
+        return throw_last(env);
+    }
     if (size < 0) return throw_errno(env, "memfd_create", EINVAL);
     fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return throw_errno(env, "memfd_create", errno);
@@ -768,7 +919,10 @@ static napi_value n_get_seals(napi_env env, napi_callback_info info) {
 }
 
 /* mmap(fd, offset, length, prot) -> ArrayBuffer (MAP_SHARED).
- * prot: 1 read, 2 write.  offset must be page aligned. */
+ * prot: 1 read, 2 write, 3 both.  offset must be page aligned, and
+ * [offset, offset + length) inside the file: a page past its end would
+ * raise SIGBUS when touched, which kills the process.  Only regular files
+ * (memfds included) have a size to check; anything else is refused. */
 static napi_value n_mmap(napi_env env, napi_callback_info info) {
     napi_value argv[4], ab;
     int32_t fd, prot;
@@ -781,8 +935,17 @@ static napi_value n_mmap(napi_env env, napi_callback_info info) {
         get_i32(env, argv[3], &prot) < 0) {
         return throw_last(env);
     }
-    if (off < 0 || len <= 0 || (off & (sysconf(_SC_PAGESIZE) - 1)) != 0) {
+    if (off < 0 || len <= 0 || (off & (sysconf(_SC_PAGESIZE) - 1)) != 0 || prot < 1 || prot > 3 ||
+        (uint64_t)len > SIZE_MAX) {
         return throw_errno(env, "mmap", EINVAL);
+    }
+    {
+        struct stat st;
+        if (fstat(fd, &st) < 0) return throw_errno(env, "mmap", errno);
+        if (!S_ISREG(st.st_mode)) return throw_errno(env, "mmap: not a regular file", ENODEV);
+        if ((uint64_t)len > (uint64_t)st.st_size || (uint64_t)off > (uint64_t)st.st_size - (uint64_t)len) {
+            return throw_errno(env, "mmap: beyond the end of the file", EINVAL);
+        }
     }
     if (prot & 1) p |= PROT_READ;
     if (prot & 2) p |= PROT_WRITE;
@@ -804,8 +967,10 @@ static napi_value n_mmap(napi_env env, napi_callback_info info) {
         return throw_last(env);
     }
     m->adopted = 1;
+    pthread_mutex_lock(&g_mappings_lock);
     m->next = g_mappings;
     g_mappings = m;
+    pthread_mutex_unlock(&g_mappings_lock);
     return ab;
 }
 
@@ -816,30 +981,38 @@ static napi_value n_munmap(napi_env env, napi_callback_info info) {
     void *data = NULL;
     size_t len = 0;
     bool is = false;
+    int found = 0;
     if (get_args(env, info, 1, argv) < 0) return throw_last(env);
     if (napi_is_arraybuffer(env, argv[0], &is) != napi_ok || !is) {
         return throw_errno(env, "munmap: not an ArrayBuffer", EINVAL);
     }
     CHECK(napi_get_arraybuffer_info(env, argv[0], &data, &len));
     if (data == NULL || len == 0) return make_int(env, 0); /* already detached */
+    pthread_mutex_lock(&g_mappings_lock);
     for (mapping_t *m = g_mappings; m; m = m->next) {
-        if (m->addr == data && !m->unmapped) {
+        if (m->addr == data && m->len == len && !m->unmapped) {
+            found = 1;
             /* Unmap before detaching: detaching may run the finaliser, which
-             * frees `m`; it then sees `unmapped` and only frees. */
+             * frees `m`; it then sees `unmapped` and only frees.  The lock
+             * is released first, as the finaliser takes it. */
             munmap(m->addr, m->len);
             m->unmapped = 1;
-            CHECK(napi_detach_arraybuffer(env, argv[0]));
-            return make_int(env, 0);
+            break;
         }
     }
-    return throw_errno(env, "munmap: not a mapping made by mmap()", EINVAL);
+    pthread_mutex_unlock(&g_mappings_lock);
+    if (!found) return throw_errno(env, "munmap: not a mapping made by mmap()", EINVAL);
+    CHECK(napi_detach_arraybuffer(env, argv[0]));
+    return make_int(env, 0);
 }
 
 static napi_value n_live_mappings(napi_env env, napi_callback_info info) {
     int64_t n = 0;
+    pthread_mutex_lock(&g_mappings_lock);
     for (mapping_t *m = g_mappings; m; m = m->next) {
         if (!m->unmapped) n++;
     }
+    pthread_mutex_unlock(&g_mappings_lock);
     return make_int(env, n);
 }
 
@@ -854,9 +1027,11 @@ static napi_value n_eventfd(napi_env env, napi_callback_info info) {
     napi_value argv[2];
     int32_t init = 0, fl = 0;
     int f = EFD_CLOEXEC, fd;
-    if (get_args(env, info, 2, argv) < 0) return throw_last(env);
-    if (!is_nullish(env, argv[0])) get_i32(env, argv[0], &init);
-    if (!is_nullish(env, argv[1])) get_i32(env, argv[1], &fl);
+    if (get_args(env, info, 2, argv) < 0 ||
+        (!is_nullish(env, argv[0]) && get_i32(env, argv[0], &init) < 0) ||
+        (!is_nullish(env, argv[1]) && get_i32(env, argv[1], &fl) < 0)) {
+        return throw_last(env);
+    }
     if (fl & 1) f |= EFD_NONBLOCK;
     if (fl & 2) f |= EFD_SEMAPHORE;
     fd = eventfd((unsigned)init, f);
@@ -1091,14 +1266,22 @@ static napi_value n_waitpid(napi_env env, napi_callback_info info) {
     if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &pid) < 0) {
         return throw_last(env);
     }
-    napi_get_value_bool(env, argv[1], &nohang);
+    if (!is_nullish(env, argv[1]) && napi_get_value_bool(env, argv[1], &nohang) != napi_ok) {
+        return throw_last(env);
+    }
     do {
         r = waitpid(pid, &status, nohang ? WNOHANG : 0);
     } while (r < 0 && errno == EINTR);
-    CHECK(napi_create_array_with_length(env, 3, &arr));
-    napi_set_element(env, arr, 0, make_int(env, r < 0 ? -errno : r));
-    napi_set_element(env, arr, 1, make_int(env, r > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1));
-    napi_set_element(env, arr, 2, make_int(env, r > 0 && WIFSIGNALED(status) ? WTERMSIG(status) : 0));
+    {
+        int32_t vals[3] = {r < 0 ? -errno : r, r > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                           r > 0 && WIFSIGNALED(status) ? WTERMSIG(status) : 0};
+        CHECK(napi_create_array_with_length(env, 3, &arr));
+        for (uint32_t i = 0; i < 3; i++) {
+            napi_value v;
+            CHECK(napi_create_int32(env, vals[i], &v));
+            CHECK(napi_set_element(env, arr, i, v));
+        }
+    }
     return arr;
 }
 
