@@ -38,7 +38,7 @@ export {
   type MigrationReport,
   type MigrationTarget,
 } from './client/migrate.js';
-export { TcpTarget, receiveMigrations, ChunkReader, BrokenStreamError } from './client/tcp-stream.js';
+export { TcpTarget, receiveMigrations, ChunkReader, BrokenStreamError, type TcpTargetOptions, type ReceiveOptions } from './client/tcp-stream.js';
 
 export { createSample } from './devices/sample.js';
 export { createGpio } from './devices/gpio.js';

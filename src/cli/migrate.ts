@@ -1,6 +1,6 @@
-// `vfu migrate --from PATH --to PATH|tcp://HOST:PORT`: live-migrates the
+// `vfu migrate --from PATH --to PATH|tcp[s]://HOST:PORT`: live-migrates the
 // device behind a source server, to a destination server on this host or to
-// `vfu receive` on another.  A progress bar runs during pre-copy; a phase
+// `vfu receive` on another (tcps://: over TLS 1.3, --tls-* credentials).  A progress bar runs during pre-copy; a phase
 // table (or JSON) follows.  With --guest-mib it also stands in for the
 // VMM's RAM (mapped to the device and migrated page by page).
 import { randomBytes } from 'node:crypto';
@@ -9,11 +9,12 @@ import cliProgress from 'cli-progress';
 import { VfioUserClient } from '../client/client.js';
 import { compareProfiles, deviceProfile } from '../client/compare.js';
 import { LocalTarget, formatReport, migrate, type MigrationTarget } from '../client/migrate.js';
+import { type TlsFiles, tlsOptionsFromFiles } from '../client/stream-tls.js';
 import { TcpTarget } from '../client/tcp-stream.js';
 import { intOption } from './options.js';
 import { migrationSvg } from './plot.js';
 
-export interface MigrateCliOptions {
+export interface MigrateCliOptions extends TlsFiles {
   from: string;
   to: string;
   json?: boolean;
@@ -41,7 +42,7 @@ function sameSocket(a: string, b: string): boolean {
 }
 
 export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
-  const local = !o.to.startsWith('tcp://');
+  const local = !/^tcps?:\/\//.test(o.to);
   if (local && sameSocket(o.from, o.to)) {
     throw new Error(`--from and --to are the same socket (${o.from}): migrate to a second server running the same device`);
   }
@@ -53,8 +54,10 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
   let dst: VfioUserClient | null = null;
   let target: MigrationTarget;
   try {
-    if (!local) target = new TcpTarget(o.to);
-    else {
+    if (!local) {
+      const tls = tlsOptionsFromFiles(o, 'client');
+      target = new TcpTarget(o.to, tls ? { tls } : {});
+    } else {
       dst = await VfioUserClient.connect(o.to);
       target = new LocalTarget(dst);
       // Nothing moves until both ends are known to be the same kind of device.

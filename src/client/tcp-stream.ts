@@ -1,37 +1,55 @@
 // Migration across machines: `vfu migrate` on the source host streams the
-// device state and guest pages over TCP to `vfu receive` on the destination
-// host, which drives the destination server.  Framing (see README,
-// "Migration stream"): every chunk is a 16-byte header
+// device state and guest pages over TCP (or TLS, tcps://) to `vfu receive`
+// on the destination host, which drives the destination server.  Framing
+// (see README, "Migration stream"): every chunk is a 16-byte header
 //
 //   u32 magic 'VFUM' | u8 type | u8[3] zero | u32 payload length | u32 CRC-32 of the payload
 //
 // followed by the payload.  Types: HELLO (JSON: stream version and guest
 // layout), ACK (JSON: {ok} or {error}), DEVICE (device state bytes), PAGES
 // (u64 IOVA then the bytes), FINISH, RESULT (JSON), CHECKSUM (request or
-// JSON answer), ABORT (UTF-8 reason).  A bad magic, type, length or CRC is a
-// broken stream: the receiver resets the destination and says which chunk.
+// JSON answer), ABORT (UTF-8 reason; either side).  A bad magic, type,
+// length or CRC is a broken stream: the receiver resets the destination,
+// tells the sender why (ABORT) and says which chunk.
 import { EventEmitter } from 'node:events';
 import { type Socket, connect as tcpConnect, createServer, type Server } from 'node:net';
+import { type ConnectionOptions, type TLSSocket, type TlsOptions, connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { crc32 } from 'node:zlib';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
 import { LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
+import { peerNames, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
-export const STREAM_MAGIC = 0x4d554656; // 'VFUM' little-endian
+/** First four bytes of every chunk ('VFUM' little-endian). */
+export const STREAM_MAGIC = 0x4d554656;
+/** Version carried in HELLO; the receiver refuses any other. */
 export const STREAM_VERSION = 1;
+/** Chunk types of the migration stream. */
 export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8 } as const;
 const HDR = 16;
 /** Largest payload accepted in one chunk. */
 export const MAX_CHUNK = 16 * 1024 * 1024;
+/**
+ * Guest bytes the sender puts in one PAGES chunk: a contiguous dirty range
+ * goes out as several chunks.  1 MiB keeps the copy and the CRC of a chunk
+ * in cache-friendly steps while the socket writes the previous ones.
+ */
+const PAGES_PER_CHUNK = 1 << 20;
+/** Send buffers of PAGES chunks in flight (bounds the sender's memory). */
+const PAGES_BUFFERS = 4;
 
+/** One chunk, its payload reassembled (PAGES placed by a PagePlacer carry only their IOVA). */
 export interface Chunk {
   type: number;
   payload: Buffer;
   /** Index of the chunk in its stream (for error messages). */
   seq: number;
+  /** PAGES written straight into guest memory as they arrived: where they went. */
+  placed?: Buffer;
 }
 
+/** The stream is damaged or out of order; the message names the chunk. */
 export class BrokenStreamError extends VfuError {
   constructor(message: string) {
     super(Errno.EBADMSG, `broken migration stream: ${message}`);
@@ -39,92 +57,258 @@ export class BrokenStreamError extends VfuError {
   }
 }
 
+/** The 16-byte header of a chunk carrying `payload`. */
 export function encodeChunkHeader(type: number, payload: Buffer): Buffer {
   const h = Buffer.alloc(HDR);
-  h.writeUInt32LE(STREAM_MAGIC, 0);
-  h.writeUInt8(type, 4);
-  h.writeUInt32LE(payload.length, 8);
-  h.writeUInt32LE(crc32(payload), 12);
+  writeHeader(h, type, payload.length, crc32(payload));
   return h;
 }
 
-/** Parses chunks out of a byte stream; throws BrokenStreamError on damage. */
+function writeHeader(h: Buffer, type: number, length: number, crc: number): void {
+  h.writeUInt32LE(STREAM_MAGIC, 0);
+  h.writeUInt8(type, 4);
+  h.writeUInt8(0, 5);
+  h.writeUInt16LE(0, 6);
+  h.writeUInt32LE(length, 8);
+  h.writeUInt32LE(crc, 12);
+}
+
+/**
+ * Where the bytes of a PAGES chunk go as they arrive: the view of guest
+ * memory for [iova, iova + length), or a throw when the range is refused.
+ */
+export type PagePlacer = (iova: number, length: number, seq: number) => Buffer;
+
+/**
+ * Parses chunks out of a byte stream as it arrives; throws BrokenStreamError
+ * on damage.  Each payload is copied once, into a buffer of its announced
+ * length, or, for PAGES when a placer is given, straight into guest memory
+ * (the CRC is checked when the chunk ends: a damaged stream is refused, and
+ * the destination it was being written to is reset).
+ */
 export class ChunkReader {
-  private buf: Buffer = Buffer.alloc(0);
+  /** Header, then a PAGES chunk's IOVA. */
+  private readonly head = Buffer.alloc(HDR + 8);
+  private have = 0;
+  private type = 0;
+  private len = 0;
+  private crc = 0;
+  private sum = 0;
+  private body: Buffer | null = null;
+  private got = 0;
   private seq = 0;
+
+  constructor(private readonly placePages?: PagePlacer) {}
+
   push(data: Buffer): Chunk[] {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, data]) : data;
     const out: Chunk[] = [];
-    while (this.buf.length >= HDR) {
-      const magic = this.buf.readUInt32LE(0);
-      const type = this.buf.readUInt8(4);
-      const len = this.buf.readUInt32LE(8);
-      const crc = this.buf.readUInt32LE(12);
-      if (magic !== STREAM_MAGIC) throw new BrokenStreamError(`chunk ${this.seq}: bad magic 0x${magic.toString(16)}`);
-      if (type < ChunkType.HELLO || type > ChunkType.ABORT) throw new BrokenStreamError(`chunk ${this.seq}: unknown type ${type}`);
-      if (len > MAX_CHUNK) throw new BrokenStreamError(`chunk ${this.seq}: length ${len} too large`);
-      if (this.buf.length < HDR + len) break;
-      const payload = Buffer.from(this.buf.subarray(HDR, HDR + len));
-      if (crc32(payload) !== crc) throw new BrokenStreamError(`chunk ${this.seq}: CRC mismatch`);
-      out.push({ type, payload, seq: this.seq++ });
-      this.buf = this.buf.subarray(HDR + len);
+    let at = 0;
+    for (;;) {
+      if (this.body === null) {
+        if (at >= data.length) break;
+        at = this.fillHead(data, at);
+        continue;
+      }
+      if (this.got === this.body.length) {
+        out.push(this.complete());
+        continue;
+      }
+      if (at >= data.length) break;
+      const n = Math.min(this.body.length - this.got, data.length - at);
+      const piece = data.subarray(at, at + n);
+      piece.copy(this.body, this.got);
+      this.sum = crc32(piece, this.sum);
+      this.got += n;
+      at += n;
     }
     return out;
   }
+
   /** Bytes of an unfinished chunk (a stream cut mid-chunk leaves some). */
   get pending(): number {
-    return this.buf.length;
+    return this.have + this.got;
+  }
+
+  /** Takes header (then IOVA) bytes; sets up the payload's destination once they are all in. */
+  private fillHead(data: Buffer, at: number): number {
+    const want = this.have < HDR ? HDR : HDR + 8;
+    const n = Math.min(want - this.have, data.length - at);
+    data.copy(this.head, this.have, at, at + n);
+    this.have += n;
+    if (this.have < want) return at + n;
+    if (want === HDR) {
+      this.parseHeader();
+      if (!this.wantsIova()) this.startBody(Buffer.allocUnsafe(this.len), 0);
+    } else {
+      const iova = this.head.readBigUInt64LE(HDR);
+      const length = this.len - 8;
+      if (iova > BigInt(Number.MAX_SAFE_INTEGER - length)) throw new BrokenStreamError(`chunk ${this.seq}: PAGES at 0x${iova.toString(16)}, beyond any guest memory`);
+      this.startBody(this.placePages!(Number(iova), length, this.seq), crc32(this.head.subarray(HDR, HDR + 8)));
+    }
+    return at + n;
+  }
+
+  private parseHeader(): void {
+    const h = this.head;
+    const magic = h.readUInt32LE(0);
+    this.type = h.readUInt8(4);
+    this.len = h.readUInt32LE(8);
+    this.crc = h.readUInt32LE(12);
+    if (magic !== STREAM_MAGIC) throw new BrokenStreamError(`chunk ${this.seq}: bad magic 0x${magic.toString(16)}`);
+    if (this.type < ChunkType.HELLO || this.type > ChunkType.ABORT) throw new BrokenStreamError(`chunk ${this.seq}: unknown type ${this.type}`);
+    if (this.len > MAX_CHUNK) throw new BrokenStreamError(`chunk ${this.seq}: length ${this.len} too large`);
+    if (this.wantsIova() && this.len < 8) throw new BrokenStreamError(`chunk ${this.seq}: PAGES of ${this.len} bytes, shorter than its IOVA`);
+  }
+
+  private wantsIova(): boolean {
+    return this.type === ChunkType.PAGES && this.placePages !== undefined;
+  }
+
+  private startBody(body: Buffer, sum: number): void {
+    this.body = body;
+    this.got = 0;
+    this.sum = sum;
+  }
+
+  private complete(): Chunk {
+    const seq = this.seq++;
+    if (this.sum !== this.crc) throw new BrokenStreamError(`chunk ${seq}: CRC mismatch`);
+    const placed = this.wantsIova();
+    const c: Chunk = placed ? { type: this.type, payload: Buffer.from(this.head.subarray(HDR, HDR + 8)), seq, placed: this.body! } : { type: this.type, payload: this.body!, seq };
+    this.body = null;
+    this.have = 0;
+    this.got = 0;
+    return c;
   }
 }
 
-/** Parses tcp://HOST:PORT. */
-export function parseTcpUrl(url: string): { host: string; port: number } {
-  const m = /^tcp:\/\/(\[[^\]]+\]|[^:]+):(\d+)$/.exec(url);
-  if (!m) throw new VfuError(Errno.EINVAL, `expected tcp://HOST:PORT, got ${url}`);
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+/** Parses tcp://HOST:PORT or tcps://HOST:PORT (TLS). */
+export function parseTcpUrl(url: string): { host: string; port: number; tls: boolean } {
+  const m = /^(tcps?):\/\/(\[[^\]]+\]|[^:/]+):(\d+)$/.exec(url);
+  if (!m || Number(m[3]) > 65535) throw new VfuError(Errno.EINVAL, `expected tcp://HOST:PORT or tcps://HOST:PORT, got ${url}`);
+  return { host: m[2]!.replace(/^\[|\]$/g, ''), port: Number(m[3]), tls: m[1] === 'tcps' };
 }
 
-/** The sending side: a MigrationTarget that forwards everything over TCP. */
+/** Options of a TcpTarget. */
+export interface TcpTargetOptions {
+  /**
+   * For tcps:// URLs: Node's tls.connect options (`cert`, `key`, `ca` for
+   * mutual X.509, or `pskCallback` for TLS-PSK).  TLS 1.3 is required.
+   */
+  tls?: ConnectionOptions;
+}
+
+/** A fixed set of reusable send buffers; take() waits for one to come back. */
+class BufferPool {
+  private readonly free: Buffer[] = [];
+  private readonly waiters: { resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
+  constructor(count: number, size: number) {
+    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(size));
+  }
+  take(): Promise<Buffer> {
+    const b = this.free.pop();
+    if (b) return Promise.resolve(b);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+  give(b: Buffer): void {
+    const w = this.waiters.shift();
+    if (w) w.resolve(b);
+    else this.free.push(b);
+  }
+  fail(e: Error): void {
+    for (const w of this.waiters.splice(0)) w.reject(e);
+  }
+}
+
+/** The sending side: a MigrationTarget that forwards everything over TCP or TLS. */
 export class TcpTarget implements MigrationTarget {
   private sock: Socket | null = null;
   private readonly reader = new ChunkReader();
-  private readonly replies = new EventEmitter();
+  private readonly events = new EventEmitter();
+  private readonly pool = new BufferPool(PAGES_BUFFERS, HDR + 8 + PAGES_PER_CHUNK);
   private failure: Error | null = null;
+  private heard = false;
+  private secure = false;
+  /** Bytes written to the stream (headers included). */
   bytesSent = 0;
 
-  constructor(private readonly url: string) {}
+  constructor(
+    private readonly url: string,
+    private readonly opts: TcpTargetOptions = {},
+  ) {
+    const u = parseTcpUrl(url);
+    if (!u.tls && opts.tls) throw new VfuError(Errno.EINVAL, `TLS options given for ${url}: use tcps://`);
+    if (u.tls && !opts.tls) throw new VfuError(Errno.EINVAL, `${url} needs TLS credentials (a certificate, key and CA, or a pre-shared key)`);
+  }
 
   private async open(): Promise<Socket> {
-    const { host, port } = parseTcpUrl(this.url);
+    const { host, port, tls } = parseTcpUrl(this.url);
     const s = await new Promise<Socket>((resolve, reject) => {
-      const c = tcpConnect({ host, port }, () => resolve(c));
-      c.once('error', reject);
+      const c: Socket = tls
+        ? tlsConnect({ host, port, ...secureClientDefaults(this.opts.tls!) }, () => {
+            this.secure = true;
+            resolve(c);
+          })
+        : tcpConnect({ host, port }, () => resolve(c));
+      c.once('error', (e) => reject(tls ? tlsFailure(e, 'the TLS handshake with the receiver failed') : e));
     });
     s.setNoDelay(true);
-    s.on('data', (d: Buffer) => {
-      try {
-        for (const c of this.reader.push(d)) this.replies.emit('chunk', c);
-      } catch (e) {
-        this.fail(e as Error);
-      }
-    });
-    s.on('error', (e) => this.fail(e));
-    s.on('close', () => this.fail(new BrokenStreamError('the receiver closed the connection')));
+    s.on('data', (d: Buffer) => this.onData(d));
+    s.on('error', (e) => this.fail(this.secure ? tlsFailure(e, 'the receiver') : e));
+    s.on('close', () => this.fail(new BrokenStreamError(this.closedWhy())));
     return s;
+  }
+
+  private onData(d: Buffer): void {
+    try {
+      for (const c of this.reader.push(d)) {
+        this.heard = true;
+        if (c.type === ChunkType.ABORT) this.fail(new VfuError(Errno.ECONNRESET, `the receiver aborted: ${c.payload.toString('utf8')}`));
+        else this.events.emit('chunk', c);
+      }
+    } catch (e) {
+      this.fail(e as Error);
+    }
+  }
+
+  private closedWhy(): string {
+    if (this.heard) return 'the receiver closed the connection';
+    return parseTcpUrl(this.url).tls
+      ? 'the receiver closed the connection without answering (refused our certificate or key?)'
+      : 'the receiver closed the connection without answering (if it listens with TLS, use tcps:// and the --tls-* options)';
   }
 
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
-    this.replies.emit('failed', e);
+    this.pool.fail(e);
+    this.events.emit('failed', e);
+    this.sock?.destroy();
+  }
+
+  /** Resolves when `s` drains, rejects when the stream fails first. */
+  private drained(s: Socket): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onDrain = (): void => {
+        this.events.off('failed', onFail);
+        resolve();
+      };
+      const onFail = (e: Error): void => {
+        s.off('drain', onDrain);
+        reject(e);
+      };
+      s.once('drain', onDrain);
+      this.events.once('failed', onFail);
+    });
   }
 
   private async send(type: number, payload: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     const s = this.sock!;
-    const more = s.write(encodeChunkHeader(type, payload)) && s.write(payload);
+    // both writes, whatever the first returns (it says "drain", not "lost")
+    const more = [s.write(encodeChunkHeader(type, payload)), s.write(payload)].every(Boolean);
     this.bytesSent += HDR + payload.length;
-    if (!more) await new Promise<void>((r) => s.once('drain', () => r()));
+    if (!more) await this.drained(s);
   }
 
   private reply(type: number): Promise<Chunk> {
@@ -135,16 +319,16 @@ export class TcpTarget implements MigrationTarget {
       }
       const onChunk = (c: Chunk): void => {
         if (c.type !== type) return;
-        this.replies.off('failed', onFail);
-        this.replies.off('chunk', onChunk);
+        this.events.off('failed', onFail);
+        this.events.off('chunk', onChunk);
         resolve(c);
       };
       const onFail = (e: Error): void => {
-        this.replies.off('chunk', onChunk);
+        this.events.off('chunk', onChunk);
         reject(e);
       };
-      this.replies.on('chunk', onChunk);
-      this.replies.once('failed', onFail);
+      this.events.on('chunk', onChunk);
+      this.events.once('failed', onFail);
     });
   }
 
@@ -170,10 +354,22 @@ export class TcpTarget implements MigrationTarget {
     return this.send(ChunkType.DEVICE, Buffer.from(chunk));
   }
 
+  /**
+   * Copies `data` into PAGES chunks of at most PAGES_PER_CHUNK bytes, each
+   * one buffer (header, IOVA, bytes) written as soon as it is filled.  The
+   * copy is what the CRC covers: the guest may write its pages meanwhile.
+   */
   async guestPages(iova: number, data: Buffer): Promise<void> {
-    const h = Buffer.alloc(8);
-    h.writeBigUInt64LE(BigInt(iova));
-    await this.send(ChunkType.PAGES, Buffer.concat([h, data]));
+    for (let o = 0; o < data.length; o += PAGES_PER_CHUNK) {
+      const n = Math.min(PAGES_PER_CHUNK, data.length - o);
+      const b = await this.pool.take();
+      if (this.failure) throw this.failure;
+      b.writeBigUInt64LE(BigInt(iova + o), HDR);
+      data.copy(b, HDR + 8, o, o + n);
+      writeHeader(b, ChunkType.PAGES, 8 + n, crc32(b.subarray(HDR, HDR + 8 + n)));
+      this.bytesSent += HDR + 8 + n;
+      this.sock!.write(b.subarray(0, HDR + 8 + n), () => this.pool.give(b));
+    }
   }
 
   async finish(): Promise<void> {
@@ -199,10 +395,14 @@ export class TcpTarget implements MigrationTarget {
 
   close(): void {
     this.failure ??= new BrokenStreamError('closed');
-    this.sock?.destroy();
+    const s = this.sock;
+    if (!s || s.destroyed) return;
+    s.end();
+    setTimeout(() => s.destroy(), 2000).unref();
   }
 }
 
+/** Options of receiveMigrations(). */
 export interface ReceiveOptions {
   /** Connects a client to the destination server. */
   connectDestination: () => Promise<VfioUserClient>;
@@ -210,7 +410,21 @@ export interface ReceiveOptions {
   checksum?: (c: VfioUserClient) => Promise<string>;
   /** Called with each finished (or failed) migration. */
   onDone?: (r: { ok: boolean; error?: Error; client: VfioUserClient | null; deviceBytes: number; guestBytes: number }) => void;
+  /** Called as device state and guest pages are applied. */
   onProgress?: (r: { deviceBytes: number; guestBytes: number }) => void;
+  /**
+   * Listen with TLS 1.3: Node's tls.createServer options (`cert`, `key`,
+   * `ca`: the peer must present a certificate the CA signed; or
+   * `pskCallback` for TLS-PSK).  Without it the stream is plain TCP.
+   */
+  tls?: TlsOptions;
+  /**
+   * Peers accepted by name (TLS only): a certificate's CN or a
+   * subjectAltName entry, or a PSK identity.  Absent: every verified peer.
+   */
+  allowPeers?: readonly string[];
+  /** A connection refused before anything was applied: a failed handshake, a peer not allowed. */
+  onRefused?: (r: { peer: string; reason: string }) => void;
 }
 
 /**
@@ -218,117 +432,224 @@ export interface ReceiveOptions {
  * them to the destination server through a client of its own.
  */
 export function receiveMigrations(host: string, port: number, opts: ReceiveOptions): Promise<Server> {
-  const server = createServer((sock) => handle(sock, opts));
+  const server = opts.tls ? secureListener(opts) : createServer((sock) => new Reception(sock, opts));
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => resolve(server));
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
   });
 }
 
-function handle(sock: Socket, opts: ReceiveOptions): void {
-  const reader = new ChunkReader();
-  let client: VfioUserClient | null = null;
-  let target: LocalTarget | null = null;
-  let chain = Promise.resolve();
-  let finished = false;
-  let done = false;
-  let deviceBytes = 0;
-  let guestBytes = 0;
-  const send = (type: number, payload: Buffer): void => {
-    if (!sock.destroyed) {
-      sock.write(encodeChunkHeader(type, payload));
-      sock.write(payload);
-    }
-  };
-  const reply = (type: number, v: object): void => send(type, Buffer.from(JSON.stringify(v)));
-  const end = (ok: boolean, error?: Error): void => {
-    if (done) return;
-    done = true;
-    opts.onDone?.({ ok, ...(error ? { error } : {}), client, deviceBytes, guestBytes });
-  };
-  const abort = async (why: Error): Promise<void> => {
-    if (target && !finished) await target.abort().catch(() => {});
-    end(false, why);
-    sock.destroy();
-  };
+const peerOf = (s: Socket): string => `${s.remoteAddress ?? '?'}:${s.remotePort ?? '?'}`;
 
-  const apply = async (c: Chunk): Promise<void> => {
-    switch (c.type) {
-      case ChunkType.HELLO: {
-        const hello = JSON.parse(c.payload.toString('utf8')) as { version: number; layout: GuestLayout };
-        try {
-          if (hello.version !== STREAM_VERSION) throw new VfuError(Errno.EPROTO, `stream version ${hello.version}`);
-          client = await opts.connectDestination();
-          target = new LocalTarget(client, opts.checksum);
-          await target.begin(hello.layout);
-          reply(ChunkType.ACK, { ok: true });
-        } catch (e) {
-          reply(ChunkType.ACK, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
-          await abort(e as Error);
-        }
-        return;
-      }
-      case ChunkType.DEVICE:
-        await target!.deviceData(c.payload);
-        deviceBytes += c.payload.length;
-        opts.onProgress?.({ deviceBytes, guestBytes });
-        return;
-      case ChunkType.PAGES:
-        await target!.guestPages(Number(c.payload.readBigUInt64LE(0)), c.payload.subarray(8));
-        guestBytes += c.payload.length - 8;
-        opts.onProgress?.({ deviceBytes, guestBytes });
-        return;
-      case ChunkType.CHECKSUM:
-        reply(ChunkType.CHECKSUM, { checksum: await target!.checksum() });
-        return;
-      case ChunkType.FINISH:
-        try {
-          await target!.finish();
-          finished = true;
-          reply(ChunkType.RESULT, { ok: true });
-          end(true);
-        } catch (e) {
-          reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
-          await abort(e as Error);
-        }
-        return;
-      case ChunkType.ABORT:
-        await abort(new VfuError(Errno.ECONNRESET, `source aborted: ${c.payload.toString('utf8')}`));
-        return;
-      default:
-        throw new BrokenStreamError(`unexpected chunk type ${c.type}`);
+/** A TLS listener: handshake failures and peers not allowed are refused before a Reception exists. */
+function secureListener(opts: ReceiveOptions): Server {
+  const psk = new WeakMap<object, string>();
+  const server = createTlsServer(secureServerDefaults(opts.tls!, (sock, identity) => psk.set(sock, identity)), (sock: TLSSocket) => {
+    const names = peerNames(sock, psk.get(sock));
+    const allow = opts.allowPeers;
+    if (allow && allow.length > 0 && !names.some((n) => allow.includes(n))) {
+      const reason = `peer ${names.length ? names.map((n) => `"${n}"`).join(', ') : '(no name)'} is not among the allowed names (--tls-allow)`;
+      opts.onRefused?.({ peer: peerOf(sock), reason });
+      sock.on('error', () => {});
+      sock.end(frame(ChunkType.ABORT, Buffer.from(`refused: ${reason}`)));
+      return;
     }
-  };
+    new Reception(sock, opts);
+  });
+  server.on('tlsClientError', (e: Error, sock: TLSSocket) => {
+    opts.onRefused?.({ peer: peerOf(sock), reason: tlsFailure(e, 'TLS handshake failed').message });
+  });
+  return server;
+}
 
-  sock.on('data', (d: Buffer) => {
+/** A whole chunk in one buffer. */
+function frame(type: number, payload: Buffer): Buffer {
+  return Buffer.concat([encodeChunkHeader(type, payload), payload]);
+}
+
+/** Guest ranges a HELLO may announce (a DMA map each on the destination). */
+const MAX_LAYOUT_RANGES = 1024;
+
+/** Checks the untrusted guest layout of a HELLO; returns it typed. */
+function checkLayout(v: unknown): GuestLayout {
+  const l = v as GuestLayout;
+  const int = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
+  if (typeof l !== 'object' || l === null || !Array.isArray(l.ranges) || !Array.isArray(l.irqs)) throw new VfuError(Errno.EINVAL, 'HELLO without a guest layout');
+  if (l.ranges.length > MAX_LAYOUT_RANGES) throw new VfuError(Errno.EINVAL, `HELLO with ${l.ranges.length} guest ranges (at most ${MAX_LAYOUT_RANGES})`);
+  for (const r of l.ranges) if (!int(r?.iova) || !int(r?.size) || r.size === 0 || !int(r.iova + r.size)) throw new VfuError(Errno.EINVAL, 'HELLO with a bad guest range');
+  for (const i of l.irqs) if (!int(i?.index) || !int(i?.count)) throw new VfuError(Errno.EINVAL, 'HELLO with a bad interrupt entry');
+  return { ranges: l.ranges.map((r) => ({ iova: r.iova, size: r.size })), irqs: l.irqs.map((i) => ({ index: i.index, count: i.count })) };
+}
+
+/**
+ * One incoming migration stream and its state.  Chunks are applied in
+ * order (the socket is paused while one is applied); guest pages are
+ * written into the destination's memory as their bytes arrive, each chunk
+ * checked against the layout the destination mapped.
+ */
+class Reception {
+  private readonly reader = new ChunkReader((iova, length, seq) => this.place(iova, length, seq));
+  private client: VfioUserClient | null = null;
+  private target: LocalTarget | null = null;
+  /** What the destination mapped (set once HELLO is applied). */
+  private layout: GuestLayout | null = null;
+  private chain: Promise<void> = Promise.resolve();
+  /** The destination runs: the migration succeeded. */
+  private finished = false;
+  /** The migration is being abandoned: nothing more is applied. */
+  private failing = false;
+  /** The outcome was reported. */
+  private done = false;
+  private deviceBytes = 0;
+  private guestBytes = 0;
+
+  constructor(
+    private readonly sock: Socket,
+    private readonly opts: ReceiveOptions,
+  ) {
+    sock.on('data', (d: Buffer) => this.onData(d));
+    sock.on('close', () => this.onClose());
+    sock.on('error', () => {});
+  }
+
+  private onData(d: Buffer): void {
+    if (this.failing) return; // failed: drain until the sender hangs up
     let chunks: Chunk[];
     try {
-      chunks = reader.push(d);
+      chunks = this.reader.push(d);
     } catch (e) {
-      chain = chain.then(() => abort(e as Error));
+      this.chain = this.chain.then(() => this.fail(e as Error));
       return;
     }
     if (chunks.length === 0) return;
-    sock.pause(); // backpressure: apply in order before reading more
-    chain = chain
-      .then(async () => {
-        for (const c of chunks) {
-          // after the end only a checksum question still gets an answer
-          if (done && (c.type !== ChunkType.CHECKSUM || !finished)) return;
-          if (target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
-          await apply(c);
-        }
-      })
-      .catch((e: Error) => abort(e))
-      .finally(() => sock.resume());
-  });
-  sock.on('close', () => {
-    chain = chain.then(() => {
-      if (!finished && !done) {
-        const why = reader.pending > 0 ? `cut mid-chunk (${reader.pending} bytes of a chunk)` : 'closed before FINISH';
-        return abort(new BrokenStreamError(why));
-      }
+    this.sock.pause(); // backpressure: apply in order before reading more
+    this.chain = this.chain
+      .then(() => this.applyAll(chunks))
+      .catch((e: Error) => this.fail(e))
+      .finally(() => this.sock.resume());
+  }
+
+  private async applyAll(chunks: Chunk[]): Promise<void> {
+    for (const c of chunks) {
+      // after the end only a checksum question still gets an answer
+      if (this.failing || (this.done && (c.type !== ChunkType.CHECKSUM || !this.finished))) return;
+      if (this.target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
+      await this.apply(c);
+    }
+  }
+
+  private apply(c: Chunk): Promise<void> {
+    switch (c.type) {
+      case ChunkType.HELLO:
+        return this.hello(c);
+      case ChunkType.DEVICE:
+        return this.device(c);
+      case ChunkType.PAGES:
+        return this.pages(c);
+      case ChunkType.CHECKSUM:
+        return this.checksum();
+      case ChunkType.FINISH:
+        return this.finish();
+      case ChunkType.ABORT:
+        return this.fail(new VfuError(Errno.ECONNRESET, `source aborted: ${c.payload.toString('utf8')}`), false);
+      default:
+        throw new BrokenStreamError(`chunk ${c.seq}: unexpected type ${c.type}`);
+    }
+  }
+
+  private async hello(c: Chunk): Promise<void> {
+    if (this.target) throw new BrokenStreamError(`chunk ${c.seq}: a second HELLO`);
+    try {
+      const hello = JSON.parse(c.payload.toString('utf8')) as { version?: unknown; layout?: unknown };
+      if (hello.version !== STREAM_VERSION) throw new VfuError(Errno.EPROTO, `stream version ${String(hello.version)} (this receiver speaks ${STREAM_VERSION})`);
+      const layout = checkLayout(hello.layout);
+      this.client = await this.opts.connectDestination();
+      this.target = new LocalTarget(this.client, this.opts.checksum);
+      await this.target.begin(layout);
+      this.layout = layout;
+      this.reply(ChunkType.ACK, { ok: true });
+    } catch (e) {
+      this.reply(ChunkType.ACK, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
+      await this.fail(e as Error);
+    }
+  }
+
+  private async device(c: Chunk): Promise<void> {
+    await this.target!.deviceData(c.payload);
+    this.deviceBytes += c.payload.length;
+    this.opts.onProgress?.({ deviceBytes: this.deviceBytes, guestBytes: this.guestBytes });
+  }
+
+  /** A PAGES chunk ended: its bytes are already in place (see place()). */
+  private async pages(c: Chunk): Promise<void> {
+    if (!c.placed) throw new BrokenStreamError(`chunk ${c.seq}: PAGES not placed`);
+    this.guestBytes += c.placed.length;
+    this.opts.onProgress?.({ deviceBytes: this.deviceBytes, guestBytes: this.guestBytes });
+  }
+
+  /** Where a PAGES chunk's bytes go: inside one range the destination mapped, or nowhere. */
+  private place(iova: number, length: number, seq: number): Buffer {
+    if (!this.layout || this.done || this.failing) throw new BrokenStreamError(`chunk ${seq}: PAGES ${this.layout ? 'after the end' : 'before the destination mapped its memory'}`);
+    const inside = this.layout.ranges.some((r) => iova >= r.iova && iova + length <= r.iova + r.size);
+    if (!inside) throw new BrokenStreamError(`chunk ${seq}: PAGES [0x${iova.toString(16)}, +${length}) outside the guest memory the destination mapped`);
+    return this.client!.memory.view(iova, length);
+  }
+
+  private async checksum(): Promise<void> {
+    this.reply(ChunkType.CHECKSUM, { checksum: await this.target!.checksum() });
+  }
+
+  private async finish(): Promise<void> {
+    try {
+      await this.target!.finish();
+      this.finished = true;
+      this.reply(ChunkType.RESULT, { ok: true });
+      this.end(true);
+    } catch (e) {
+      this.reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
+      await this.fail(e as Error);
+    }
+  }
+
+  private onClose(): void {
+    this.chain = this.chain.then(() => {
+      if (this.finished || this.done) return;
+      const why = this.reader.pending > 0 ? `cut mid-chunk (${this.reader.pending} bytes of a chunk)` : 'closed before FINISH';
+      return this.fail(new BrokenStreamError(why));
     });
-  });
-  sock.on('error', () => {});
+  }
+
+  /**
+   * Resets the destination, reports, and (unless the sender is the one who
+   * gave up) tells the sender why before hanging up.  The socket is then
+   * read and discarded until the sender closes, so the reason is not lost
+   * to a reset of a connection with unread data.
+   */
+  private async fail(why: Error, tellSender = true): Promise<void> {
+    if (this.done || this.failing) return;
+    this.failing = true;
+    if (this.target && !this.finished) await this.target.abort().catch(() => {});
+    this.end(false, why);
+    if (tellSender) this.send(ChunkType.ABORT, Buffer.from(why.message));
+    this.sock.end();
+    this.sock.resume();
+    setTimeout(() => this.sock.destroy(), 10_000).unref();
+  }
+
+  private end(ok: boolean, error?: Error): void {
+    if (this.done) return;
+    this.done = true;
+    this.opts.onDone?.({ ok, ...(error ? { error } : {}), client: this.client, deviceBytes: this.deviceBytes, guestBytes: this.guestBytes });
+  }
+
+  private send(type: number, payload: Buffer): void {
+    if (!this.sock.destroyed && this.sock.writable) this.sock.write(frame(type, payload));
+  }
+
+  private reply(type: number, v: object): void {
+    this.send(type, Buffer.from(JSON.stringify(v)));
+  }
 }
