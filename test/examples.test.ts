@@ -5,8 +5,8 @@
 // a client that inspects it and exits, a VMM that migrates it between two
 // servers, and the same device module under `vfu serve`.
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { root, start, type Proc } from './helpers/procs.js';
@@ -46,6 +46,7 @@ describe('examples, compiled and run from the packed tarball', () => {
   const t = tempDir('vfu-examples-');
   const proj = join(t.dir, 'proj');
   const procs: Proc[] = [];
+  let prebuiltCurrent = false;
   const run = (file: string, ...args: string[]): Proc => {
     const p = start([join(proj, 'dist', file), ...args]);
     procs.push(p);
@@ -61,7 +62,7 @@ describe('examples, compiled and run from the packed tarball', () => {
     assert.ok(existsSync(path), `server exited: ${p.stderr()}`);
   };
 
-  before(() => {
+  before(async () => {
     const packed = JSON.parse(
       execFileSync(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', t.dir], { cwd: root, encoding: 'utf8' }),
     )[0] as { filename: string; integrity: string };
@@ -84,6 +85,9 @@ describe('examples, compiled and run from the packed tarball', () => {
       const key = `node_modules/${name}`;
       if (packages[key]) continue;
       const { dev: _dev, ...entry } = lock.packages[key]!;
+      // this npm leaves `resolved` out of the lockfile; without it an
+      // offline install would need the registry's package list
+      entry.resolved ??= `https://registry.npmjs.org/${name}/-/${name.split('/').pop()}-${entry.version}.tgz`;
       packages[key] = entry;
       todo.push(...Object.keys(entry.dependencies ?? {}));
     }
@@ -93,9 +97,16 @@ describe('examples, compiled and run from the packed tarball', () => {
       cwd: proj,
       stdio: ['ignore', 'ignore', 'inherit'],
     });
+    // The tarball's prebuilt addon is what an install uses; only when it is
+    // stale (the C source changed since `npm run native:prebuild`) does this
+    // checkout's source build stand in for the install script's.
+    const platform = `${process.platform}-${process.arch}`;
+    const built = JSON.parse(readFileSync(join(root, 'prebuilds', platform, 'BUILD.json'), 'utf8')) as { source: string };
+    const current = ((await import(join(root, 'scripts', 'native-source.mjs'))) as { sourceHash(r: string): string }).sourceHash(root);
     const addon = join(root, 'build', 'Release', 'vfu_native.node');
-    const installed = join(proj, 'node_modules', 'vfio-user');
-    if (existsSync(addon)) {
+    prebuiltCurrent = built.source === current;
+    if (!prebuiltCurrent && existsSync(addon)) {
+      const installed = join(proj, 'node_modules', 'vfio-user');
       mkdirSync(join(installed, 'build', 'Release'), { recursive: true });
       copyFileSync(addon, join(installed, 'build', 'Release', 'vfu_native.node'));
     }
@@ -144,6 +155,35 @@ describe('examples, compiled and run from the packed tarball', () => {
     await finished(server);
     assert.match(server.stderr(), /dma-engine: reset \(lost-connection\)/);
     assert.ok(!existsSync(sock));
+  });
+
+  test('vfu --version names the transport; without the addon one warning line at first use, none with VFU_NO_NATIVE=1', async () => {
+    const installed = join(proj, 'node_modules', 'vfio-user');
+    const vfu = join(installed, 'dist', 'src', 'cli', 'main.js');
+    const origin = prebuiltCurrent ? 'prebuilt' : 'source build';
+    assert.match(execFileSync(process.execPath, [vfu, '--version'], { encoding: 'utf8' }), new RegExp(`transport: native addon \\(${origin}: `));
+    // the same package with no addon at all
+    const bare = join(t.dir, 'bare');
+    mkdirSync(bare);
+    cpSync(installed, join(bare, 'vfio-user'), { recursive: true, filter: (f) => !/[/\\](prebuilds|build)$/.test(f) });
+    symlinkSync(join(proj, 'node_modules'), join(bare, 'node_modules'));
+    const bareVfu = join(bare, 'vfio-user', 'dist', 'src', 'cli', 'main.js');
+    assert.match(
+      execFileSync(process.execPath, [bareVfu, '--version'], { encoding: 'utf8' }),
+      /transport: node:net, no descriptor passing \(native addon not loaded: no source build \(build\/Release\) and no prebuilt binary for /,
+    );
+    const sock = join(t.dir, 'bare.sock');
+    const server = run('serve.js', sock);
+    await listening(server, sock);
+    const lspci = start([bareVfu, 'lspci', sock]);
+    await finished(lspci);
+    const warnings = lspci.stderr().split('\n').filter((l) => l.startsWith('vfio-user: native addon not loaded'));
+    assert.equal(warnings.length, 1, lspci.stderr());
+    const quiet = spawnSync(process.execPath, [bareVfu, 'lspci', sock], { encoding: 'utf8', env: { ...process.env, VFU_NO_NATIVE: '1' } });
+    assert.equal(quiet.status, 0, quiet.stderr);
+    assert.equal(quiet.stderr, '');
+    server.child.kill('SIGTERM');
+    await finished(server);
   });
 
   test('vmm-migrate: the device and the guest RAM move to the other server', async () => {

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // vfu: the vfio-user command line.
+import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { transportStatus } from '../native/index.js';
 import { demoCommand } from './demo.js';
 import { lspciCommand } from './lspci.js';
 import { migrateCommand } from './migrate.js';
@@ -10,7 +12,18 @@ import { serveCommand } from './serve.js';
 import { traceCommand } from './trace.js';
 
 const program = new Command();
-program.name('vfu').description('vfio-user for TypeScript: serve devices, inspect, migrate, trace').version('0.1.0');
+/** `vfu --version`: the package's version and which transport is active, and why. */
+function versionText(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const t = transportStatus();
+  const transport =
+    t.transport === 'native'
+      ? `native addon (${t.origin}: ${t.file})`
+      : `node:net, no descriptor passing (native addon not loaded: ${t.reason})`;
+  return `vfio-user ${pkg.version} (node ${process.version}, ${process.platform}-${process.arch})\ntransport: ${transport}`;
+}
+
+program.name('vfu').description('vfio-user for TypeScript: serve devices, inspect, migrate, trace').version(versionText(), '-V, --version');
 
 program
   .command('serve')

@@ -4,10 +4,13 @@
 // goes through here.  When the addon is missing the package still works over
 // Node's net.Socket for whatever the protocol allows without descriptors, and
 // anything that needs one fails with NativeUnavailableError naming the addon.
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Errno } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
 
 /** Opaque poll handle returned by pollStart. */
 export interface PollHandle {
@@ -89,42 +92,94 @@ export interface NativeAddon {
   waitpid(pid: number, nohang: boolean): [number, number, number];
 }
 
-export class NativeUnavailableError extends Error {
-  readonly errno = 95; // ENOTSUP
+/**
+ * Thrown when something needs a file descriptor (mapping guest memory,
+ * mmapping a region, eventfds) and the native addon is not loaded.
+ */
+export class NativeUnavailableError extends VfuError {
   constructor(what: string) {
     super(
-      `${what} needs the vfio-user native addon (build/Release/vfu_native.node), which is not loaded` +
-        (loadError ? `: ${loadError.message}` : '') +
-        '. Rebuild it with `npm rebuild vfio-user` (needs g++ and Node headers).',
+      Errno.ENOTSUP,
+      `${what} needs the vfio-user native addon, which is not loaded` +
+        (loadError ? ` (${loadError.message})` : '') +
+        '. Rebuild it with `npm rebuild vfio-user` (needs a C compiler and the Node headers).',
     );
     this.name = 'NativeUnavailableError';
   }
 }
 
 let loadError: Error | null = null;
+let loadedFrom: string | null = null;
+
+/** The package root: the nearest directory above this file with our package.json. */
+function packageRoot(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'binding.gyp')) && existsSync(join(dir, 'package.json'))) return dir;
+    dir = dirname(dir);
+  }
+  return null;
+}
+
+/** SHA-256 over the addon's sources (as scripts/native-source.mjs computes it). */
+function sourceHash(root: string): string | null {
+  try {
+    const h = createHash('sha256');
+    for (const f of ['binding.gyp', 'native/vfu_native.c']) {
+      h.update(f + '\0');
+      h.update(readFileSync(join(root, f)));
+    }
+    return h.digest('hex');
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A prebuilt binary is used only when it was built from the sources beside
+ * it (prebuilds/<platform>/BUILD.json): after a change to the C code a stale
+ * binary would not match what the JavaScript expects.
+ */
+function prebuildMatches(root: string, file: string): boolean {
+  try {
+    const info = JSON.parse(readFileSync(join(dirname(file), 'BUILD.json'), 'utf8')) as { source?: string };
+    return info.source !== undefined && info.source === sourceHash(root);
+  } catch {
+    return false;
+  }
+}
 
 function load(): NativeAddon | null {
   if (process.env.VFU_NO_NATIVE === '1') {
     loadError = new Error('disabled by VFU_NO_NATIVE=1');
     return null;
   }
-  const require = createRequire(import.meta.url);
-  // dist/src/native/index.js -> package root is three levels up
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const candidate = join(dir, 'build', 'Release', 'vfu_native.node');
-    if (existsSync(candidate)) {
-      try {
-        return require(candidate) as NativeAddon;
-      } catch (e) {
-        loadError = e as Error;
-        return null;
-      }
-    }
-    dir = dirname(dir);
+  const root = packageRoot();
+  if (root === null) {
+    loadError = new Error('package root not found');
+    return null;
   }
-  loadError = new Error('build/Release/vfu_native.node not found');
-  return null;
+  const require = createRequire(import.meta.url);
+  let file: string;
+  try {
+    // node-gyp-build: build/Release (a source build) first, then prebuilds/<platform>-<arch>/
+    file = (require('node-gyp-build') as { resolve(dir: string): string }).resolve(root);
+  } catch {
+    loadError = new Error(`no source build (build/Release) and no prebuilt binary for ${process.platform}-${process.arch}`);
+    return null;
+  }
+  if (file.includes(`${sep}prebuilds${sep}`) && !prebuildMatches(root, file)) {
+    loadError = new Error('the prebuilt binary was built from other sources and there is no source build');
+    return null;
+  }
+  try {
+    const addon = require(file) as NativeAddon;
+    loadedFrom = file;
+    return addon;
+  } catch (e) {
+    loadError = e as Error;
+    return null;
+  }
 }
 
 /** The addon, or null when it could not be loaded. */
@@ -133,6 +188,39 @@ export const native: NativeAddon | null = load();
 /** Why the addon is not loaded (null when it is). */
 export function nativeLoadError(): Error | null {
   return loadError;
+}
+
+/** Which transport the package uses, and why (what `vfu --version` prints). */
+export interface TransportStatus {
+  /** 'native': the addon (descriptors, mmap, eventfds); 'node:net': the fallback. */
+  transport: 'native' | 'node:net';
+  /** Where the addon came from: a prebuilt binary shipped in the package, or a build from source. */
+  origin: 'prebuilt' | 'source build' | null;
+  /** The addon's file, when loaded. */
+  file: string | null;
+  /** Why the fallback is in use (null with the addon). */
+  reason: string | null;
+}
+
+/** The transport in use and why. */
+export function transportStatus(): TransportStatus {
+  if (native === null) return { transport: 'node:net', origin: null, file: null, reason: loadError?.message ?? 'not loaded' };
+  const prebuilt = loadedFrom !== null && loadedFrom.includes(`${sep}prebuilds${sep}`);
+  return { transport: 'native', origin: prebuilt ? 'prebuilt' : 'source build', file: loadedFrom, reason: null };
+}
+
+let warned = false;
+
+/**
+ * The first time a socket falls back to `node:net` because the addon is
+ * missing, one line on stderr says so (not when VFU_NO_NATIVE=1 asked for it).
+ */
+export function warnNativeFallback(): void {
+  if (warned || native !== null || process.env.VFU_NO_NATIVE === '1') return;
+  warned = true;
+  process.stderr.write(
+    `vfio-user: native addon not loaded (${loadError?.message ?? 'unknown'}); using node:net: no descriptor passing, mmap or interrupts (VFU_NO_NATIVE=1 silences this)\n`,
+  );
 }
 
 /** The addon, or throw NativeUnavailableError naming `what` needed it. */

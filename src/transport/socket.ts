@@ -3,7 +3,7 @@
 // is loaded; otherwise node:net (no descriptor passing).
 import { Socket, createConnection, createServer, type Server } from 'node:net';
 import { chmodSync, existsSync, lstatSync, renameSync, unlinkSync } from 'node:fs';
-import { POLL_READABLE, native, requireNative, type PollHandle } from '../native/index.js';
+import { POLL_READABLE, native, requireNative, warnNativeFallback, type PollHandle } from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { Endpoint } from './endpoint.js';
@@ -18,7 +18,9 @@ export interface EndpointLimits {
 export type TransportKind = 'native' | 'net';
 
 export function defaultTransport(): TransportKind {
-  return native ? 'native' : 'net';
+  if (native) return 'native';
+  warnNativeFallback();
+  return 'net';
 }
 
 /** Closes a descriptor through the addon (no-op without it). */
