@@ -116,7 +116,7 @@ test('framing is independent of how the stream is split (push and readTarget/com
   );
 });
 
-test('descriptors go to the message holding the last byte of their read; the rest are closed', () => {
+test('descriptors go to the message holding the last byte of their read; the rest are closed, never more than maxFds held', () => {
   const MAXFDS = 3;
   fc.assert(
     fc.property(
@@ -145,6 +145,9 @@ test('descriptors go to the message holding the last byte of their read; the res
           owed[spans.findIndex((s) => s.start <= lastByte && lastByte < s.end)]!.push(...fds);
           read(h.framer, stream.subarray(off, off + n), fds);
           off += n;
+          // Counted as they arrive: never more held than one message may carry.
+          const held = all.length - h.closed.length - h.frames.reduce((k, f) => k + f.fds.length, 0);
+          assert.ok(held <= MAXFDS, `${held} descriptors held after a read`);
         });
         const expected = msgs.map((m, i) => {
           const f = expectedFrame(m, LIMIT, owed[i]);
@@ -284,8 +287,9 @@ test('fds of refused messages are closed, never passed on', () => {
   read(h.framer, small, [20]); // undersized: closed at once
   assert.deepStrictEqual(h.closed, [20]);
   read(h.framer, big.subarray(0, 100), [21]); // header of the oversized one
+  assert.deepStrictEqual(h.closed, [20, 21], 'closed at once, not when its body has been skipped');
   read(h.framer, big.subarray(100, 600), [22]); // inside its body
-  assert.deepStrictEqual(h.closed, [20]);
+  assert.deepStrictEqual(h.closed, [20, 21, 22]);
   read(h.framer, big.subarray(600), [23]); // ends exactly at its end
   assert.deepStrictEqual(h.closed, [20, 21, 22, 23]);
   read(h.framer, ok, [24]);
@@ -323,6 +327,40 @@ test('more fds than maxFds: the message is refused with EINVAL and all its fds c
     { ...expectedFrame(m, 4096), payload: Buffer.alloc(0), rejected: Errno.EINVAL },
     expectedFrame(n, 4096, [43, 44]),
   ]);
+});
+
+test('a message brought a byte at a time, each with descriptors: closed as soon as they exceed maxFds, the message refused when it ends', () => {
+  const h = harness(1 << 20, 2);
+  const big = encodeMsg(msg({ msgId: 1, len: 1000 }));
+  let fd = 100;
+  read(h.framer, big.subarray(0, 16), [fd++, fd++]); // the limit: kept
+  assert.deepStrictEqual(h.closed, []);
+  for (let i = 16; i < 40; i++) {
+    read(h.framer, big.subarray(i, i + 1), [fd++, fd++, fd++]);
+    assert.equal(fd - 100 - h.closed.length, 0, `byte ${i}: all closed at once`);
+  }
+  read(h.framer, big.subarray(40), [fd++]);
+  assert.equal(h.closed.length, fd - 100);
+  const next = msg({ msgId: 2, len: 4 });
+  read(h.framer, encodeMsg(next), [500, 501]);
+  assert.deepStrictEqual(
+    h.frames.map((f) => [f.msgId, f.rejected, f.fds]),
+    [
+      [1, Errno.EINVAL, []],
+      [2, undefined, [500, 501]],
+    ],
+  );
+});
+
+test('descriptors inside a body being skipped (msg_size 0xffffffff) are closed at once', () => {
+  const h = harness(4096, 8);
+  const hdr = Buffer.alloc(HEADER_SIZE);
+  hdr.writeUInt16LE(9, 0);
+  hdr.writeUInt32LE(0xffffffff, 4);
+  read(h.framer, hdr, [1]);
+  for (let i = 0; i < 10; i++) read(h.framer, Buffer.alloc(4096), [10 + i]);
+  assert.deepStrictEqual(h.closed, [1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+  assert.deepStrictEqual(h.frames.map((f) => [f.msgId, f.rejected]), [[9, Errno.EMSGSIZE]]);
 });
 
 test('fds split over two reads of one message count together against maxFds', () => {

@@ -13,8 +13,12 @@
 //    it streams in (never buffered), so the stream stays in sync
 //    (libvfio-user leaves the body in the socket and parses it as headers);
 //  - descriptors belong to the message holding the last byte of the read that
-//    brought them (see native-notes.md); fds of rejected messages and fds
-//    beyond the per-message limit are closed here.
+//    brought them (see native-notes.md).  They are counted as they arrive:
+//    once a message in progress has brought more than the per-message
+//    limit, all of its descriptors are closed at once (and it is refused
+//    with EINVAL when it ends), and those arriving inside a body being
+//    skipped are closed at once, so a peer sending a message a byte at a
+//    time, each byte with 253 descriptors, holds at most the limit.
 //
 // Placement (zero copy for large bodies): a consumer may say where the rest
 // of a large message's payload should go once its header and first
@@ -75,6 +79,8 @@ interface FdBatch {
   end: number;
   fds: number[];
   truncated: boolean;
+  /** Its message brought more descriptors than allowed: they were closed, the message is refused. */
+  overflow?: boolean;
 }
 
 const INITIAL = 64 * 1024;
@@ -93,6 +99,8 @@ export class Framer {
   private skipEnd = 0;
   private batches: FdBatch[] = [];
   private truncatedFds = false;
+  /** The message whose fds takeFds() returned brought too many (see FdBatch.overflow). */
+  private overflowFds = false;
   private stopped = false;
   placement: Placement | null = null;
   /** A message being received into a placement buffer. */
@@ -164,8 +172,34 @@ export class Framer {
     else this.end += n;
     if ((fds && fds.length > 0) || truncated) {
       this.batches.push({ end: this.streamPos(), fds: fds ?? [], truncated });
+      this.drain();
+      this.boundFds();
+      return;
     }
     this.drain();
+  }
+
+  /**
+   * After drain(), the batches left belong to the one message still
+   * arriving (or being skipped): closes their descriptors at once when that
+   * message is being skipped or has brought more than maxFds.
+   */
+  private boundFds(): void {
+    const bs = this.batches;
+    if (bs.length === 0 || this.held || this.stopped) return;
+    let n = 0;
+    let over = this.skipping > 0;
+    for (const b of bs) {
+      n += b.fds.length;
+      if (b.overflow) over = true;
+    }
+    if (!over && n <= this.opts.maxFds) return;
+    for (const b of bs) {
+      this.closeAll(b.fds);
+      b.fds = [];
+    }
+    // a skipped message is refused already; one in progress will be when it ends
+    if (this.skipping === 0) bs[bs.length - 1]!.overflow = true;
   }
 
   /** Stream position just after the last byte received. */
@@ -229,11 +263,13 @@ export class Framer {
    */
   private takeFds(upTo: number): number[] {
     this.truncatedFds = false;
+    this.overflowFds = false;
     if (this.batches.length === 0) return [];
     let fds: number[] | null = null;
     while (this.batches.length > 0 && this.batches[0]!.end <= upTo) {
       const b = this.batches.shift()!;
       if (b.truncated) this.truncatedFds = true;
+      if (b.overflow) this.overflowFds = true;
       if (fds === null) fds = b.fds;
       else fds.push(...b.fds);
     }
@@ -273,6 +309,7 @@ export class Framer {
     const msgSize = b.readUInt32LE(s + 4);
     const fds = this.takeFds(this.streamPos());
     const truncated = this.truncatedFds;
+    const overflow = this.overflowFds;
     this.placing = null;
     // The body never entered buf: account for it in the stream position.
     this.start = this.end;
@@ -288,7 +325,7 @@ export class Framer {
       placed: p.into,
     };
     if (truncated) frame.fdsTruncated = true;
-    if (fds.length > this.opts.maxFds) {
+    if (overflow || fds.length > this.opts.maxFds) {
       // as for buffered messages: too many descriptors, refused
       this.closeAll(fds);
       this.onFrame({ msgId: frame.msgId, cmd: frame.cmd, msgSize, flags: frame.flags, errorNo: frame.errorNo, payload: EMPTY, fds: [], rejected: Errno.EINVAL });
@@ -340,16 +377,13 @@ export class Framer {
       const fds = this.takeFds(this.base + s + msgSize);
       const truncated = this.truncatedFds;
       this.start += msgSize;
-      let list = fds;
-      if (list.length > this.opts.maxFds) {
-        this.closeAll(list.slice(this.opts.maxFds));
-        list = list.slice(0, this.opts.maxFds);
+      if (this.overflowFds || fds.length > this.opts.maxFds) {
         // Too many descriptors is the sender's protocol error: refuse.
-        this.closeAll(list);
+        this.closeAll(fds);
         this.onFrame({ msgId, cmd, msgSize, flags, errorNo, payload: EMPTY, fds: [], rejected: Errno.EINVAL });
         continue;
       }
-      const frame: Frame = { msgId, cmd, msgSize, flags, errorNo, payload: b.subarray(s + HEADER_SIZE, s + msgSize), fds: list };
+      const frame: Frame = { msgId, cmd, msgSize, flags, errorNo, payload: b.subarray(s + HEADER_SIZE, s + msgSize), fds };
       if (truncated) frame.fdsTruncated = true;
       this.onFrame(frame);
     }

@@ -18,6 +18,8 @@ export interface ServerCase {
   /** Sent on a fresh connection before VERSION. */
   preNegotiation: boolean;
   pieces: Piece[];
+  /** A descriptor flood (fdFlood): how many descriptors its one message brought. */
+  floodFds?: number;
 }
 
 interface Msg {
@@ -265,7 +267,49 @@ function mutateFds(r: Rng, m: Msg, lim: CaseLimits, kinds: string[]): void {
   }
 }
 
+/** Share of the cases that are descriptor floods (drawn apart: the other cases stay as they were). */
+const FLOOD_SHARE = 0.02;
+
+/**
+ * Descriptor flood: one message sent a few bytes at a time, each piece with
+ * up to 253 descriptors (SCM_MAX_FD); sometimes one whose body the server
+ * skips (its size above the limit).  The server must hold no more than
+ * max_msg_fds of them at any time (the harness checks), refuse the message
+ * with EINVAL when it brought more, and stay in sync.
+ */
+function fdFlood(r: Rng, index: number, lim: CaseLimits): ServerCase {
+  const { commands } = corpus();
+  const m = asMsg(seedMsg(r, commands));
+  const kinds = ['fd-flood'];
+  let bytes = m.bytes;
+  if (r.bool(0.3)) {
+    kinds.push('skipped');
+    const body = r.range(1, 256);
+    bytes = Buffer.concat([bytes.subarray(0, HEADER_SIZE), r.bytes(body)]);
+    setSize(bytes, r.bool(0.5) ? 0xffffffff : lim.maxMessageSize + body + r.range(1, 4096));
+  }
+  const n = Math.min(bytes.length, r.range(2, 24));
+  const pieces: Piece[] = [];
+  let floodFds = 0;
+  for (let i = 0; i < n; i++) {
+    const from = Math.floor((i * bytes.length) / n);
+    const to = Math.floor(((i + 1) * bytes.length) / n);
+    const k = r.weighted([
+      [3, 0],
+      [3, r.range(1, lim.maxMsgFds)],
+      [2, lim.maxMsgFds + 1],
+      [2, r.range(lim.maxMsgFds + 2, 253)],
+      [1, 253],
+    ] as const);
+    floodFds += k;
+    pieces.push({ bytes: bytes.subarray(from, to), fds: Array.from({ length: k }, () => ({ kind: r.bool(0.8) ? 'devnull' : 'eventfd' })) });
+  }
+  return { index, kind: kinds.join('+'), preNegotiation: false, pieces, floodFds };
+}
+
 export function serverCase(seed: number, index: number, lim: CaseLimits): ServerCase {
+  const flood = new Rng(seed ^ 0xf100d, index);
+  if (flood.bool(FLOOD_SHARE)) return fdFlood(flood, index, lim);
   const r = new Rng(seed, index);
   const kinds: string[] = [];
   const preNegotiation = r.bool(0.03);

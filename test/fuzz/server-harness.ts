@@ -10,6 +10,8 @@
 //    REGION_WRITE_MULTI, whose writes before a refused one stand);
 //  - the process holds exactly the descriptors and memory mappings the
 //    server accounts for (DMA mappings, interrupt eventfds) and no others;
+//    during a descriptor flood, never more than max_msg_fds beyond them,
+//    and a message that brought more is refused with EINVAL;
 //  - nothing is thrown out of the event loop (uncaughtException,
 //    unhandledRejection), and every case completes within its timeout.
 // A header declaring a huge size makes the server skip that many bytes: up
@@ -39,6 +41,8 @@ import { until } from '../helpers/wait.js';
 /** Bytes of a skipped body the harness is willing to send to stay in sync. */
 const PAD_BUDGET = 2 * 1024 * 1024;
 const PROBE_ID = 0xfffe;
+/** The server's max_msg_fds (its default). */
+const MAX_MSG_FDS = 16;
 
 export interface Failure {
   index: number;
@@ -285,7 +289,7 @@ export class ServerFuzzer {
     for (let i = from; i < to; i++) {
       this.current = { index: i, kind: '?', preNegotiation: false, pieces: [] };
       try {
-        const c = serverCase(this.opts.seed, i, { maxMessageSize: this.maxMessageSize, maxMsgFds: 16 });
+        const c = serverCase(this.opts.seed, i, { maxMessageSize: this.maxMessageSize, maxMsgFds: MAX_MSG_FDS });
         this.current = c;
         await this.runCase(c);
       } catch (e) {
@@ -318,6 +322,7 @@ export class ServerFuzzer {
       closeFds(fds.filter((fd, j) => p.fds[j]!.kind !== 'eventfd-full' || (raceFds.push(fd), false)));
       stream = Buffer.concat([stream, p.bytes]);
       if (k < c.pieces.length - 1) await new Promise((r) => setImmediate(r));
+      if (c.floodFds !== undefined) this.checkFlood();
     }
 
     // complete what the server still waits for, if affordable
@@ -351,6 +356,13 @@ export class ServerFuzzer {
     // error reply may follow some applied writes.
     const partial = wire.messages.some((m) => m.cmd === Command.REGION_WRITE_MULTI && !m.rejected);
     const accepted = this.checkReplies(expected, got) || wire.messages.some(silentCommand) || partial;
+    if (c.floodFds !== undefined && c.floodFds > MAX_MSG_FDS && expected.length === 1 && !expected[0]!.rejected) {
+      const g = got[0]!;
+      if (!(g.flags & HeaderFlag.ERROR) || g.errorNo !== Errno.EINVAL) {
+        this.stats.desyncs++;
+        this.fail(`a message that brought ${c.floodFds} descriptors was answered ${g.flags & HeaderFlag.ERROR ? errnoName(g.errorNo) : 'ok'}, not EINVAL`);
+      }
+    }
     await new Promise((r) => setImmediate(r));
     if (cl.replies.length > expected.length) {
       this.stats.desyncs++;
@@ -537,6 +549,19 @@ export class ServerFuzzer {
     if (d.migration!.state !== MigState.RUNNING || d.dma.count > 32 || d.logging.active || this.stats.cases % 1000 === 999) {
       await this.reconnect();
       if (d.migration!.state !== MigState.RUNNING) this.fail(`device left in migration state ${d.migration!.state} after a reconnect`);
+    }
+  }
+
+  /**
+   * During a flood: the server holds at most max_msg_fds descriptors of the
+   * message in progress (what it has not read yet is not counted: the check
+   * can miss, never cry wolf).
+   */
+  private checkFlood(): void {
+    const extra = openFdCount() - this.baseFds - this.serverHeldFds();
+    if (extra > MAX_MSG_FDS) {
+      this.stats.fdsLeaked += extra - MAX_MSG_FDS;
+      this.fail(`${extra} descriptors held during a descriptor flood (at most ${MAX_MSG_FDS})`);
     }
   }
 
