@@ -264,13 +264,26 @@ static int chmod_socket_nofollow(const char *path, mode_t mode) {
     return rc;
 }
 
-/* listen(path, backlog, mode): the socket file appears at `path` only once
- * it is listening (bound under a temporary name, then renamed), so a client
- * polling for the file never meets ECONNREFUSED; it is created with `mode`
- * (the umask is narrowed around bind so it is never wider, even briefly). */
+/* A descriptor held in reserve (on /dev/null): at EMFILE/ENFILE it is given
+ * up for a moment so that a pending connection can still be accepted and
+ * closed.  Otherwise that connection stays in the backlog, the listening
+ * socket stays readable and a level-triggered poll spins on it. */
+static int spare_fd = -1;
+
+static void spare_open(void) {
+    if (spare_fd < 0) spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* listen(path, backlog, mode): binds `path` itself, so that ss and
+ * /proc/net/unix name the socket by its path.  The umask is narrowed to
+ * `mode` around bind: the kernel creates the file with exactly that mode
+ * (it applies the umask before any default ACL, which can only narrow it),
+ * so it is never reachable with a wider one; it is chmod()ed to exactly
+ * `mode` (not through a symlink) before listen.  Until listen a client is
+ * refused, as with any server. */
 static napi_value n_listen(napi_env env, napi_callback_info info) {
     napi_value argv[3];
-    struct sockaddr_un addr, tmp;
+    struct sockaddr_un addr;
     int32_t backlog = 16, mode = 0600;
     int fd, rc, err;
     mode_t old;
@@ -280,42 +293,56 @@ static napi_value n_listen(napi_env env, napi_callback_info info) {
         (!is_nullish(env, argv[2]) && get_i32(env, argv[2], &mode) < 0)) {
         return throw_last(env);
     }
-    tmp = addr;
-    if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", addr.sun_path, (int)getpid()) >=
-        (int)sizeof(tmp.sun_path)) {
-        return throw_errno(env, "listen", ENAMETOOLONG);
-    }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return throw_errno(env, "socket", errno);
-    unlink(tmp.sun_path);
     old = umask(0777 & ~mode);
-    rc = bind(fd, (struct sockaddr *)&tmp, sizeof(tmp));
+    rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
     err = errno;
     umask(old);
     if (rc < 0) {
         close(fd);
         return throw_errno(env, "bind", err);
     }
-    if (chmod_socket_nofollow(tmp.sun_path, (mode_t)mode) < 0 || listen(fd, backlog) < 0 ||
-        rename(tmp.sun_path, addr.sun_path) < 0) {
+    if (chmod_socket_nofollow(addr.sun_path, (mode_t)mode) < 0) {
+        /* the name is no longer our socket: leave it to whoever took it */
         err = errno;
         close(fd);
-        unlink(tmp.sun_path);
+        return throw_errno(env, "chmod", err);
+    }
+    if (listen(fd, backlog) < 0) {
+        err = errno;
+        close(fd);
+        unlink(addr.sun_path);
         return throw_errno(env, "listen", err);
     }
+    spare_open();
     return make_int(env, fd);
 }
 
-/* accept(fd) -> new fd (non-blocking, close-on-exec) or -errno */
+/* accept(fd) -> new fd (non-blocking, close-on-exec) or -errno.  Out of
+ * descriptors, the next pending connection is accepted with the spare one
+ * and closed at once: -ECONNABORTED then says one was dropped (call again),
+ * while -EMFILE/-ENFILE say none could be (no spare). */
 static napi_value n_accept(napi_env env, napi_callback_info info) {
     napi_value argv[1];
     int32_t fd;
-    int c;
+    int c, err;
     if (get_args(env, info, 1, argv) < 0 || get_i32(env, argv[0], &fd) < 0) {
         return throw_last(env);
     }
     c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    return make_int(env, c < 0 ? -errno : c);
+    if (c >= 0) return make_int(env, c);
+    err = errno;
+    if ((err == EMFILE || err == ENFILE) && spare_fd >= 0) {
+        close(spare_fd);
+        spare_fd = -1;
+        c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) close(c);
+        else err = errno;
+        spare_open();
+        return make_int(env, c >= 0 ? -ECONNABORTED : -err);
+    }
+    return make_int(env, -err);
 }
 
 /* connect(path) -> fd or -errno.  A UNIX connect completes at once unless the

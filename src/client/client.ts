@@ -254,7 +254,17 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     if (this.opts.migSizing ?? true) ours.migSizing = true;
     ours.errorText = true;
     const body = version.encode({ major: VERSION_MAJOR, minor: VERSION_MINOR, json: formatCapabilities(ours), nul: true });
-    const r = await this.conn.request(Command.VERSION, body);
+    let r: Reply;
+    try {
+      r = await this.conn.request(Command.VERSION, body);
+    } catch (e) {
+      // The server refuses a second client with EBUSY: say what that means.
+      if (e instanceof RemoteError && e.errno === Errno.EBUSY) {
+        const at = this.path !== null ? `the server at ${this.path}` : 'the server';
+        throw new VfuError(Errno.EBUSY, `${at} already has a client (vfio-user servers take one at a time)`);
+      }
+      throw e;
+    }
     try {
       const v = version.decode(r.payload);
       if (v.major !== VERSION_MAJOR) throw bad(Command.VERSION, `major ${v.major}`);

@@ -31,7 +31,20 @@ export interface ServeOptions extends Partial<SessionOptions> {
   dmaLimits?: Partial<DmaLimits>;
   /** Cap on the dirty page tracking bitmaps (default 256 MiB; ENOMEM beyond). */
   maxDirtyBitmapBytes?: number;
+  /**
+   * How long a refused second client may take to send its first message
+   * (answered with EBUSY) before it is hung up on (default 1000 ms).
+   */
+  refusalTimeoutMs?: number;
 }
+
+/**
+ * Refused clients waiting for their first message, at most: beyond, a new
+ * one is hung up on at once (a crowd holds that many descriptors at most).
+ */
+const MAX_REFUSING = 32;
+/** Largest first message of a refused client that is read whole. */
+const REFUSED_MAX_MESSAGE = 64 * 1024;
 
 function sessionOptions(o: ServeOptions): SessionOptions {
   return {
@@ -71,6 +84,9 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
   private cleanup: Promise<void> = Promise.resolve();
   private closed = false;
   private readonly opts: SessionOptions;
+  private readonly refusalTimeoutMs: number;
+  /** Refused clients not yet hung up on. */
+  private refusing = 0;
 
   private constructor(
     readonly device: VfioUserDevice,
@@ -78,6 +94,7 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
   ) {
     super();
     this.opts = sessionOptions(serveOpts);
+    this.refusalTimeoutMs = serveOpts.refusalTimeoutMs ?? 1000;
     if (serveOpts.dmaLimits) Object.assign(device.dma.limits, serveOpts.dmaLimits);
     if (serveOpts.maxDirtyBitmapBytes !== undefined) device.logging.maxBitmapBytes = serveOpts.maxDirtyBitmapBytes;
     device.realize();
@@ -123,9 +140,12 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
     }
     if (this.session !== null) {
       // The previous client is gone but its clean-up is still running: the
-      // new one waits for it instead of being refused.
-      if (this.session.conn.closed) void this.cleanup.then(() => this.incoming(ep));
-      else this.refuse(ep);
+      // new one waits for it instead of being refused, and nothing is read
+      // from it meanwhile (its messages wait in the socket for its session).
+      if (this.session.conn.closed) {
+        ep.holdReading(true);
+        void this.cleanup.then(() => this.incoming(ep));
+      } else this.refuse(ep);
       return;
     }
     const session = new Session(this.device, ep, this.opts);
@@ -133,18 +153,33 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
     this.connections++;
     session.onClosed = () => this.lost(session);
     this.emit('session', session);
+    ep.holdReading(false);
   }
 
   /**
    * A second client while one is attached: answer its first message with
-   * EBUSY, then close.
+   * EBUSY, then close.  It is taken no descriptor: any it sends is closed
+   * as it arrives.  A silent one is dropped after refusalTimeoutMs; past
+   * MAX_REFUSING of them, a new one is dropped at once.
    */
   private refuse(ep: Endpoint): void {
     this.emit('refused');
-    const timer = setTimeout(() => ep.close(), 1000);
+    if (this.refusing >= MAX_REFUSING) {
+      ep.close();
+      return;
+    }
+    this.refusing++;
+    const timer = setTimeout(() => ep.close(), this.refusalTimeoutMs);
     timer.unref();
+    // A first message is a VERSION, small; a larger one is answered as soon
+    // as its header is in (the framer refuses it then), so a crowd of
+    // refused clients buffers little.
+    ep.setLimits(REFUSED_MAX_MESSAGE, 0);
+    let answered = false;
     ep.onFrame = (f) => {
       for (const fd of f.fds) native?.close(fd);
+      if (answered) return;
+      answered = true;
       const h = Buffer.allocUnsafe(HEADER_SIZE);
       writeHeader(h, f.msgId, f.cmd, HEADER_SIZE, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, Errno.EBUSY);
       try {
@@ -153,9 +188,12 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
         // gone already
       }
       void ep.whenDrained().then(() => ep.close());
-      clearTimeout(timer);
     };
-    ep.onClose = () => clearTimeout(timer);
+    ep.onClose = () => {
+      clearTimeout(timer);
+      this.refusing--;
+    };
+    ep.holdReading(false);
   }
 
   /**

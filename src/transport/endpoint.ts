@@ -36,6 +36,12 @@ export interface Endpoint {
    * stop reading from the peer; resume once half of it has gone.
    */
   setSendQueueLimit(bytes: number): void;
+  /**
+   * Stops reading from the peer (true) until called with false: nothing is
+   * read or delivered meanwhile, and what the peer sends waits in the
+   * socket, to be delivered in order afterwards.
+   */
+  holdReading(on: boolean): void;
   /** Bytes of our messages not yet written to the socket. */
   readonly queuedBytes: number;
   close(): void;

@@ -79,7 +79,10 @@ function giveSpill(b: Buffer): void {
 
 export class NativeEndpoint implements Endpoint {
   readonly canPassFds = true;
-  onFrame: (f: Frame) => void = () => {};
+  /** Until a consumer takes over, descriptors that arrive are closed, not leaked. */
+  onFrame: (f: Frame) => void = (f) => {
+    for (const fd of f.fds) this.n.close(fd);
+  };
   onClose: (err: Error | null) => void = () => {};
   private readonly n: NativeAddon;
   private readonly framer: Framer;
@@ -99,6 +102,8 @@ export class NativeEndpoint implements Endpoint {
   private sendLimit = Infinity;
   /** Not reading: too much of ours waits to be written. */
   private paused = false;
+  /** Not reading: the owner said so (holdReading). */
+  private holding = false;
 
   constructor(
     readonly fd: number,
@@ -155,7 +160,14 @@ export class NativeEndpoint implements Endpoint {
   }
 
   private updatePoll(): void {
-    this.n.pollUpdate(this.poll, (this.paused ? 0 : POLL_READABLE) | (this.writing ? POLL_WRITABLE : 0));
+    this.n.pollUpdate(this.poll, (this.paused || this.holding ? 0 : POLL_READABLE) | (this.writing ? POLL_WRITABLE : 0));
+  }
+
+  holdReading(on: boolean): void {
+    if (this.holding === on || this._closed) return;
+    this.holding = on;
+    this.updatePoll();
+    this.framer.hold(this.paused || on);
   }
 
   /**
@@ -166,7 +178,7 @@ export class NativeEndpoint implements Endpoint {
     if (this.paused === on) return;
     this.paused = on;
     this.updatePoll();
-    this.framer.hold(on);
+    this.framer.hold(on || this.holding);
   }
 
   ref(keep: boolean): void {
@@ -187,7 +199,7 @@ export class NativeEndpoint implements Endpoint {
   /** Reads until the socket is empty (or the budget is spent); `first` is the addon's read, if it made one. */
   private readSome(first: number | null): void {
     const io = this.io;
-    for (let i = 0; i < READ_BUDGET && !this._closed && (!this.paused || (i === 0 && first !== null)); i++) {
+    for (let i = 0; i < READ_BUDGET && !this._closed && ((!this.paused && !this.holding) || (i === 0 && first !== null)); i++) {
       let r: number;
       let len: number;
       if (i === 0 && first !== null) {

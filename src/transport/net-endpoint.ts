@@ -14,6 +14,9 @@ export class NetEndpoint implements Endpoint {
   onClose: (err: Error | null) => void = () => {};
   private readonly framer: Framer;
   private _closed = false;
+  /** Not reading: the owner said so (holdReading), or the peer does not read our replies. */
+  private holding = false;
+  private backpressure = false;
 
   constructor(
     private readonly socket: Socket,
@@ -68,12 +71,22 @@ export class NetEndpoint implements Endpoint {
       this.socket.write(b && b.length ? Buffer.concat([a, b]) : Buffer.from(a));
     }
     // backpressure: stop reading a peer that does not read our replies
-    if (this.socket.writableLength > this.sendLimit && !this.socket.isPaused()) {
+    if (this.socket.writableLength > this.sendLimit && !this.backpressure) {
+      this.backpressure = true;
       this.socket.pause();
       this.socket.once('drain', () => {
-        if (!this._closed) this.socket.resume();
+        this.backpressure = false;
+        if (!this._closed && !this.holding) this.socket.resume();
       });
     }
+  }
+
+  holdReading(on: boolean): void {
+    if (this.holding === on || this._closed) return;
+    this.holding = on;
+    this.framer.hold(on);
+    if (on) this.socket.pause();
+    else if (!this.backpressure) this.socket.resume();
   }
 
   get sending(): boolean {

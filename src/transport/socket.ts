@@ -2,6 +2,7 @@
 // an inherited descriptor, socket pairs.  The native addon is used when it
 // is loaded; otherwise node:net (no descriptor passing).
 import { Socket, createConnection, createServer, type Server } from 'node:net';
+import { getSystemErrorMap } from 'node:util';
 import { chmodSync, existsSync, lstatSync, renameSync, unlinkSync } from 'node:fs';
 import { POLL_READABLE, native, requireNative, warnNativeFallback, type PollHandle } from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
@@ -69,11 +70,18 @@ export interface Listener {
   ref(keep: boolean): void;
 }
 
+/** How long a listener without a spare descriptor stops accepting at EMFILE. */
+const ACCEPT_BACKOFF_MS = 100;
+
 class NativeListener implements Listener {
   onConnection: (ep: Endpoint) => void = () => {};
+  /** Connections accepted and closed at once for lack of descriptors. */
+  dropped = 0;
   private readonly fd: number;
   private readonly poll: PollHandle;
   private closed = false;
+  /** Not polling for a while: out of descriptors with no spare one. */
+  private backoff: NodeJS.Timeout | null = null;
 
   constructor(
     readonly path: string,
@@ -89,9 +97,31 @@ class NativeListener implements Listener {
     const n = native!;
     while (!this.closed) {
       const c = n.accept(this.fd);
-      if (c < 0) return; // EAGAIN, or a transient error (EMFILE): try next event
-      this.onConnection(new NativeEndpoint(c, this.limits));
+      if (c >= 0) {
+        this.onConnection(new NativeEndpoint(c, this.limits));
+        continue;
+      }
+      // Out of descriptors: the addon accepted the connection with its spare
+      // one and closed it (the client sees its connection closed), so none
+      // stays in the backlog to make the poll spin.  Next one.
+      if (c === -Errno.ECONNABORTED) {
+        this.dropped++;
+        continue;
+      }
+      // No spare to do that with: stop polling for a moment rather than spin.
+      if (c === -Errno.EMFILE || c === -Errno.ENFILE) this.pause();
+      return; // EAGAIN (or a transient error): wait for the next event
     }
+  }
+
+  private pause(): void {
+    if (this.backoff !== null) return;
+    native!.pollUpdate(this.poll, 0);
+    this.backoff = setTimeout(() => {
+      this.backoff = null;
+      if (!this.closed) native!.pollUpdate(this.poll, POLL_READABLE);
+    }, ACCEPT_BACKOFF_MS);
+    this.backoff.unref();
   }
 
   ref(keep: boolean): void {
@@ -101,6 +131,7 @@ class NativeListener implements Listener {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.backoff !== null) clearTimeout(this.backoff);
     native!.pollClose(this.poll);
     native!.close(this.fd);
     try {
@@ -123,32 +154,36 @@ class NetListener implements Listener {
     failed: (e: Error) => void,
   ) {
     this.server = createServer((s: Socket) => this.onConnection(new NetEndpoint(s, limits)));
-    this.server.once('error', failed);
-    // Bound under a temporary name, given its mode, then renamed: the path
-    // never names a socket with the umask's (perhaps wider) permissions.
-    const tmp = `${path}.${process.pid}~`;
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // none left over
-    }
-    // bind() happens inside listen(): with the umask leaving exactly `mode`,
-    // even the temporary name is never wider (umask cannot be set in worker
-    // threads; the rename below still protects the real path there)
+    this.server.once('error', (e: NodeJS.ErrnoException) => failed(namePath(e, path)));
+    // bind() happens inside listen(): with the umask leaving exactly `mode`
+    // the file is created with that mode, under its own name (so ss and
+    // /proc/net/unix show it).  Worker threads cannot set the umask: there
+    // it is bound under a temporary name, given its mode, then renamed, so
+    // the path never names a socket with wider permissions.
     let oldMask: number | null = null;
     try {
       oldMask = process.umask(0o777 & ~mode);
     } catch {
       // a worker thread
     }
-    this.server.listen(tmp, () => {
+    const bindAt = oldMask !== null ? path : `${path}.${process.pid}~`;
+    if (oldMask === null) {
       try {
-        chmodSync(tmp, mode);
-        renameSync(tmp, path);
-      } catch (e) {
-        this.server.close();
-        failed(e as Error);
-        return;
+        unlinkSync(bindAt);
+      } catch {
+        // none left over
+      }
+    }
+    this.server.listen(bindAt, () => {
+      if (bindAt !== path) {
+        try {
+          chmodSync(bindAt, mode);
+          renameSync(bindAt, path);
+        } catch (e) {
+          this.server.close();
+          failed(namePath(e as NodeJS.ErrnoException, path));
+          return;
+        }
       }
       ready();
     });
@@ -162,7 +197,7 @@ class NetListener implements Listener {
 
   close(): void {
     this.server.close();
-    // libuv unlinks the name it bound (the temporary one): remove ours
+    // libuv unlinks the name it bound (perhaps the temporary one): remove ours
     try {
       unlinkSync(this.path);
     } catch {
@@ -181,13 +216,40 @@ export async function listen(
   const mode = opts.mode ?? 0o600;
   if (kind === 'native') requireNative('listening with descriptor passing');
   await removeStaleSocket(path);
-  if (kind === 'native') return new NativeListener(path, limits, mode);
+  if (kind === 'native') {
+    try {
+      return new NativeListener(path, limits, mode);
+    } catch (e) {
+      throw namePath(e as NodeJS.ErrnoException, path);
+    }
+  }
   return await new Promise<Listener>((resolve, reject) => {
     const l: NetListener = new NetListener(path, limits, mode, () => resolve(l), reject);
   });
 }
 
 const CONNECT_RETRY_MS = 2000;
+/**
+ * A server refuses connections between its bind() and listen(): two system
+ * calls for ours (its file appears at bind), longer for libvfio-user.  A
+ * client that saw the file appear retries ECONNREFUSED this long.
+ */
+const CONNECT_REFUSED_RETRY_MS = 100;
+
+/**
+ * An error about a socket path that says which: `bind /run/x.sock: permission
+ * denied (EACCES)`.  Keeps the errno (positive) for callers that test it.
+ */
+function pathError(op: string, path: string, errno: number): VfuError {
+  const n = Math.abs(errno) || Errno.EIO;
+  const reason = getSystemErrorMap().get(-n)?.[1] ?? `errno ${n}`;
+  return new VfuError(n, `${op} ${path}: ${reason}`);
+}
+
+/** pathError() for a thrown Node or addon error (the addon's messages start with the call). */
+function namePath(e: NodeJS.ErrnoException, path: string, op?: string): VfuError {
+  return pathError(op ?? e.syscall ?? e.message.split(':')[0] ?? 'socket', path, typeof e.errno === 'number' ? e.errno : Errno.EIO);
+}
 
 /** Connects to a UNIX socket path. */
 export async function connect(
@@ -201,14 +263,26 @@ export async function connect(
     // A non-blocking connect fails with EAGAIN while the server's accept
     // backlog is full (many clients at once): retry for a while.
     let fd = n.connect(path);
-    for (let waited = 0; fd === -Errno.EAGAIN && waited < CONNECT_RETRY_MS; waited += 10) {
+    for (let waited = 0; (fd === -Errno.EAGAIN && waited < CONNECT_RETRY_MS) || (fd === -Errno.ECONNREFUSED && waited < CONNECT_REFUSED_RETRY_MS); waited += 10) {
       await new Promise((r) => setTimeout(r, 10));
       fd = n.connect(path);
     }
-    if (fd < 0) throw new VfuError(-fd, `connect ${path}`);
+    if (fd < 0) throw pathError('connect', path, fd);
     return new NativeEndpoint(fd, limits);
   }
-  return await new Promise<Endpoint>((resolve, reject) => {
+  for (let waited = 0; ; waited += 10) {
+    try {
+      return await netConnect(path, limits);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code !== 'ECONNREFUSED' || waited >= CONNECT_REFUSED_RETRY_MS) throw namePath(err, path, 'connect');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
+function netConnect(path: string, limits: EndpointLimits): Promise<Endpoint> {
+  return new Promise<Endpoint>((resolve, reject) => {
     const s = createConnection(path);
     s.once('error', reject);
     s.once('connect', () => {
