@@ -21,7 +21,8 @@ import { Command, Errno, HEADER_SIZE, HeaderFlag } from '../src/protocol/constan
 import { writeHeader } from '../src/protocol/header.js';
 import { NativeEndpoint } from '../src/transport/native-endpoint.js';
 import { FrameQueue } from './helpers/endpoints.js';
-import { type Proc, cli, fdsOf, waitFor } from './helpers/procs.js';
+import { type Proc, cli, fdsOf } from './helpers/procs.js';
+import { until } from './helpers/wait.js';
 import { rawSession, type RawSession } from './helpers/raw.js';
 import { tempDir } from './helpers/server.js';
 
@@ -38,7 +39,7 @@ async function serveLimited(path: string, limit: number): Promise<Proc> {
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (code, sig) => res([code, sig])));
-  await waitFor(() => existsSync(path), 10_000, `server socket ${path} (stderr: ${err})`);
+  await until(() => existsSync(path), 10_000, `server socket ${path} (stderr: ${err})`);
   return { child, pid: child.pid!, exited, stdout: () => out, stderr: () => err };
 }
 
