@@ -8,6 +8,9 @@
  *   vfutest poke FILE OFF WIDTH VALUE  write it
  *   vfutest write DEV OFF LEN SEED     write the pattern (OFF, LEN: 4 KiB multiples)
  *   vfutest verify DEV OFF LEN SEED    read it back and compare
+ *   vfutest zeros DEV OFF LEN          read and check that it is all zeros
+ *   vfutest zeroout DEV OFF LEN        BLKZEROOUT (NVMe Write Zeroes when offered)
+ *   vfutest discard DEV OFF LEN        BLKDISCARD (NVMe Dataset Management, deallocate)
  *   vfutest size DEV                   print the device size in bytes
  *
  * FILE is a /sys/bus/pci/devices/.../resourceN: memory BARs are mmapped,
@@ -84,38 +87,53 @@ static int reg(int argc, char **argv, int write) {
     return 0;
 }
 
+/* mode: 1 write the pattern, 0 verify it, -1 verify zeros */
 static int blk(int argc, char **argv, int write) {
-    if (argc != 6) return 2;
+    if (argc != (write < 0 ? 5 : 6)) return 2;
     uint64_t off = num(argv[3]), len = num(argv[4]);
-    uint32_t seed = (uint32_t)num(argv[5]);
+    uint32_t seed = write < 0 ? 0 : (uint32_t)num(argv[5]);
     if (off % 4096 || len % 4096) return 2;
-    int fd = open(argv[2], (write ? O_WRONLY : O_RDONLY) | O_DIRECT);
+    int fd = open(argv[2], (write > 0 ? O_WRONLY : O_RDONLY) | O_DIRECT);
     if (fd < 0) { perror(argv[2]); return 1; }
     uint32_t *buf;
     if (posix_memalign((void **)&buf, 4096, CHUNK)) return 1;
     for (uint64_t done = 0; done < len;) {
         size_t n = len - done < CHUNK ? (size_t)(len - done) : CHUNK;
         uint64_t at = off + done;
-        if (write) {
+        if (write > 0) {
             for (size_t k = 0; k < n / 4; k++) buf[k] = word(at + 4 * k, seed);
             if (pwrite(fd, buf, n, (off_t)at) != (ssize_t)n) { perror("pwrite"); return 1; }
         } else {
             memset(buf, 0xa5, n);
             if (pread(fd, buf, n, (off_t)at) != (ssize_t)n) { perror("pread"); return 1; }
             for (size_t k = 0; k < n / 4; k++) {
-                if (buf[k] != word(at + 4 * k, seed)) {
+                uint32_t want = write < 0 ? 0 : word(at + 4 * k, seed);
+                if (buf[k] != want) {
                     printf("vfutest: mismatch at byte %llu: 0x%08x, expected 0x%08x\n",
-                           (unsigned long long)(at + 4 * k), buf[k], word(at + 4 * k, seed));
+                           (unsigned long long)(at + 4 * k), buf[k], want);
                     return 1;
                 }
             }
         }
         done += n;
     }
-    if (write && fsync(fd)) { perror("fsync"); return 1; }
+    if (write > 0 && fsync(fd)) { perror("fsync"); return 1; }
     close(fd);
-    printf("vfutest: %s %llu bytes at %llu seed %u\n", write ? "wrote" : "verified",
-           (unsigned long long)len, (unsigned long long)off, seed);
+    if (write < 0) printf("vfutest: %llu bytes at %llu are zeros\n", (unsigned long long)len, (unsigned long long)off);
+    else printf("vfutest: %s %llu bytes at %llu seed %u\n", write ? "wrote" : "verified",
+                (unsigned long long)len, (unsigned long long)off, seed);
+    return 0;
+}
+
+static int range_ioctl(int argc, char **argv, unsigned long req, const char *what) {
+    if (argc != 5) return 2;
+    uint64_t r[2] = { num(argv[3]), num(argv[4]) };
+    int fd = open(argv[2], O_WRONLY);
+    if (fd < 0) { perror(argv[2]); return 1; }
+    if (ioctl(fd, req, r)) { perror(what); return 1; }
+    if (fsync(fd)) { perror("fsync"); return 1; }
+    close(fd);
+    printf("vfutest: %s %llu bytes at %llu\n", what, (unsigned long long)r[1], (unsigned long long)r[0]);
     return 0;
 }
 
@@ -125,6 +143,9 @@ int main(int argc, char **argv) {
     else if (argc >= 2 && !strcmp(argv[1], "poke")) rc = reg(argc, argv, 1);
     else if (argc >= 2 && !strcmp(argv[1], "write")) rc = blk(argc, argv, 1);
     else if (argc >= 2 && !strcmp(argv[1], "verify")) rc = blk(argc, argv, 0);
+    else if (argc >= 2 && !strcmp(argv[1], "zeros")) rc = blk(argc, argv, -1);
+    else if (argc >= 2 && !strcmp(argv[1], "zeroout")) rc = range_ioctl(argc, argv, BLKZEROOUT, "zeroout");
+    else if (argc >= 2 && !strcmp(argv[1], "discard")) rc = range_ioctl(argc, argv, BLKDISCARD, "discard");
     else if (argc == 3 && !strcmp(argv[1], "size")) {
         int fd = open(argv[2], O_RDONLY);
         uint64_t sz;
@@ -132,6 +153,6 @@ int main(int argc, char **argv) {
         printf("%llu\n", (unsigned long long)sz);
         rc = 0;
     }
-    if (rc == 2) fprintf(stderr, "usage: vfutest peek|poke|write|verify|size ... (see the source)\n");
+    if (rc == 2) fprintf(stderr, "usage: vfutest peek|poke|write|verify|zeros|zeroout|discard|size ... (see the source)\n");
     return rc;
 }
