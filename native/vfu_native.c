@@ -178,6 +178,17 @@ static int is_nullish(napi_env env, napi_value v) {
     return t == napi_undefined || t == napi_null;
 }
 
+/* Whether `v` is a typed array of type `want`. */
+static int is_typed(napi_env env, napi_value v, napi_typedarray_type want) {
+    bool is = false;
+    napi_typedarray_type t;
+    size_t n, off;
+    void *data;
+    napi_value ab;
+    return napi_is_typedarray(env, v, &is) == napi_ok && is &&
+           napi_get_typedarray_info(env, v, &t, &n, &data, &ab, &off) == napi_ok && t == want;
+}
+
 /* An Int32Array-like state array: at least `n` slots, 4-byte aligned (we
  * write it as int32_t; a Uint8Array or DataView at an odd offset is not). */
 static int get_state(napi_env env, napi_value v, size_t n, int32_t **out) {
@@ -571,34 +582,27 @@ typedef struct {
     napi_ref rbuf_ref, rstate_ref, obuf_ref;
 } poll_ctx_t;
 
-/* The registered I/O memory as it is now; NULL / 0 for what is missing,
- * detached or unusable (a state array that is not whole and aligned). */
-typedef struct {
-    uint8_t *rbuf, *obuf;
-    size_t rbuf_len, obuf_len;
-    int32_t *state;
-} poll_io_t;
-
-static void ref_bytes(napi_env env, napi_ref ref, uint8_t **data, size_t *len) {
-    napi_value v;
-    *data = NULL;
+/* The memory of a registered typed array as it is now (two N-API calls:
+ * this runs on every event); NULL / 0 when it is gone or detached. */
+static uint8_t *ref_typed(napi_env env, napi_ref ref, size_t *len) {
+    napi_value v, ab;
+    napi_typedarray_type t;
+    size_t n, off;
+    void *data = NULL;
     *len = 0;
     if (ref == NULL || napi_get_reference_value(env, ref, &v) != napi_ok || v == NULL ||
-        get_bytes(env, v, data, len) < 0 || *data == NULL) {
-        *data = NULL;
-        *len = 0;
+        napi_get_typedarray_info(env, v, &t, &n, &data, &ab, &off) != napi_ok || data == NULL) {
+        return NULL;
     }
+    *len = t == napi_int32_array ? n * sizeof(int32_t) : t == napi_uint8_array ? n : 0;
+    return *len > 0 ? data : NULL;
 }
 
-static void poll_io(napi_env env, poll_ctx_t *p, poll_io_t *io) {
-    uint8_t *st8;
-    size_t stlen;
-    memset(io, 0, sizeof(*io));
-    ref_bytes(env, p->rstate_ref, &st8, &stlen);
-    if (st8 == NULL || stlen < STATE_IO_SLOTS * sizeof(int32_t) || ((uintptr_t)st8 & 3) != 0) return;
-    io->state = (int32_t *)st8;
-    ref_bytes(env, p->rbuf_ref, &io->rbuf, &io->rbuf_len);
-    ref_bytes(env, p->obuf_ref, &io->obuf, &io->obuf_len);
+/* The state array as it is now, or NULL (missing, detached, too short). */
+static int32_t *poll_state(napi_env env, poll_ctx_t *p) {
+    size_t len;
+    uint8_t *st = ref_typed(env, p->rstate_ref, &len);
+    return st != NULL && len >= STATE_IO_SLOTS * sizeof(int32_t) ? (int32_t *)st : NULL;
 }
 
 static void poll_maybe_free(poll_ctx_t *p) {
@@ -624,23 +628,27 @@ static void poll_on_event(uv_poll_t *h, int status, int events);
  * call.  What the socket does not take stays at the front of the outbox and
  * we poll for writability: the JS side sends it first when that comes
  * (errors surface there too, as the socket then reads as writable). */
-static void send_outbox(poll_ctx_t *p, const poll_io_t *io) {
-    int32_t n = io->state[STATE_OUT_LEN];
+static void send_outbox(napi_env env, poll_ctx_t *p, int32_t *state) {
+    int32_t n = state[STATE_OUT_LEN];
+    size_t olen;
+    uint8_t *obuf;
     ssize_t r;
     int fd;
-    if (n <= 0 || io->obuf == NULL || (size_t)n > io->obuf_len || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
+    if (n <= 0) return;
+    obuf = ref_typed(env, p->obuf_ref, &olen);
+    if (obuf == NULL || (size_t)n > olen || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
         return;
     }
     do {
-        r = send(fd, io->obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        r = send(fd, obuf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (r < 0 && errno == EINTR);
     if (r == n) {
-        io->state[STATE_OUT_LEN] = 0;
+        state[STATE_OUT_LEN] = 0;
         return;
     }
     if (r > 0) {
-        memmove(io->obuf, io->obuf + r, (size_t)(n - r));
-        io->state[STATE_OUT_LEN] = (int32_t)(n - r);
+        memmove(obuf, obuf + r, (size_t)(n - r));
+        state[STATE_OUT_LEN] = (int32_t)(n - r);
     }
     uv_poll_start(&p->handle, UV_READABLE | UV_WRITABLE, poll_on_event);
 }
@@ -651,7 +659,7 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
     napi_handle_scope scope;
     napi_value cb, recv, argv[3], result;
     napi_status st;
-    poll_io_t io;
+    int32_t *state;
 
     if (p->closing) return;
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
@@ -662,20 +670,22 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
         napi_get_null(env, &argv[2]) != napi_ok) {
         goto out;
     }
-    poll_io(env, p, &io);
+    state = poll_state(env, p);
     /* Receive-ahead: read into the registered target before entering JS,
      * which gets the result as a third argument (null: nothing read).  The
      * JS side saves the N-API call, and its cost, on every message. */
-    if (status == 0 && (events & UV_READABLE) && io.state != NULL && io.rbuf != NULL) {
-        int32_t off = io.state[STATE_RECV_OFF], len = io.state[STATE_RECV_LEN];
+    if (status == 0 && (events & UV_READABLE) && state != NULL && p->rbuf_ref != NULL) {
+        int32_t off = state[STATE_RECV_OFF], len = state[STATE_RECV_LEN];
+        size_t rlen;
+        uint8_t *rbuf = ref_typed(env, p->rbuf_ref, &rlen);
         int fd;
-        if (len > 0 && off >= 0 && (size_t)off + (size_t)len <= io.rbuf_len &&
+        if (rbuf != NULL && len > 0 && off >= 0 && (size_t)off + (size_t)len <= rlen &&
             uv_fileno((uv_handle_t *)h, &fd) == 0 &&
-            napi_create_int64(env, recv_into(fd, io.rbuf + off, (size_t)len, io.state), &argv[2]) != napi_ok) {
+            napi_create_int64(env, recv_into(fd, rbuf + off, (size_t)len, state), &argv[2]) != napi_ok) {
             goto out;
         }
     }
-    if (io.state != NULL) io.state[STATE_IN_CB] = 1;
+    if (state != NULL) state[STATE_IN_CB] = 1;
     st = napi_make_callback(env, p->actx, recv, cb, 3, argv, &result);
     if (st == napi_pending_exception) {
         napi_value err;
@@ -683,12 +693,9 @@ static void poll_on_event(uv_poll_t *h, int status, int events) {
     }
     /* JS ran: the registration may have changed, a buffer been detached, or
      * the handle closed. */
-    if (p->rstate_ref != NULL) {
-        poll_io(env, p, &io);
-        if (io.state != NULL) {
-            io.state[STATE_IN_CB] = 0;
-            if (!p->closing) send_outbox(p, &io);
-        }
+    if (p->rstate_ref != NULL && (state = poll_state(env, p)) != NULL) {
+        state[STATE_IN_CB] = 0;
+        if (!p->closing) send_outbox(env, p, state);
     }
 out:
     (void)napi_close_handle_scope(env, scope);
@@ -836,9 +843,10 @@ static napi_value n_poll_set_io(napi_env env, napi_callback_info info) {
         poll_release_io(env, p);
         return NULL;
     }
-    if (get_state(env, argv[2], STATE_IO_SLOTS, &state) < 0 ||
-        (!is_nullish(env, argv[1]) && get_bytes(env, argv[1], &rbuf, &rlen) < 0) ||
-        (!is_nullish(env, argv[3]) && get_bytes(env, argv[3], &obuf, &olen) < 0)) {
+    /* Int32Array state, Uint8Array (Buffer) buffers: what ref_typed reads. */
+    if (!is_typed(env, argv[2], napi_int32_array) || get_state(env, argv[2], STATE_IO_SLOTS, &state) < 0 ||
+        (!is_nullish(env, argv[1]) && (!is_typed(env, argv[1], napi_uint8_array) || get_bytes(env, argv[1], &rbuf, &rlen) < 0)) ||
+        (!is_nullish(env, argv[3]) && (!is_typed(env, argv[3], napi_uint8_array) || get_bytes(env, argv[3], &obuf, &olen) < 0))) {
         return throw_errno(env, "pollSetIo: arguments", EINVAL);
     }
     poll_release_io(env, p);

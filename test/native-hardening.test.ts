@@ -104,6 +104,9 @@ test('state arrays must be aligned: recvmsg and pollSetIo refuse a misaligned vi
   assert.throws(() => n.recvmsg(a, new Uint8Array(8), 0, 8, misaligned), { errno: Errno.EINVAL });
   const h = n.pollStart(a, POLL_READABLE, () => {});
   assert.throws(() => n.pollSetIo(h, null, misaligned, null), { errno: Errno.EINVAL });
+  const state = new Int32Array(IO_STATE_LEN);
+  assert.throws(() => n.pollSetIo(h, new Uint16Array(8) as unknown as Uint8Array, state, null), { errno: Errno.EINVAL }, 'buffers are byte arrays');
+  assert.throws(() => n.pollSetIo(h, null, new Uint32Array(IO_STATE_LEN) as unknown as Int32Array, null), { errno: Errno.EINVAL }, 'the state is an Int32Array');
   n.pollClose(h);
   n.close(a);
   n.close(b);
