@@ -2,6 +2,7 @@
 // that used to stop the event loop or misfire.
 import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { createSample } from '../src/devices/sample.js';
 import { native } from '../src/native/index.js';
 import { Command, Errno, IrqIndex, IrqSetFlag, PciRegion } from '../src/protocol/constants.js';
@@ -59,6 +60,55 @@ describe('interrupts into an eventfd whose counter is full', () => {
       await srv.exited;
       t.cleanup();
     }
+  });
+
+  test('a client racing the server (drains and refills its counter from another thread): every request answered, then the interrupt arrives', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sock');
+    const srv = await startServer(path);
+    const c = await VfioUserClient.connect(path, { replyTimeoutMs: 10_000 });
+    const efd = n.eventfd(0, 0);
+    const stop = new Int32Array(new SharedArrayBuffer(8));
+    // The attack: drain, refill to 0xfffffffffffffffe at once, so that a
+    // server woken by the drain finds the counter full when it writes.  The
+    // old server slept in write() within a second of this.
+    const url = new URL('../src/native/index.js', import.meta.url).href;
+    const w = new Worker(
+      `const { parentPort, workerData: { fd, stop } } = require('node:worker_threads');
+      import(${JSON.stringify(url)}).then(({ native: n }) => {
+        parentPort.postMessage('ready');
+        while (Atomics.load(stop, 0) === 0) {
+          n.eventfdRead(fd); // blocks until the server (or the test) writes
+          if (Atomics.load(stop, 0) === 0) n.eventfdWrite(fd, -2);
+          Atomics.add(stop, 1, 1);
+        }
+      });`,
+      { eval: true, workerData: { fd: efd, stop } },
+    );
+    const exited = new Promise((r) => w.once('exit', r));
+    try {
+      await new Promise((r, j) => w.once('message', r).once('error', j));
+      await c.conn.request(Command.DEVICE_SET_IRQS, setIrqs(ATTACH, IrqIndex.INTX, 0, 1), { fds: [efd] });
+      for (let i = 0; i < 300 || Atomics.load(stop, 1) < 1000; i++) {
+        await c.conn.request(Command.DEVICE_SET_IRQS, setIrqs(RAISE, IrqIndex.INTX, 0, 1));
+        if (i % 30 === 0) assert.equal((await c.deviceInfo()).numIrqs, 5);
+      }
+      assert.ok(Atomics.load(stop, 1) > 0, 'the racer ran');
+    } finally {
+      Atomics.store(stop, 0, 1);
+      n.eventfdWrite(efd, 1); // wakes the racer if it waits in read()
+      await exited;
+    }
+    if (eventfdCount(efd) !== 0n) n.eventfdRead(efd);
+    await c.conn.request(Command.DEVICE_SET_IRQS, setIrqs(RAISE, IrqIndex.INTX, 0, 1));
+    await until(() => eventfdCount(efd) !== 0n);
+    assert.equal((await c.deviceInfo()).numIrqs, 5, 'the server still answers');
+    assert.ok(isBlocking(efd));
+    n.close(efd);
+    c.close();
+    srv.child.kill('SIGTERM');
+    await srv.exited;
+    t.cleanup();
   });
 
   test('the device raises at will: trigger() returns at once, and one interrupt waits per vector', async () => {

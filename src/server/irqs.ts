@@ -12,6 +12,21 @@ interface Vector {
   pending: boolean;
   /** Raised while the eventfd's counter had no room: written once it has. */
   stalled: boolean;
+  /** Retries in a row the client won by refilling the counter first. */
+  raced: number;
+  /** The back-off before watching again after such a race. */
+  retry: NodeJS.Timeout | null;
+}
+
+/**
+ * A retry that finds the counter full again was raced by the client (it
+ * refilled the counter between epoll's report and our write), and each such
+ * write costs the loop up to the addon's 10 ms guard.  So the next watch
+ * waits 10 ms, doubling with each race in a row up to 1 s: a client racing
+ * on purpose holds the loop at most 1% of the time.
+ */
+function raceBackoffMs(raced: number): number {
+  return Math.min(1000, 10 * 2 ** Math.min(raced - 1, 7));
 }
 
 /**
@@ -58,7 +73,7 @@ export class IrqController {
     if (index === IrqIndex.MSIX && count > 2048) throw new VfuError(Errno.EINVAL, 'MSI-X has at most 2048 vectors');
     if ((index === IrqIndex.ERR || index === IrqIndex.REQ) && count > 1) throw new VfuError(Errno.EINVAL, 'ERR/REQ have one vector');
     this.closeRange(index, 0, this.vectors[index]!.length);
-    this.vectors[index] = Array.from({ length: count }, () => ({ fd: -1, masked: false, pending: false, stalled: false }));
+    this.vectors[index] = Array.from({ length: count }, () => ({ fd: -1, masked: false, pending: false, stalled: false, raced: 0, retry: null }));
   }
 
   count(index: number): number {
@@ -203,39 +218,57 @@ export class IrqController {
   private signal(index: number, v: Vector): boolean {
     if (v.fd < 0) return false;
     if (v.stalled) return true; // one is already waiting: eventfds add up anyway
+    return this.write(index, v);
+  }
+
+  /** Writes the signal, or leaves it waiting for room (false: dropped). */
+  private write(index: number, v: Vector): boolean {
     const r = native!.eventfdWrite(v.fd, 1);
     if (r === 0) {
+      v.raced = 0;
+      v.stalled = false;
       this.delivered[index]!++;
       return true;
     }
-    return r === -Errno.EAGAIN && this.stall(index, v);
+    if (r !== -Errno.EAGAIN) {
+      v.stalled = false;
+      return false;
+    }
+    v.stalled = true;
+    if (v.raced === 0) return this.watch(index, v);
+    v.retry = setTimeout(() => {
+      v.retry = null;
+      this.watch(index, v);
+    }, raceBackoffMs(v.raced));
+    v.retry.unref();
+    return true;
   }
 
   /** Waits for room in `v`'s counter (false: cannot watch it, dropped). */
-  private stall(index: number, v: Vector): boolean {
+  private watch(index: number, v: Vector): boolean {
     const n = native!;
     if (this.stalls === null) {
       const epfd = n.epollCreate();
-      if (epfd < 0) return false;
-      const poll = n.pollStart(epfd, POLL_READABLE, () => this.onRoom());
-      n.pollRef(poll, false); // the session, not a waiting interrupt, keeps the process up
-      this.stalls = { epfd, poll, byFd: new Map(), ready: new Int32Array(64) };
+      if (epfd >= 0) {
+        const poll = n.pollStart(epfd, POLL_READABLE, () => this.onRoom());
+        n.pollRef(poll, false); // the session, not a waiting interrupt, keeps the process up
+        this.stalls = { epfd, poll, byFd: new Map(), ready: new Int32Array(64) };
+      }
     }
-    if (n.epollCtl(this.stalls.epfd, EPOLL_ADD, v.fd, POLL_WRITABLE) < 0) {
+    if (this.stalls === null || n.epollCtl(this.stalls.epfd, EPOLL_ADD, v.fd, POLL_WRITABLE) < 0) {
+      v.stalled = false;
       this.closeStallsIfIdle();
       return false;
     }
     this.stalls.byFd.set(v.fd, { index, v });
-    v.stalled = true;
     return true;
   }
 
-  private unstall(v: Vector): void {
+  private unwatch(v: Vector): void {
     const s = this.stalls;
-    if (!v.stalled || s === null) return;
+    if (s === null || s.byFd.get(v.fd)?.v !== v) return;
     native!.epollCtl(s.epfd, EPOLL_DEL, v.fd);
     s.byFd.delete(v.fd);
-    v.stalled = false;
   }
 
   /** Some stalled eventfd has room: write what waits there. */
@@ -246,8 +279,9 @@ export class IrqController {
     for (let i = 0; i < k; i++) {
       const e = s.byFd.get(s.ready[i]!);
       if (e === undefined) continue;
-      this.unstall(e.v);
-      this.signal(e.index, e.v); // may stall again if the client refilled it
+      this.unwatch(e.v);
+      e.v.raced++; // reset by the write if it goes through
+      this.write(e.index, e.v);
     }
     this.closeStallsIfIdle();
   }
@@ -263,7 +297,11 @@ export class IrqController {
   /** Closes a vector's eventfd, dropping an interrupt still waiting on it. */
   private release(v: Vector): void {
     if (v.fd < 0) return;
-    this.unstall(v);
+    if (v.retry !== null) clearTimeout(v.retry);
+    v.retry = null;
+    this.unwatch(v);
+    v.stalled = false;
+    v.raced = 0;
     this.closeStallsIfIdle();
     native?.close(v.fd);
     v.fd = -1;
