@@ -613,7 +613,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       this.memory.markMessageDirty(a, n);
       this.conn.reply(via, f, p.subarray(0, DmaAccessStruct.size));
     } else {
-      this.conn.reply(via, f, p.subarray(0, DmaAccessStruct.size), view);
+      // guest memory can change or be unmapped while queued: copied
+      this.conn.reply(via, f, p.subarray(0, DmaAccessStruct.size), view, null, false);
     }
   }
 

@@ -20,8 +20,13 @@ const LITTLE_ENDIAN = endianness() === 'LE';
 const MAX_TRACKED_PAGES = 2 ** 32 - 64;
 /** A report's output is capped at 2^32 bits (512 MiB), for the same reason. */
 const MAX_REPORT_BITS = 2 ** 32 - 64;
-/** Default cap on the bitmaps of one DirtyLog: 8 TiB of IOVA at 4 KiB pages. */
+/**
+ * Default cap on the tracking bitmaps of one DirtyLog (8 TiB of IOVA at
+ * 4 KiB pages), and on one report's bitmap.
+ */
 export const DEFAULT_MAX_BITMAP_BYTES = 256 * 1024 * 1024;
+/** Largest report bitmap in bytes (MAX_REPORT_BITS, rounded to u64 words). */
+export const MAX_REPORT_BYTES = 512 * 1024 * 1024;
 
 function isPow2(n: number): boolean {
   return Number.isSafeInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
@@ -531,6 +536,8 @@ export class DirtyLog {
   private everyMapping = false;
   private lastHit: DirtyBitmap | undefined;
   private tracking = 0;
+  /** Where reports are built (see reportBuffer). */
+  private reportBuf: Buffer | null = null;
 
   constructor(opts: DirtyLogOptions = {}) {
     this.maxBitmapBytes = opts.maxBitmapBytes ?? DEFAULT_MAX_BITMAP_BYTES;
@@ -548,6 +555,32 @@ export class DirtyLog {
   /** Total bytes of the tracking bitmaps. */
   get bitmapBytes(): number {
     return this.bytes;
+  }
+
+  /** Largest report bitmap (bytes): maxBitmapBytes, within what a report can index. */
+  get maxReportBytes(): number {
+    return Math.min(this.maxBitmapBytes, MAX_REPORT_BYTES);
+  }
+
+  /**
+   * A buffer of `bytes` to build a report in (E2BIG above maxReportBytes).
+   * Always the same memory: one buffer per log, reserved at maxReportBytes
+   * of address space, whose pages become resident as reports write them, so
+   * reports cost at most the largest one made, however many are asked for.
+   * The caller must not ask again until the previous report has been sent
+   * (the server waits for its send queue to drain: Session.dirtyBitmapReply).
+   */
+  reportBuffer(bytes: number): Buffer {
+    const max = this.maxReportBytes;
+    if (bytes > max) throw new VfuError(Errno.E2BIG, `a bitmap of ${bytes} bytes is too large (limit ${max})`);
+    if (this.reportBuf === null || this.reportBuf.length < bytes) {
+      try {
+        this.reportBuf = Buffer.allocUnsafeSlow(max);
+      } catch {
+        throw new VfuError(Errno.ENOMEM, `cannot reserve ${max} bytes for dirty reports`);
+      }
+    }
+    return this.reportBuf.subarray(0, bytes);
   }
 
   /** The logged ranges, ascending. */

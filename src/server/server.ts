@@ -21,7 +21,7 @@ import { Session, type SessionOptions } from './session.js';
  * maxQueuedCommands / maxQueuedBytes (behind a slow command: EBUSY),
  * maxSendQueueBytes (unread replies: we stop reading), dmaLimits (mappings:
  * EINVAL; total or single size: ENOSPC), maxDirtyBitmapBytes (dirty
- * tracking memory: ENOMEM).
+ * tracking memory: ENOMEM; one report: E2BIG).
  */
 export interface ServeOptions extends Partial<SessionOptions> {
   transport?: TransportKind;
@@ -29,7 +29,11 @@ export interface ServeOptions extends Partial<SessionOptions> {
   mode?: number;
   /** Overrides the device's DMA limits (setupDma) for its clients. */
   dmaLimits?: Partial<DmaLimits>;
-  /** Cap on the dirty page tracking bitmaps (default 256 MiB; ENOMEM beyond). */
+  /**
+   * Cap on the dirty page tracking bitmaps (default 256 MiB; ENOMEM beyond),
+   * and on one report's bitmap (E2BIG beyond; advertised as
+   * max_bitmap_size), which is built in one buffer reused for every report.
+   */
   maxDirtyBitmapBytes?: number;
   /**
    * How long a refused second client may take to send its first message

@@ -16,7 +16,7 @@ import type { Frame } from '../transport/framer.js';
 import type { VfioUserDevice } from './device.js';
 import type { MessageDma } from './dma.js';
 import { handlers, type Handler } from './handlers/index.js';
-import { SERVER_MAX_BITMAP, negotiate } from './handlers/version.js';
+import { negotiate } from './handlers/version.js';
 
 export interface SessionOptions {
   /** Largest count we accept in data transfer messages (our max_data_xfer_size). */
@@ -275,11 +275,32 @@ export class Session {
   /**
    * E2BIG for a dirty bitmap larger than the client accepts in one reply
    * (its migration.max_bitmap_size) or than we said we send (our
-   * max_bitmap_size, 256 MiB): checked before the bitmap is allocated.
+   * max_bitmap_size: ServeOptions.maxDirtyBitmapBytes): checked before
+   * anything is built.
    */
   checkBitmapSize(bytes: number): void {
-    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? SERVER_MAX_BITMAP, SERVER_MAX_BITMAP);
+    const ours = this.device.logging.maxReportBytes;
+    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? ours, ours);
     if (bytes > limit) throw new VfuError(Errno.E2BIG, `bitmap of ${bytes} bytes is too large (limit ${limit})`);
+  }
+
+  /**
+   * Builds a dirty bitmap reply of `bytes` with `build` (which fills the
+   * bitmap and sends the reply, the bitmap by reference) in the device's
+   * one report buffer (DirtyLog.reportBuffer).  That buffer is reused, so
+   * while anything is still queued for the client (a previous report it has
+   * not read yet) this waits for the queue to drain first: a client asking
+   * for report after report without reading costs one report buffer plus
+   * the send queue, not a bitmap per request.
+   */
+  dirtyBitmapReply(via: Endpoint, bytes: number, build: (bitmap: Buffer) => void): void | Promise<void> {
+    this.checkBitmapSize(bytes);
+    const go = (): void => build(this.device.logging.reportBuffer(bytes));
+    if (!via.sending) return go();
+    return via.whenDrained().then(() => {
+      if (via.closed) throw new VfuError(Errno.ENOTCONN, 'client gone');
+      go();
+    });
   }
 
   /** Dirty bitmap of a range; ENOENT when it is not mapped at all. */

@@ -254,11 +254,25 @@ export class Connection {
     });
   }
 
-  /** Replies to `req` (received on `via`) with a payload. */
-  reply(via: Endpoint, req: Frame, payload: Buffer | null, extra: Buffer | null = null, fds: readonly number[] | null = null): void {
+  /**
+   * Replies to `req` (received on `via`) with a payload.  `extra`, the large
+   * part of a reply (a dirty bitmap, a capability chain), is handed over:
+   * what the socket does not take at once is queued by reference, never
+   * copied (a 256 MiB bitmap must not cost 512), so the caller leaves it
+   * unchanged until the endpoint drains; `extraStable` false copies it
+   * instead (a view of memory that may change or go away).
+   */
+  reply(
+    via: Endpoint,
+    req: Frame,
+    payload: Buffer | null,
+    extra: Buffer | null = null,
+    fds: readonly number[] | null = null,
+    extraStable = true,
+  ): void {
     if (req.flags & HeaderFlag.NO_REPLY || via.closed) return;
     const size = HEADER_SIZE + (payload ? payload.length : 0) + (extra ? extra.length : 0);
-    this.sendRaw(via, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, payload, extra, fds);
+    this.sendRaw(via, req.msgId, req.cmd, size, HeaderFlag.TYPE_REPLY, 0, payload, extra, fds, extraStable);
   }
 
   /**

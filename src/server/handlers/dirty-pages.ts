@@ -9,7 +9,7 @@ import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 
-export function dirtyPages(s: Session, f: Frame, via: Endpoint): void {
+export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < DirtyPagesStruct.size) throw einval('short DIRTY_PAGES');
   const { argsz, flags } = DirtyPagesStruct.read(p);
@@ -33,12 +33,12 @@ export function dirtyPages(s: Session, f: Frame, via: Endpoint): void {
       if (want !== bitmapSize(size, pg)) throw einval(`bitmap size ${want} != ${bitmapSize(size, pg)}`);
       s.checkBitmapSize(want);
       if (argsz < DirtyPagesStruct.size + BitmapRangeStruct.size + want) throw einval('DIRTY_PAGES argsz too small');
-      const bitmap = Buffer.alloc(want);
-      s.reportDirty(iova, size, pg, bitmap);
       const head = Buffer.from(p.subarray(0, DirtyPagesStruct.size + BitmapRangeStruct.size));
       head.writeUInt32LE(DirtyPagesStruct.size + BitmapRangeStruct.size + want, 0);
-      s.conn.reply(via, f, head, bitmap);
-      return;
+      return s.dirtyBitmapReply(via, want, (bitmap) => {
+        s.reportDirty(iova, size, pg, bitmap);
+        s.conn.reply(via, f, head, bitmap);
+      });
     }
     default:
       throw einval(`bad DIRTY_PAGES flags 0x${flags.toString(16)}`);

@@ -86,13 +86,15 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     if (pg === 0 || (pg & (pg - 1)) !== 0 || want !== bitmapSize(size, pg)) throw einval('bad dirty bitmap request');
     s.checkBitmapSize(want);
     if (u.argsz < DmaUnmapStruct.size + BitmapStruct.size + want) throw einval('DMA_UNMAP argsz too small for the bitmap');
-    return quiesced(s, () => {
-      const bitmap = Buffer.alloc(want);
-      s.reportDirty(iova, size, pg, bitmap);
-      dma.unmap(iova, size);
-      s.loggingOnUnmap(iova, size);
-      s.conn.reply(via, f, Buffer.concat([echo, p.subarray(DmaUnmapStruct.size, DmaUnmapStruct.size + BitmapStruct.size)]), bitmap);
-    });
+    const head = Buffer.concat([echo, p.subarray(DmaUnmapStruct.size, DmaUnmapStruct.size + BitmapStruct.size)]);
+    return quiesced(s, () =>
+      s.dirtyBitmapReply(via, want, (bitmap) => {
+        s.reportDirty(iova, size, pg, bitmap);
+        dma.unmap(iova, size);
+        s.loggingOnUnmap(iova, size);
+        s.conn.reply(via, f, head, bitmap);
+      }),
+    );
   }
   return quiesced(s, () => {
     dma.unmap(iova, size);

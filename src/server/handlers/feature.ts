@@ -46,9 +46,14 @@ function supported(s: Session, feature: number): number {
   }
 }
 
-function replyWith(s: Session, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null): void {
+/**
+ * Replies with the feature header and `data`, then `extra` (a bitmap, sent
+ * by reference: see Connection.reply).  `flags` is read from the request
+ * unless given (a handler that awaited may find its payload view reused).
+ */
+function replyWith(s: Session, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null, flags = f.payload.readUInt32LE(4)): void {
   const head = Buffer.allocUnsafe(HDR + data.length);
-  FeatureStruct.write(head, { argsz: HDR + data.length + (extra ? extra.length : 0), flags: f.payload.readUInt32LE(4) });
+  FeatureStruct.write(head, { argsz: HDR + data.length + (extra ? extra.length : 0), flags });
   data.copy(head, HDR);
   s.conn.reply(via, f, head, extra);
 }
@@ -74,7 +79,7 @@ export function deviceFeature(s: Session, f: Frame, via: Endpoint): void | Promi
   return featureSet(s, f, via, feature, data);
 }
 
-function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz: number, data: Buffer): void {
+function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz: number, data: Buffer): void | Promise<void> {
   const mig = s.device.migration;
   switch (feature) {
     case Feature.MIGRATION:
@@ -108,10 +113,12 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
       const size = bitmapSize(length, pageSize);
       s.checkBitmapSize(size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
-      const bitmap = Buffer.alloc(size);
-      s.reportDirty(iova, length, pageSize, bitmap);
-      replyWith(s, f, via, Buffer.from(data.subarray(0, LoggingReportStruct.size)), bitmap);
-      return;
+      const head = Buffer.from(data.subarray(0, LoggingReportStruct.size));
+      const flags = f.payload.readUInt32LE(4);
+      return s.dirtyBitmapReply(via, size, (bitmap) => {
+        s.reportDirty(iova, length, pageSize, bitmap);
+        replyWith(s, f, via, head, bitmap, flags);
+      });
     }
   }
   throw einval(`feature ${feature} has no GET`);

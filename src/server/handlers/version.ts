@@ -10,9 +10,6 @@ import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 
-/** Largest dirty bitmap we build for one REPORT (bytes). */
-export const SERVER_MAX_BITMAP = 256 * 1024 * 1024;
-
 export function negotiate(s: Session, f: Frame, via: Endpoint): void {
   if (f.fds.length > 0) throw new VfuError(Errno.EINVAL, 'VERSION carried descriptors');
   const v = version.decode(f.payload);
@@ -28,7 +25,7 @@ export function negotiate(s: Session, f: Frame, via: Endpoint): void {
     pgsizes: 4096,
   };
   if (dev.migration) {
-    ours.migration = { pgsize: client.migration?.pgsize ?? 4096, maxBitmapSize: SERVER_MAX_BITMAP };
+    ours.migration = { pgsize: client.migration?.pgsize ?? 4096, maxBitmapSize: dev.logging.maxReportBytes };
     if (client.migSizing === true) {
       ours.migSizing = { dataSize: Feature.MIG_DATA_SIZE, precopyInfo: Feature.MIG_PRECOPY_INFO };
     }
