@@ -137,6 +137,41 @@ function spreadLut(d: number): Uint32Array {
   return t;
 }
 
+/**
+ * Refining by 8 (4 KiB tracking to 512-byte reports, the common finest
+ * case), as 64-bit words: entry b is byte b with every bit repeated 8
+ * times.  Read as Float64 values only to be stored again, so 8 bytes move
+ * per load and store: the patterns' NaNs are all quiet (a set bit 6 of b
+ * makes byte 6 0xff, so bit 51 is set), and typed arrays store the bits of
+ * a value they load unchanged.  A module constant: the JIT then knows its
+ * length and drops the bounds checks of the lookups, which a table passed
+ * in as an argument keeps (measured: 1.55 ms against 1.96 for 16 MiB).
+ */
+const SPREAD8 = new Float64Array(spreadLut(8).buffer.slice(0));
+
+/** dst[4i..4i+3] = SPREAD8 of the four bytes of src[i], for i < n. */
+function spread8(src: Uint32Array, dst: Float64Array, n: number): void {
+  for (let i = 0, o = 0; i < n; i++, o += 4) {
+    const v = src[i]!;
+    dst[o] = SPREAD8[v & 0xff]!;
+    dst[o + 1] = SPREAD8[(v >>> 8) & 0xff]!;
+    dst[o + 2] = SPREAD8[(v >>> 16) & 0xff]!;
+    dst[o + 3] = SPREAD8[v >>> 24]!;
+  }
+}
+
+/** dst = for each byte of src[0..n), its f 64-bit words from `t` (d = 8f > 8). */
+function spreadWide(src: Uint32Array, dst: Float64Array, t: Float64Array, f: number, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const v = src[i]!;
+    for (let j = 0; j < 4; j++) {
+      const from = ((v >>> (j * 8)) & 0xff) * f;
+      const at = (i * 4 + j) * f;
+      for (let x = 0; x < f; x++) dst[at + x] = t[from + x]!;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Conversions.  `src` is the window of tracked bits the report touches, bit 0
 // being the tracked page holding the report's first byte; words past its end
@@ -257,7 +292,12 @@ function expand(src: Uint32Array, dst: Uint32Array, d: number, dstWords: number)
   // d >= 4: each source byte becomes d/4 whole words, copied from the table.
   const wpb = d / 4;
   const full = Math.min(inWords, Math.floor(dstWords / d)); // words whose output fits whole
-  if (wpb === 1) {
+  if (wpb >= 2 && dst.byteOffset % 8 === 0) {
+    // d >= 8 into an 8-aligned output: 64-bit stores, half as many.
+    const df = new Float64Array(dst.buffer, dst.byteOffset, full * d / 2);
+    if (d === 8) spread8(src, df, full);
+    else spreadWide(src, df, new Float64Array(t.buffer, t.byteOffset, t.length / 2), wpb / 2, full);
+  } else if (wpb === 1) {
     for (let i = 0; i < full; i++) {
       const v = src[i]!;
       const o = i * 4;
