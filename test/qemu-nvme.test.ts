@@ -33,7 +33,11 @@ function startNvme(image: string, socket: string): Promise<VfuServer> {
   return startVfu(['nvme', '-v', '--image', image], socket);
 }
 
-for (const variant of [{ name: 'MSI-X', append: undefined }, { name: 'INTx (pci=nomsi)', append: 'pci=nomsi' }]) {
+// MSI-X with 2 vCPUs (two I/O queues, a vector each); INTx with one
+for (const variant of [
+  { name: 'MSI-X, 2 I/O queues', append: undefined, cpus: 2 },
+  { name: 'INTx (pci=nomsi)', append: 'pci=nomsi', cpus: 1 },
+]) {
   describe(`a Linux guest under QEMU uses vfu serve nvme as a disk, ${variant.name}`, { skip: qemuSkip, timeout: 600_000 }, () => {
     const t = qemuSkip ? undefined : tempDir('vfu-qemu-nvme-');
     const image = t ? join(t.dir, 'disk.img') : '';
@@ -68,7 +72,7 @@ for (const variant of [{ name: 'MSI-X', append: undefined }, { name: 'INTx (pci=
       closeSync(fd);
       server = await startNvme(image, join(t!.dir, 'nvme.sock'));
       await step(async () => {
-        g = await QemuGuest.start({ socket: server!.socket, ...appendOpt(variant.append) });
+        g = await QemuGuest.start({ socket: server!.socket, cpus: variant.cpus, ...appendOpt(variant.append) });
       });
     });
 
@@ -91,8 +95,8 @@ for (const variant of [{ name: 'MSI-X', append: undefined }, { name: 'INTx (pci=
         // the interrupts the driver got: one MSI-X vector per queue, or the shared INTx line
         const irqs = await g!.sh('cat /sys/class/nvme/nvme0/device/msi_irqs/* 2>/dev/null; grep nvme /proc/interrupts');
         if (variant.append === undefined) {
-          assert.ok((irqs.match(/^msix$/gm) ?? []).length >= 2, `MSI-X vectors for the admin and I/O queues:\n${irqs}`);
-          assert.match(irqs, /nvme0q1/);
+          assert.ok((irqs.match(/^msix$/gm) ?? []).length >= 3, `MSI-X vectors for the admin and both I/O queues:\n${irqs}`);
+          assert.match(irqs, /nvme0q2/);
         } else {
           assert.doesNotMatch(irqs, /^msix?$/m, `no MSI or MSI-X with pci=nomsi:\n${irqs}`);
           assert.match(irqs, /IO-APIC.*nvme0q0/);
@@ -165,6 +169,16 @@ for (const variant of [{ name: 'MSI-X', append: undefined }, { name: 'INTx (pci=
         await g!.sh(`vfutest verify /dev/nvme0n1 0 ${256 * KiB} 9`);
         assert.equal(checkPattern(image, 0, 256 * KiB, 9), -1);
         assert.equal(server!.child.exitCode, null, 'the server is still running');
+      }));
+
+    it("the guest's kernel logged no nvme timeout, abort, reset or failure", () =>
+      step(async () => {
+        const log = g!.console();
+        assert.match(log, /nvme nvme0: \d+\/0\/0 default\/read\/poll queues/, 'the console has the driver\'s lines');
+        const bad = log
+          .split('\n')
+          .filter((l) => /nvme/.test(l) && /timeout|abort|reset|fail|error|disabl|down|dead/i.test(l));
+        assert.deepEqual(bad, [], 'kernel lines about the controller going wrong');
       }));
   });
 }

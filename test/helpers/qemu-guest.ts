@@ -99,6 +99,8 @@ export interface GuestOptions {
   socket: string;
   /** Guest RAM in MiB (default 256). */
   memMiB?: number;
+  /** Virtual CPUs (default 1); Linux's nvme driver makes one I/O queue per CPU. */
+  cpus?: number;
   /** Extra kernel command line, e.g. `pci=nomsi`. */
   append?: string;
   /** Trace QEMU's vfio-user client into qemu.log (`-trace vfio_user*`); also on with VFU_QEMU_TRACE=1. */
@@ -152,7 +154,7 @@ export class QemuGuest {
       '-nodefaults', '-no-user-config', '-display', 'none',
       '-machine', 'q35,accel=tcg,memory-backend=mem',
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
-      '-m', `${mem}M`, '-smp', '1',
+      '-m', `${mem}M`, '-smp', String(opts.cpus ?? 1),
       '-kernel', env.kernel, '-initrd', env.initrd,
       '-append', `console=ttyS0 printk.time=1 ${opts.append ?? ''}`.trim(),
       // ttyS0: the kernel's console, to a file; ttyS1: the shell test/guest/init runs
