@@ -7,7 +7,7 @@
 //   node dist/bench/run.js --json                  also print the rows as JSON
 //   node dist/bench/run.js --markdown              the table as Markdown (BENCHMARKS.md)
 //
-// Sections: latency migread migwrite rss dma maps dirty v1v2 downtime transport.
+// Sections: latency migread migwrite rss dma maps dirty v1v2 downtime stream transport.
 // Every process taking part (servers, clients) is pinned to CPU 0 with
 // taskset: on this 2-vCPU VM a cross-CPU wake-up costs 30-45 µs and lands
 // unpredictably.  Throughput figures are the median of RUNS runs, each
@@ -52,15 +52,20 @@ function parseLine(out: string): Fields {
   return f;
 }
 
-function run(argv: string[]): Promise<Fields> {
+/** Runs argv to its end; resolves with its stdout (rejects on a non-zero exit). */
+function output(argv: string[]): Promise<string> {
   return new Promise((res, rej) => {
     const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (err += d));
-    p.on('exit', (code) => (code === 0 ? res(parseLine(out)) : rej(new Error(`${argv.join(' ')} exited ${code}:\n${err}${out}`))));
+    p.on('exit', (code) => (code === 0 ? res(out) : rej(new Error(`${argv.join(' ')} exited ${code}:\n${err}${out}`))));
   });
+}
+
+function run(argv: string[]): Promise<Fields> {
+  return output(argv).then(parseLine);
 }
 
 function status(pid: number, key: string): number {
@@ -417,6 +422,98 @@ async function downtime(ctx: Ctx): Promise<void> {
   }
 }
 
+/**
+ * Starts a process that prints `pattern` on stdout or stderr once ready;
+ * resolves with the match (and the process), rejects if it exits first.
+ */
+function startUntil(argv: string[], pattern: RegExp): Promise<{ proc: ChildProcess; match: RegExpExecArray; done: Promise<string> }> {
+  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let seen = '';
+  let out = '';
+  const done = new Promise<string>((res) => proc.once('exit', () => res(out)));
+  return new Promise((res, rej) => {
+    const look = (d: Buffer, isOut: boolean): void => {
+      seen += d;
+      if (isOut) out += d;
+      const m = pattern.exec(seen);
+      if (m) res({ proc, match: m, done });
+    };
+    proc.stdout!.on('data', (d: Buffer) => look(d, true));
+    proc.stderr!.on('data', (d: Buffer) => look(d, false));
+    proc.once('exit', (code) => rej(new Error(`${argv.join(' ')} exited ${code} before ${pattern}:\n${seen}`)));
+  });
+}
+
+const STREAM_GUEST_MIB = 256;
+
+/** The ceiling for the migration stream: a bare TCP stream between two Node processes on loopback. */
+async function bareTcpOnce(mib: number): Promise<Fields> {
+  const peer = join(here, 'tcp-peer.js');
+  const sink = await startUntil(pinned([process.execPath, peer, 'sink']), /port=(\d+)/);
+  await output(pinned([process.execPath, peer, 'source', sink.match[1]!, String(mib)]));
+  return parseLine(await sink.done);
+}
+
+/**
+ * One cross-host migration on loopback: two fresh `vfu serve sample`,
+ * `vfu receive` (port 0) and `vfu migrate --to URL --guest-mib N --json`.
+ * gbps is pre-copy round 0 (every guest page) from the report.
+ */
+async function crossHostOnce(ctx: Ctx, scheme: string, receiverArgs: string[], senderArgs: string[], mib: number): Promise<Fields> {
+  const serve = (name: string): Promise<Server> => startServer(ctx.dir, name, pinned([process.execPath, cli, 'serve', 'sample', '--socket-path']));
+  const a = await serve('xa');
+  const b = await serve('xb');
+  try {
+    const recv = await startUntil(pinned([process.execPath, cli, 'receive', '--listen', `${scheme}://127.0.0.1:0`, '--to', b.path, ...receiverArgs]), /listening on (tcps?:\/\/[^\s,]+)/);
+    try {
+      const out = await output(pinned([process.execPath, cli, 'migrate', '--from', a.path, '--to', recv.match[1]!, '--guest-mib', String(mib), '--json', '-q', ...senderArgs]));
+      const r = JSON.parse(out) as { rounds: { guestBytes: number; ms: number }[]; phases: { phase: string; ms: number }[]; downtimeMs: number };
+      const r0 = r.rounds[0]!;
+      const phase = (p: string): string => String(r.phases.find((x) => x.phase === p)?.ms ?? NaN);
+      await recv.done;
+      return { gbps: String(r0.guestBytes / r0.ms / 1e6), downtime_ms: String(r.downtimeMs), stop_copy_ms: phase('stop-copy'), resume_ms: phase('resume') };
+    } finally {
+      recv.proc.kill();
+    }
+  } finally {
+    await a.stop();
+    await b.stop();
+  }
+}
+
+/**
+ * Cross-host migration on loopback (`vfu migrate --to tcp[s]://` into `vfu
+ * receive`, 256 MiB of guest RAM): guest pages per second over plain TCP
+ * beside the bare TCP stream, and over TLS 1.3 (X.509 and PSK, with the
+ * test credentials) beside plain TCP; and the downtime of each.
+ */
+async function stream(ctx: Ctx): Promise<void> {
+  const fx = (n: string): string => join(root, 'test', 'fixtures', 'tls', n);
+  const x509 = (who: string): string[] => ['--tls-cert', fx(`${who}.pem`), '--tls-key', fx(`${who}.key`), '--tls-ca', fx('ca.pem')];
+  const psk = ['--tls-psk-file', fx('source.psk')];
+  const variants: [label: string, scheme: string, receiver: string[], sender: string[]][] = [
+    ['plain TCP', 'tcp', [], []],
+    ['TLS 1.3 (AES-128-GCM), mutual X.509', 'tcps', x509('receiver'), x509('source')],
+    ['TLS 1.3 (AES-128-GCM), PSK', 'tcps', psk, psk],
+  ];
+  const bare = num(await medianRun(RUNS, 'gbps', () => bareTcpOnce(STREAM_GUEST_MIB)), 'gbps');
+  ctx.rows.push({ name: `bare TCP stream between two Node processes on loopback, ${STREAM_GUEST_MIB} MiB in 1 MiB writes (ceiling)`, value: bare, unit: 'GB/s' });
+  let plain = NaN;
+  for (const [label, scheme, rArgs, sArgs] of variants) {
+    const f = await medianRun(RUNS, 'gbps', () => crossHostOnce(ctx, scheme, rArgs, sArgs, STREAM_GUEST_MIB));
+    const gbps = num(f, 'gbps');
+    if (scheme === 'tcp') plain = gbps;
+    const want = scheme === 'tcp' ? 1 : 0.5;
+    const row: BenchRow = { name: `cross-host migration on loopback, ${STREAM_GUEST_MIB} MiB guest RAM, pre-copy of every page: ${label}`, value: gbps, unit: 'GB/s' };
+    ctx.rows.push({ ...(scheme === 'tcp' ? vs(row, 'bare TCP stream', bare, 'higher') : vs(row, 'plain TCP', plain, 'higher')), target: `≥ ${want} GB/s`, met: gbps >= want });
+    ctx.rows.push({
+      name: `cross-host migration downtime, ${label}: stop-copy ${num(f, 'stop_copy_ms').toFixed(1)} ms + resume ${num(f, 'resume_ms').toFixed(1)} ms`,
+      value: num(f, 'downtime_ms'),
+      unit: 'ms',
+    });
+  }
+}
+
 // --------------------------------------------------------------------- main
 
 const sections: Record<string, (ctx: Ctx) => Promise<void>> = {
@@ -437,6 +534,7 @@ const sections: Record<string, (ctx: Ctx) => Promise<void>> = {
   },
   v1v2,
   downtime,
+  stream,
   transport: async (ctx) => {
     const rows = await benchTransport();
     ctx.rows.push(...rows);

@@ -22,9 +22,11 @@ export function secureClientDefaults(o: ConnectionOptions): ConnectionOptions {
 
 /**
  * The receiver's tls.createServer options: TLS 1.3; with X.509 the peer
- * must present a certificate signed by `ca` (requestCert and
- * rejectUnauthorized, unless the caller says otherwise).  `onPsk` learns
- * the identity of each peer accepted by the caller's pskCallback.
+ * must present a certificate (requestCert).  Node is told not to reject
+ * an unverified peer itself (it would hang up without a word): the
+ * receiver checks each peer with peerRefusal() before reading anything and
+ * tells a refused one why.  `onPsk` learns the identity of each peer
+ * accepted by the caller's pskCallback.
  */
 export function secureServerDefaults(o: TlsOptions, onPsk: (sock: TLSSocket, identity: string) => void): TlsOptions {
   const x509 = o.ca !== undefined || o.cert !== undefined || o.pfx !== undefined;
@@ -33,8 +35,9 @@ export function secureServerDefaults(o: TlsOptions, onPsk: (sock: TLSSocket, ide
     minVersion: 'TLSv1.3',
     ciphers: CIPHERS,
     honorCipherOrder: true,
-    ...(x509 ? { requestCert: true, rejectUnauthorized: true } : {}),
+    ...(x509 ? { requestCert: true } : {}),
     ...o,
+    rejectUnauthorized: false,
     ...(psk
       ? {
           pskCallback: (sock: TLSSocket, identity: string) => {
@@ -45,6 +48,24 @@ export function secureServerDefaults(o: TlsOptions, onPsk: (sock: TLSSocket, ide
         }
       : {}),
   };
+}
+
+/**
+ * Why a peer that completed the handshake is refused, or null: an X.509
+ * peer must be verified against the CA (unless the caller's options set
+ * rejectUnauthorized: false), and when `allow` names peers, one of its
+ * names must be among them.
+ */
+export function peerRefusal(sock: TLSSocket, pskIdentity: string | undefined, o: TlsOptions, allow?: readonly string[]): string | null {
+  const names = peerNames(sock, pskIdentity);
+  const shown = names.length ? names.map((n) => `"${n}"`).join(', ') : '(no name)';
+  if (pskIdentity === undefined && o.rejectUnauthorized !== false && !sock.authorized) {
+    const cert = sock.getPeerCertificate();
+    if (!cert || Object.keys(cert).length === 0) return 'no client certificate (the sender needs --tls-cert and --tls-key)';
+    return `the certificate of peer ${shown} is not signed by a CA this receiver trusts (${String(sock.authorizationError)})`;
+  }
+  if (allow && allow.length > 0 && !names.some((n) => allow.includes(n))) return `peer ${shown} is not among the allowed names (--tls-allow)`;
+  return null;
 }
 
 /** The names a peer goes by: its PSK identity, or its certificate's CN and subjectAltName values. */

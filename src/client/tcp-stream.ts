@@ -19,7 +19,7 @@ import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
 import { LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
-import { peerNames, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
+import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
 /** First four bytes of every chunk ('VFUM' little-endian). */
 export const STREAM_MAGIC = 0x4d554656;
@@ -274,7 +274,7 @@ export class TcpTarget implements MigrationTarget {
   private closedWhy(): string {
     if (this.heard) return 'the receiver closed the connection';
     return parseTcpUrl(this.url).tls
-      ? 'the receiver closed the connection without answering (refused our certificate or key?)'
+      ? 'the receiver closed the connection without answering: it refused our credentials (certificate, CA or key; its log says which)'
       : 'the receiver closed the connection without answering (if it listens with TLS, use tcps:// and the --tls-* options)';
   }
 
@@ -444,20 +444,19 @@ export function receiveMigrations(host: string, port: number, opts: ReceiveOptio
 
 const peerOf = (s: Socket): string => `${s.remoteAddress ?? '?'}:${s.remotePort ?? '?'}`;
 
-/** A TLS listener: handshake failures and peers not allowed are refused before a Reception exists. */
+/** A TLS listener: failed handshakes, unverified peers and peers not allowed are refused before a Reception exists. */
 function secureListener(opts: ReceiveOptions): Server {
   const psk = new WeakMap<object, string>();
   const server = createTlsServer(secureServerDefaults(opts.tls!, (sock, identity) => psk.set(sock, identity)), (sock: TLSSocket) => {
-    const names = peerNames(sock, psk.get(sock));
-    const allow = opts.allowPeers;
-    if (allow && allow.length > 0 && !names.some((n) => allow.includes(n))) {
-      const reason = `peer ${names.length ? names.map((n) => `"${n}"`).join(', ') : '(no name)'} is not among the allowed names (--tls-allow)`;
-      opts.onRefused?.({ peer: peerOf(sock), reason });
-      sock.on('error', () => {});
-      sock.end(frame(ChunkType.ABORT, Buffer.from(`refused: ${reason}`)));
+    const reason = peerRefusal(sock, psk.get(sock), opts.tls!, opts.allowPeers);
+    if (reason === null) {
+      new Reception(sock, opts);
       return;
     }
-    new Reception(sock, opts);
+    opts.onRefused?.({ peer: peerOf(sock), reason });
+    sock.on('error', () => {});
+    sock.end(frame(ChunkType.ABORT, Buffer.from(`refused: ${reason}`)));
+    sock.resume(); // read and drop whatever it sent, so the reason is not lost to a reset
   });
   server.on('tlsClientError', (e: Error, sock: TLSSocket) => {
     opts.onRefused?.({ peer: peerOf(sock), reason: tlsFailure(e, 'TLS handshake failed').message });
