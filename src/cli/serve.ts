@@ -88,17 +88,23 @@ export async function serveCommand(name: string, o: ServeCliOptions): Promise<vo
   device.on('reset', (reason) => log(`reset (${reason})`));
   device.on('migration', (from, to) => log(`migration ${migStateNames[from]} -> ${migStateNames[to]}`));
   const serveOpts = maxDataXferSize !== undefined ? { maxDataXferSize } : {};
-  const server =
-    o.socketPath !== undefined
-      ? await VfioUserServer.listen(device, o.socketPath, serveOpts)
-      : VfioUserServer.fromFd(device, fd!, serveOpts);
-  log(o.socketPath !== undefined ? `listening on ${o.socketPath}` : `serving fd ${o.fd}`);
+  // Signals are handled from before the socket exists (it can be seen, and
+  // a supervisor can signal us, before listen() returns).
+  let server: VfioUserServer | null = null;
+  let pending: string | null = null;
   const stop = (sig: string): void => {
+    if (!server) {
+      pending = sig;
+      return;
+    }
     log(`${sig}: shutting down`);
     void server.close().then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  server = o.socketPath !== undefined ? await VfioUserServer.listen(device, o.socketPath, serveOpts) : VfioUserServer.fromFd(device, fd!, serveOpts);
+  log(o.socketPath !== undefined ? `listening on ${o.socketPath}` : `serving fd ${o.fd}`);
+  if (pending !== null) stop(pending);
   server.on('close', () => {
     if (o.fd !== undefined) process.exit(0);
   });

@@ -202,10 +202,12 @@ export interface TcpTargetOptions {
 class BufferPool {
   private readonly free: Buffer[] = [];
   private readonly waiters: { resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
+  private failed: Error | null = null;
   constructor(count: number, size: number) {
     for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(size));
   }
   take(): Promise<Buffer> {
+    if (this.failed) return Promise.reject(this.failed);
     const b = this.free.pop();
     if (b) return Promise.resolve(b);
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
@@ -215,7 +217,9 @@ class BufferPool {
     if (w) w.resolve(b);
     else this.free.push(b);
   }
+  /** Rejects every waiter, now and from now on (buffers in failed writes may never come back). */
   fail(e: Error): void {
+    this.failed = e;
     for (const w of this.waiters.splice(0)) w.reject(e);
   }
 }
@@ -348,10 +352,10 @@ export class TcpTarget implements MigrationTarget {
     this.check(await ack);
   }
 
-  deviceData(chunk: Buffer): Promise<void> {
+  async deviceData(chunk: Buffer): Promise<void> {
     // The socket keeps a reference until it is flushed, and the chunk is
-    // only ours until we return: send a copy.
-    return this.send(ChunkType.DEVICE, Buffer.from(chunk));
+    // only ours until we return: send a copy, in chunks the receiver takes.
+    for (let o = 0; o < chunk.length; o += MAX_CHUNK) await this.send(ChunkType.DEVICE, Buffer.from(chunk.subarray(o, o + MAX_CHUNK)));
   }
 
   /**
