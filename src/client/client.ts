@@ -49,11 +49,10 @@ import {
   RegionInfoStruct,
   WriteMultiEntryStruct,
   WriteMultiHeadStruct,
-  deviceGetRegionInfoReply,
-  deviceGetRegionIoFdsReply,
   type RegionCap,
   type SubRegion,
 } from '../protocol/messages/region.js';
+import { decodeReply, encodeRequest } from '../protocol/messages/index.js';
 import { version } from '../protocol/messages/version.js';
 import { Connection, RemoteError, type Reply } from '../transport/connection.js';
 import type { Endpoint } from '../transport/endpoint.js';
@@ -312,9 +311,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   // ------------------------------------------------------------ discovery
 
   async deviceInfo(): Promise<DeviceInfo> {
-    const r = this.noFds(await this.call(Command.DEVICE_GET_INFO, DeviceInfoStruct.encode({ argsz: 16, flags: 0, numRegions: 0, numIrqs: 0 })));
+    const r = this.noFds(await this.call(Command.DEVICE_GET_INFO, encodeRequest('DEVICE_GET_INFO', { argsz: DeviceInfoStruct.size, flags: 0, numRegions: 0, numIrqs: 0 })));
     if (r.payload.length < DeviceInfoStruct.size) throw bad(Command.DEVICE_GET_INFO, 'short');
-    const v = DeviceInfoStruct.read(r.payload);
+    const v = decodeReply('DEVICE_GET_INFO', r.payload);
     if (v.numRegions > 1024 || v.numIrqs > 64) throw bad(Command.DEVICE_GET_INFO, 'implausible counts');
     return { flags: v.flags, numRegions: v.numRegions, numIrqs: v.numIrqs };
   }
@@ -328,7 +327,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const r = await this.call(Command.DEVICE_GET_REGION_INFO, req);
       let v;
       try {
-        v = deviceGetRegionInfoReply.decode(r.payload);
+        v = decodeReply('DEVICE_GET_REGION_INFO', r.payload);
       } catch (e) {
         for (const fd of r.fds) closeFd(fd);
         throw bad(Command.DEVICE_GET_REGION_INFO, (e as Error).message);
@@ -409,9 +408,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   async irqInfo(index: number): Promise<IrqInfo> {
-    const r = this.noFds(await this.call(Command.DEVICE_GET_IRQ_INFO, IrqInfoStruct.encode({ argsz: 16, flags: 0, index, count: 0 })));
+    const r = this.noFds(await this.call(Command.DEVICE_GET_IRQ_INFO, encodeRequest('DEVICE_GET_IRQ_INFO', { argsz: IrqInfoStruct.size, flags: 0, index, count: 0 })));
     if (r.payload.length < IrqInfoStruct.size) throw bad(Command.DEVICE_GET_IRQ_INFO, 'short');
-    const v = IrqInfoStruct.read(r.payload);
+    const v = decodeReply('DEVICE_GET_IRQ_INFO', r.payload);
     if (v.index !== index) throw bad(Command.DEVICE_GET_IRQ_INFO, 'wrong index');
     return { index, flags: v.flags, count: v.count };
   }
@@ -422,7 +421,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const r = await this.call(Command.DEVICE_GET_REGION_IO_FDS, IoFdsStruct.encode({ argsz, flags: 0, index, count: 0 }));
       let v;
       try {
-        v = deviceGetRegionIoFdsReply.decode(r.payload);
+        v = decodeReply('DEVICE_GET_REGION_IO_FDS', r.payload);
       } catch (e) {
         for (const fd of r.fds) closeFd(fd);
         throw bad(Command.DEVICE_GET_REGION_IO_FDS, (e as Error).message);
@@ -465,7 +464,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return this.conn.request(Command.REGION_READ, req, NO_OPTIONS, (f: Frame) => {
       this.dropFds(f);
       const p = f.payload;
-      if (p.length !== RegionAccessStruct.size + count || p.readUInt32LE(12) !== count || p.readUInt32LE(8) !== index) {
+      if (p.length !== RegionAccessStruct.size + count || p.readUInt32LE(RegionAccessStruct.off.count) !== count || p.readUInt32LE(RegionAccessStruct.off.region) !== index) {
         throw bad(Command.REGION_READ, `expected ${count} bytes of region ${index}`);
       }
       return Buffer.from(p.subarray(RegionAccessStruct.size));
@@ -499,7 +498,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       } else {
         await this.conn.request(Command.REGION_WRITE, req, { extra: chunk }, (f: Frame) => {
           this.dropFds(f);
-          if (f.payload.length < RegionAccessStruct.size || f.payload.readUInt32LE(12) !== n) throw bad(Command.REGION_WRITE, 'count mismatch');
+          if (f.payload.length < RegionAccessStruct.size || f.payload.readUInt32LE(RegionAccessStruct.off.count) !== n) throw bad(Command.REGION_WRITE, 'count mismatch');
         });
       }
       done += n;
@@ -513,16 +512,16 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       return;
     }
     const b = Buffer.alloc(WriteMultiHeadStruct.size + writes.length * WriteMultiEntryStruct.size);
-    b.writeBigUInt64LE(BigInt(writes.length), 0);
+    WriteMultiHeadStruct.write(b, { wrCnt: BigInt(writes.length) });
     writes.forEach((w, i) => {
       const at = WriteMultiHeadStruct.size + i * WriteMultiEntryStruct.size;
-      b.writeBigUInt64LE(BigInt(w.offset), at);
-      b.writeUInt32LE(w.index, at + 8);
-      b.writeUInt32LE(w.data.length, at + 12);
-      w.data.copy(b, at + 16);
+      WriteMultiEntryStruct.write(b, { offset: BigInt(w.offset), region: w.index, count: w.data.length, data: 0n }, at);
+      w.data.copy(b, at + WriteMultiEntryStruct.off.data);
     });
     const r = this.noFds(await this.call(Command.REGION_WRITE_MULTI, b));
-    if (r.payload.length < 8 || r.payload.readBigUInt64LE(0) !== BigInt(writes.length)) throw bad(Command.REGION_WRITE_MULTI, 'count mismatch');
+    if (r.payload.length < WriteMultiHeadStruct.size || WriteMultiHeadStruct.read(r.payload).wrCnt !== BigInt(writes.length)) {
+      throw bad(Command.REGION_WRITE_MULTI, 'count mismatch');
+    }
   }
 
   private dropFds(f: Frame): void {
@@ -590,8 +589,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       this.conn.replyError(via, f, Errno.EINVAL);
       return;
     }
-    const addr = p.readBigUInt64LE(0);
-    const count = p.readBigUInt64LE(8);
+    const { addr, count } = DmaAccessStruct.read(p);
     const a = Number(addr);
     const n = Number(count);
     const write = f.cmd === Command.DMA_WRITE;
@@ -701,7 +699,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const op = flags & FeatureFlag.SET ? 'SET' : flags & FeatureFlag.GET ? 'GET' : 'PROBE';
       throw e.about(what ?? `${op} ${featureName(flags & 0xffff)}`);
     }
-    if (r.payload.length < FeatureStruct.size || r.payload.readUInt32LE(4) !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
+    if (r.payload.length < FeatureStruct.size || FeatureStruct.read(r.payload).flags !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
     return r.payload.subarray(FeatureStruct.size);
   }
 
@@ -720,8 +718,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   async migrationFlags(): Promise<number> {
     try {
       const d = await this.feature(Feature.MIGRATION | FeatureFlag.GET, null, MigrationFeatureStruct.size);
-      if (d.length < 8) throw bad(Command.DEVICE_FEATURE, 'short MIGRATION');
-      return Number(d.readBigUInt64LE(0) & 0xffffffffn);
+      if (d.length < MigrationFeatureStruct.size) throw bad(Command.DEVICE_FEATURE, 'short MIGRATION');
+      return Number(MigrationFeatureStruct.read(d).flags & 0xffffffffn);
     } catch (e) {
       if ((e as VfuError).errno === Errno.EINVAL) return 0;
       throw e;
@@ -731,7 +729,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   async migrationState(): Promise<number> {
     const d = await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.GET, null, MigStateStruct.size);
     if (d.length < MigStateStruct.size) throw bad(Command.DEVICE_FEATURE, 'short MIG_DEVICE_STATE');
-    const s = d.readUInt32LE(0);
+    const s = MigStateStruct.read(d).deviceState;
     if (s > MigState.PRE_COPY_P2P) throw bad(Command.DEVICE_FEATURE, `unknown state ${s}`);
     return s;
   }
@@ -751,8 +749,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const s = this.serverCaps.migSizing;
     if (typeof s !== 'object') return null;
     const d = await this.feature(s.dataSize | FeatureFlag.GET, null, MigDataSizeStruct.size);
-    if (d.length < 8) throw bad(Command.DEVICE_FEATURE, 'short MIG_DATA_SIZE');
-    return Number(d.readBigUInt64LE(0));
+    if (d.length < MigDataSizeStruct.size) throw bad(Command.DEVICE_FEATURE, 'short MIG_DATA_SIZE');
+    return Number(MigDataSizeStruct.read(d).stopCopyLength);
   }
 
   /** Pre-copy info (extension, PRE_COPY only), or null if not offered. */
@@ -760,8 +758,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const s = this.serverCaps.migSizing;
     if (typeof s !== 'object') return null;
     const d = await this.feature(s.precopyInfo | FeatureFlag.GET, null, PrecopyInfoStruct.size);
-    if (d.length < 16) throw bad(Command.DEVICE_FEATURE, 'short PRECOPY_INFO');
-    return { initialBytes: Number(d.readBigUInt64LE(0)), dirtyBytes: Number(d.readBigUInt64LE(8)) };
+    if (d.length < PrecopyInfoStruct.size) throw bad(Command.DEVICE_FEATURE, 'short PRECOPY_INFO');
+    const { initialBytes, dirtyBytes } = PrecopyInfoStruct.read(d);
+    return { initialBytes: Number(initialBytes), dirtyBytes: Number(dirtyBytes) };
   }
 
   /** DMA_LOGGING_START over `ranges` (empty: every mapped region). Returns the page size chosen. */
@@ -772,7 +771,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       LoggingRangeStruct.write(data, { iova: BigInt(r.iova), length: BigInt(r.length) }, LoggingControlStruct.size + i * LoggingRangeStruct.size),
     );
     const d = await this.feature(Feature.DMA_LOGGING_START | FeatureFlag.SET, data, 0);
-    return d.length >= 8 ? Number(d.readBigUInt64LE(0)) : pageSize;
+    // The server may answer with the page size it chose (the control struct's first field).
+    const at = LoggingControlStruct.off.pageSize;
+    return d.length >= at + 8 ? Number(d.readBigUInt64LE(at)) : pageSize;
   }
 
   async stopDirtyLogging(): Promise<void> {
@@ -808,7 +809,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       this.dropFds(f);
       const p = f.payload;
       if (p.length < MigDataStruct.size) throw bad(Command.MIG_DATA_READ, 'short');
-      const n = p.readUInt32LE(4);
+      const n = p.readUInt32LE(MigDataStruct.off.size);
       // libvfio-user pads replies to the requested size: read only `size` bytes.
       if (n > size || p.length < MigDataStruct.size + n) throw bad(Command.MIG_DATA_READ, `size ${n} for a ${size}-byte read`);
       const data = p.subarray(MigDataStruct.size, MigDataStruct.size + n);
@@ -824,7 +825,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return this.conn.request(Command.MIG_DATA_READ, req, {}, (f: Frame) => {
       this.dropFds(f);
       const p = f.payload;
-      const n = p.length >= MigDataStruct.size ? p.readUInt32LE(4) : -1;
+      const n = p.length >= MigDataStruct.size ? p.readUInt32LE(MigDataStruct.off.size) : -1;
       if (n < 0 || n > size || p.length < MigDataStruct.size + n) throw bad(Command.MIG_DATA_READ, 'bad size');
       sink(p.subarray(MigDataStruct.size, MigDataStruct.size + n));
       return n;

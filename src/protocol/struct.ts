@@ -97,6 +97,9 @@ export function defineStruct<const F extends Fields>(name: string, fields: F): S
   return s;
 }
 
+/** The JavaScript value of a declared struct (its fields, nothing else). */
+export type StructValue<S> = S extends Struct<infer F> ? ValueOf<F> : never;
+
 /** A u64 as a number, or NaN when it does not fit exactly. */
 export function u64ToNumber(v: bigint): number {
   return v <= 9007199254740991n ? Number(v) : Number.NaN;

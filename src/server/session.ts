@@ -7,7 +7,7 @@ import { type Capabilities } from '../protocol/capabilities.js';
 import { Command, Errno, HEADER_SIZE, MigState, commandName } from '../protocol/constants.js';
 import { isCommand } from '../protocol/header.js';
 import { VfuError, errnoOf } from '../protocol/errors.js';
-import { DmaAccessStruct } from '../protocol/messages/dma.js';
+import { DmaAccessStruct, dmaWriteReply } from '../protocol/messages/dma.js';
 import { MigDataStruct } from '../protocol/messages/migration.js';
 import { RegionAccessStruct } from '../protocol/messages/region.js';
 import { Connection } from '../transport/connection.js';
@@ -239,20 +239,18 @@ export class Session {
         const req = DmaAccessStruct.encode({ addr: BigInt(addr), count: BigInt(count) });
         return s.conn.request(Command.DMA_READ, req, {}, (r) => {
           const p = r.payload;
-          if (p.length !== DmaAccessStruct.size + count || p.readBigUInt64LE(0) !== BigInt(addr) || p.readBigUInt64LE(8) !== BigInt(count)) {
-            throw Object.assign(new Error('bad DMA_READ reply'), { errno: Errno.EIO });
-          }
+          const v = p.length === DmaAccessStruct.size + count ? DmaAccessStruct.read(p) : null;
+          if (v === null || v.addr !== BigInt(addr) || v.count !== BigInt(count)) throw new VfuError(Errno.EIO, 'bad DMA_READ reply');
           p.copy(into, at, DmaAccessStruct.size);
         });
       },
       dmaWrite(addr: number, data: Buffer): Promise<void> {
         const req = DmaAccessStruct.encode({ addr: BigInt(addr), count: BigInt(data.length) });
         return s.conn.request(Command.DMA_WRITE, req, { extra: data }, (r) => {
+          // 16-byte reply (libvfio-user) or 12 (the spec's 32-bit count): the codec reads either
           const p = r.payload;
-          // 16-byte reply (libvfio-user) or 12 (the spec's 32-bit count)
-          const ok =
-            (p.length === 16 && p.readBigUInt64LE(8) === BigInt(data.length)) || (p.length === 12 && p.readUInt32LE(8) === data.length);
-          if (!ok || p.readBigUInt64LE(0) !== BigInt(addr)) throw Object.assign(new Error('bad DMA_WRITE reply'), { errno: Errno.EIO });
+          const v = p.length === 12 || p.length === DmaAccessStruct.size ? dmaWriteReply.decode(p) : null;
+          if (v === null || v.addr !== BigInt(addr) || v.count !== BigInt(data.length)) throw new VfuError(Errno.EIO, 'bad DMA_WRITE reply');
         });
       },
     };

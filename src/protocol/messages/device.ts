@@ -1,5 +1,5 @@
 // DEVICE_GET_INFO, DEVICE_GET_IRQ_INFO, DEVICE_SET_IRQS, DEVICE_RESET.
-import { defineStruct } from '../struct.js';
+import { type StructValue, defineStruct } from '../struct.js';
 import { type Codec, type EmptyBody, emptyBody, withTail } from './codec.js';
 
 export const DeviceInfoStruct = defineStruct('vfio_user_device_info', {
@@ -8,13 +8,8 @@ export const DeviceInfoStruct = defineStruct('vfio_user_device_info', {
   numRegions: 'u32',
   numIrqs: 'u32',
 });
-export interface DeviceInfoBody {
-  argsz: number;
-  flags: number;
-  numRegions: number;
-  numIrqs: number;
-  extra?: Buffer;
-}
+/** DEVICE_GET_INFO request and reply. */
+export type DeviceInfoBody = StructValue<typeof DeviceInfoStruct> & { extra?: Buffer };
 
 /** A fixed struct optionally followed by bytes we keep verbatim. */
 export function fixedWithExtra<T extends object>(
@@ -33,13 +28,8 @@ export const IrqInfoStruct = defineStruct('vfio_irq_info', {
   index: 'u32',
   count: 'u32',
 });
-export interface IrqInfoBody {
-  argsz: number;
-  flags: number;
-  index: number;
-  count: number;
-  extra?: Buffer;
-}
+/** DEVICE_GET_IRQ_INFO request and reply. */
+export type IrqInfoBody = StructValue<typeof IrqInfoStruct> & { extra?: Buffer };
 export const deviceGetIrqInfo: Codec<IrqInfoBody> = fixedWithExtra(IrqInfoStruct, 'DEVICE_GET_IRQ_INFO');
 export const deviceGetIrqInfoReply = deviceGetIrqInfo;
 
@@ -50,15 +40,11 @@ export const IrqSetStruct = defineStruct('vfio_irq_set', {
   start: 'u32',
   count: 'u32',
 });
-export interface IrqSetBody {
-  argsz: number;
-  flags: number;
-  index: number;
-  start: number;
-  count: number;
+/** DEVICE_SET_IRQS request. */
+export type IrqSetBody = StructValue<typeof IrqSetStruct> & {
   /** DATA_BOOL: one byte per vector (anything else that followed is kept too). */
   data?: Buffer;
-}
+};
 export const deviceSetIrqs: Codec<IrqSetBody> = withTail(IrqSetStruct, 'DEVICE_SET_IRQS', 'data');
 export const deviceSetIrqsReply: Codec<EmptyBody> = emptyBody;
 export const deviceReset: Codec<EmptyBody> = emptyBody;

@@ -1,6 +1,6 @@
 // DMA_MAP, DMA_UNMAP (with the legacy dirty-bitmap tail), DMA_READ, DMA_WRITE.
 import { DmaUnmapFlag } from '../constants.js';
-import { defineStruct } from '../struct.js';
+import { type StructValue, defineStruct } from '../struct.js';
 import { type Codec, type EmptyBody, emptyBody, need, tail, withTail } from './codec.js';
 
 export const DmaMapStruct = defineStruct('vfio_user_dma_map', {
@@ -10,14 +10,8 @@ export const DmaMapStruct = defineStruct('vfio_user_dma_map', {
   addr: 'u64',
   size: 'u64',
 });
-export interface DmaMapBody {
-  argsz: number;
-  flags: number;
-  offset: bigint;
-  addr: bigint;
-  size: bigint;
-  extra?: Buffer;
-}
+/** DMA_MAP request. */
+export type DmaMapBody = StructValue<typeof DmaMapStruct> & { extra?: Buffer };
 export const dmaMap: Codec<DmaMapBody> = withTail(DmaMapStruct, 'DMA_MAP', 'extra');
 export const dmaMapReply: Codec<EmptyBody> = emptyBody;
 
@@ -30,17 +24,14 @@ export const DmaUnmapStruct = defineStruct('vfio_user_dma_unmap', {
 /** struct vfio_user_bitmap: the legacy (v1) dirty bitmap header. */
 export const BitmapStruct = defineStruct('vfio_user_bitmap', { pgsize: 'u64', size: 'u64' });
 
-export interface DmaUnmapBody {
-  argsz: number;
-  flags: number;
-  addr: bigint;
-  size: bigint;
+/** DMA_UNMAP request and reply. */
+export type DmaUnmapBody = StructValue<typeof DmaUnmapStruct> & {
   /** Present with GET_DIRTY_BITMAP (v1). */
-  bitmap?: { pgsize: bigint; size: bigint };
+  bitmap?: StructValue<typeof BitmapStruct>;
   /** Reply only: the dirty bitmap bytes (v1). */
   data?: Buffer;
   extra?: Buffer;
-}
+};
 
 function decodeUnmap(p: Buffer, reply: boolean): DmaUnmapBody {
   need(p, DmaUnmapStruct.size, 'DMA_UNMAP');
@@ -71,9 +62,8 @@ export const dmaUnmapReply: Codec<DmaUnmapBody> = { decode: (p) => decodeUnmap(p
 /** struct vfio_user_dma_region_access: address then a 64-bit count. */
 export const DmaAccessStruct = defineStruct('vfio_user_dma_region_access', { addr: 'u64', count: 'u64' });
 
-export interface DmaAccessBody {
-  addr: bigint;
-  count: bigint;
+/** DMA_READ / DMA_WRITE request and reply. */
+export type DmaAccessBody = StructValue<typeof DmaAccessStruct> & {
   /** DMA_WRITE request / DMA_READ reply: the bytes. */
   data?: Buffer;
   /**
@@ -82,7 +72,7 @@ export interface DmaAccessBody {
    * replies).  We send 8 and accept either.
    */
   countBytes?: 4 | 8;
-}
+};
 const dmaAccess = withTail(DmaAccessStruct, 'DMA access', 'data');
 const decodeAccess = (p: Buffer): DmaAccessBody => dmaAccess.decode(p);
 const encodeAccess = (v: DmaAccessBody): Buffer => dmaAccess.encode({ addr: v.addr, count: v.count, ...(v.data ? { data: v.data } : {}) });

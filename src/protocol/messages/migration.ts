@@ -1,15 +1,14 @@
 // MIG_DATA_READ / MIG_DATA_WRITE (v2) and the legacy DIRTY_PAGES command (v1).
 import { DirtyPagesFlag } from '../constants.js';
-import { defineStruct } from '../struct.js';
+import { type StructValue, defineStruct } from '../struct.js';
 import { type Codec, type EmptyBody, emptyBody, need, tail, withTail } from './codec.js';
 
 export const MigDataStruct = defineStruct('vfio_user_mig_data', { argsz: 'u32', size: 'u32' });
-export interface MigDataBody {
-  argsz: number;
-  size: number;
+/** MIG_DATA_READ / MIG_DATA_WRITE request and reply. */
+export type MigDataBody = StructValue<typeof MigDataStruct> & {
   /** MIG_DATA_WRITE request / MIG_DATA_READ reply: the bytes. */
   data?: Buffer;
-}
+};
 const migData: Codec<MigDataBody> = withTail(MigDataStruct, 'MIG_DATA', 'data');
 export const migDataRead = migData;
 /**
@@ -35,14 +34,13 @@ export const BitmapRangeStruct = defineStruct('vfio_user_bitmap_range', {
   pgsize: 'u64',
   bitmapSize: 'u64',
 });
-export interface DirtyPagesBody {
-  argsz: number;
-  flags: number;
-  range?: { iova: bigint; size: bigint; pgsize: bigint; bitmapSize: bigint };
+/** DIRTY_PAGES request and reply. */
+export type DirtyPagesBody = StructValue<typeof DirtyPagesStruct> & {
+  range?: StructValue<typeof BitmapRangeStruct>;
   /** Reply to GET_BITMAP: the bitmap. */
   bitmap?: Buffer;
   extra?: Buffer;
-}
+};
 function decodeDirty(p: Buffer, reply: boolean): DirtyPagesBody {
   need(p, DirtyPagesStruct.size, 'DIRTY_PAGES');
   const v: DirtyPagesBody = DirtyPagesStruct.read(p);

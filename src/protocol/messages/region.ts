@@ -1,7 +1,7 @@
 // DEVICE_GET_REGION_INFO (with its capability chain), REGION_READ,
 // REGION_WRITE, REGION_WRITE_MULTI, DEVICE_GET_REGION_IO_FDS.
 import { RegionCapId, RegionFlag } from '../constants.js';
-import { defineStruct } from '../struct.js';
+import { type StructValue, defineStruct } from '../struct.js';
 import { type Codec, malformed, need, tail, withTail } from './codec.js';
 import { fixedWithExtra } from './device.js';
 
@@ -34,18 +34,13 @@ export type RegionCap =
   | { id: typeof RegionCapId.TYPE; version: number; type: number; subtype: number; pad?: Buffer }
   | { id: number; version: number; body: Buffer };
 
-export interface RegionInfoBody {
-  argsz: number;
-  flags: number;
-  index: number;
-  capOffset: number;
-  size: bigint;
-  offset: bigint;
+/** DEVICE_GET_REGION_INFO request and reply. */
+export type RegionInfoBody = StructValue<typeof RegionInfoStruct> & {
   /** Parsed capability chain (replies with the CAPS flag). */
   caps?: RegionCap[];
   /** Bytes not described by the struct or the chain (e.g. a request's zeroed buffer). */
   extra?: Buffer;
-}
+};
 
 function capSize(c: RegionCap): number {
   const pad = 'pad' in c && c.pad ? c.pad.length : 0;
@@ -163,13 +158,11 @@ export const RegionAccessStruct = defineStruct('vfio_user_region_access', {
   region: 'u32',
   count: 'u32',
 });
-export interface RegionAccessBody {
-  offset: bigint;
-  region: number;
-  count: number;
+/** REGION_READ / REGION_WRITE request and reply. */
+export type RegionAccessBody = StructValue<typeof RegionAccessStruct> & {
   /** REGION_WRITE request / REGION_READ reply: the bytes. */
   data?: Buffer;
-}
+};
 const regionAccess: Codec<RegionAccessBody> = withTail(RegionAccessStruct, 'region access', 'data');
 export const regionRead = regionAccess;
 export const regionReadReply = regionAccess;
@@ -184,18 +177,13 @@ export const WriteMultiEntryStruct = defineStruct('vfio_user_write_multi_data', 
   count: 'u32',
   data: 'u64',
 });
-export interface WriteMultiEntry {
-  offset: bigint;
-  region: number;
-  count: number;
-  /** The 8 data bytes as written on the wire (only `count` of them matter). */
-  data: bigint;
-}
-export interface WriteMultiBody {
-  wrCnt: bigint;
+/** One REGION_WRITE_MULTI entry; `data` is the 8 bytes on the wire (only `count` of them matter). */
+export type WriteMultiEntry = StructValue<typeof WriteMultiEntryStruct>;
+/** REGION_WRITE_MULTI request. */
+export type WriteMultiBody = StructValue<typeof WriteMultiHeadStruct> & {
   writes: WriteMultiEntry[];
   extra?: Buffer;
-}
+};
 export const regionWriteMulti: Codec<WriteMultiBody> = {
   decode(p) {
     need(p, WriteMultiHeadStruct.size, 'REGION_WRITE_MULTI');
@@ -248,23 +236,14 @@ export const SubRegion48Struct = defineStruct('vfio_user_sub_region_ioeventfd', 
   shadowOffset: 'u64',
   data: 'u64',
 });
-export interface SubRegion {
-  offset: bigint;
-  size: bigint;
-  fdIndex: number;
-  type: number;
-  flags: number;
-  /** Spec: padding; libvfio-user: shadow_mem_fd_index. */
-  padding: number;
-  shadowOffset?: bigint;
-  /** datamatch (ioeventfd) or user_data (ioregionfd). */
-  data: bigint;
-}
-export interface IoFdsBody {
-  argsz: number;
-  flags: number;
-  index: number;
-  count: number;
+/**
+ * One sub-region entry, either layout: `padding` is libvfio-user's
+ * shadow_mem_fd_index, `data` the datamatch (ioeventfd) or user_data
+ * (ioregionfd); `shadowOffset` only in the 48-byte form.
+ */
+export type SubRegion = StructValue<typeof SubRegion40Struct> & { shadowOffset?: bigint };
+/** DEVICE_GET_REGION_IO_FDS request and reply. */
+export type IoFdsBody = StructValue<typeof IoFdsStruct> & {
   /**
    * Reply entries.  Their size is (payload - 16) / count: 48 from
    * libvfio-user (which we also send), 40 in the spec.  Both are accepted.
@@ -272,7 +251,7 @@ export interface IoFdsBody {
   subRegions?: SubRegion[];
   entrySize?: 40 | 48;
   extra?: Buffer;
-}
+};
 export const deviceGetRegionIoFds: Codec<IoFdsBody> = fixedWithExtra(IoFdsStruct, 'DEVICE_GET_REGION_IO_FDS');
 export const deviceGetRegionIoFdsReply: Codec<IoFdsBody> = {
   decode(p) {

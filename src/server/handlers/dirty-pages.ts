@@ -5,14 +5,14 @@ import { einval } from '../../protocol/errors.js';
 import { BitmapRangeStruct, DirtyPagesStruct } from '../../protocol/messages/migration.js';
 import { u64ToNumber } from '../../protocol/struct.js';
 import { bitmapSize } from '../../migration/dirty.js';
+import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 
 export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
-  if (p.length < DirtyPagesStruct.size) throw einval('short DIRTY_PAGES');
-  const { argsz, flags } = DirtyPagesStruct.read(p);
+  const { argsz, flags, range } = decodeRequest('DIRTY_PAGES', p);
   switch (flags) {
     case DirtyPagesFlag.START:
       s.startLogging(s.dirtyPageSize, null);
@@ -23,8 +23,8 @@ export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<
       s.conn.reply(via, f, null);
       return;
     case DirtyPagesFlag.GET_BITMAP: {
-      if (p.length < DirtyPagesStruct.size + BitmapRangeStruct.size) throw einval('DIRTY_PAGES GET_BITMAP without a range');
-      const r = BitmapRangeStruct.read(p, DirtyPagesStruct.size);
+      const r = range;
+      if (r === undefined) throw einval('DIRTY_PAGES GET_BITMAP without a range');
       const iova = u64ToNumber(r.iova);
       const size = u64ToNumber(r.size);
       const pg = u64ToNumber(r.pgsize);
@@ -34,7 +34,7 @@ export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<
       s.checkBitmapSize(want);
       if (argsz < DirtyPagesStruct.size + BitmapRangeStruct.size + want) throw einval('DIRTY_PAGES argsz too small');
       const head = Buffer.from(p.subarray(0, DirtyPagesStruct.size + BitmapRangeStruct.size));
-      head.writeUInt32LE(DirtyPagesStruct.size + BitmapRangeStruct.size + want, 0);
+      head.writeUInt32LE(DirtyPagesStruct.size + BitmapRangeStruct.size + want, DirtyPagesStruct.off.argsz);
       return s.dirtyBitmapReply(via, want, (bitmap) => {
         s.reportDirty(iova, size, pg, bitmap);
         s.conn.reply(via, f, head, bitmap);

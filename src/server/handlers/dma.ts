@@ -3,6 +3,7 @@ import { DmaUnmapFlag } from '../../protocol/constants.js';
 import { einval } from '../../protocol/errors.js';
 import { BitmapStruct, DmaMapStruct, DmaUnmapStruct } from '../../protocol/messages/dma.js';
 import { u64ToNumber } from '../../protocol/struct.js';
+import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
@@ -26,8 +27,7 @@ export async function quiesced<T>(s: Session, fn: () => T | Promise<T>): Promise
 
 export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
   const p = f.payload;
-  if (p.length < DmaMapStruct.size) throw einval('short DMA_MAP');
-  const m = DmaMapStruct.read(p);
+  const m = decodeRequest('DMA_MAP', p);
   if (m.argsz < DmaMapStruct.size) throw einval('DMA_MAP argsz too small');
   if (f.fds.length > 1) throw einval('DMA_MAP with more than one descriptor');
   const req = {
@@ -48,8 +48,7 @@ export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
 
 export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
   const p = f.payload;
-  if (p.length < DmaUnmapStruct.size) throw einval('short DMA_UNMAP');
-  const u = DmaUnmapStruct.read(p);
+  const u = decodeRequest('DMA_UNMAP', p);
   const dma = s.device.dma;
   switch (u.flags) {
     case 0:
@@ -79,8 +78,8 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
   const size = num(u.size, 'DMA_UNMAP size');
   if (u.flags === DmaUnmapFlag.GET_DIRTY_BITMAP) {
     // v1: report the mapping's dirty pages, then unmap it.
-    if (p.length < DmaUnmapStruct.size + BitmapStruct.size) throw einval('DMA_UNMAP dirty bitmap header missing');
-    const bm = BitmapStruct.read(p, DmaUnmapStruct.size);
+    const bm = u.bitmap;
+    if (bm === undefined) throw einval('DMA_UNMAP dirty bitmap header missing');
     const pg = num(bm.pgsize, 'bitmap page size');
     const want = num(bm.size, 'bitmap size');
     if (pg === 0 || (pg & (pg - 1)) !== 0 || want !== bitmapSize(size, pg)) throw einval('bad dirty bitmap request');

@@ -51,7 +51,7 @@ function supported(s: Session, feature: number): number {
  * by reference: see Connection.reply).  `flags` is read from the request
  * unless given (a handler that awaited may find its payload view reused).
  */
-function replyWith(s: Session, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null, flags = f.payload.readUInt32LE(4)): void {
+function replyWith(s: Session, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null, flags = f.payload.readUInt32LE(FeatureStruct.off.flags)): void {
   const head = Buffer.allocUnsafe(HDR + data.length);
   FeatureStruct.write(head, { argsz: HDR + data.length + (extra ? extra.length : 0), flags });
   data.copy(head, HDR);
@@ -114,7 +114,7 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
       s.checkBitmapSize(size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
       const head = Buffer.from(data.subarray(0, LoggingReportStruct.size));
-      const flags = f.payload.readUInt32LE(4);
+      const flags = f.payload.readUInt32LE(FeatureStruct.off.flags);
       return s.dirtyBitmapReply(via, size, (bitmap) => {
         s.reportDirty(iova, length, pageSize, bitmap);
         replyWith(s, f, via, head, bitmap, flags);
@@ -129,7 +129,7 @@ function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: 
   switch (feature) {
     case Feature.MIG_DEVICE_STATE: {
       if (data.length < MigStateStruct.size) throw einval('short MIG_DEVICE_STATE');
-      const target = data.readUInt32LE(0);
+      const target = MigStateStruct.read(data).deviceState;
       const mig = s.device.migration!;
       // ERROR is never a state to ask for, not even while in it.
       if (target === MigState.ERROR) throw einval('migration state ERROR cannot be requested');

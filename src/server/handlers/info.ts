@@ -10,13 +10,13 @@ import {
   encodeCaps,
   type RegionCap,
 } from '../../protocol/messages/region.js';
+import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { Session } from '../session.js';
 
 export function deviceGetInfo(s: Session, f: Frame, via: Endpoint): void {
-  if (f.payload.length < DeviceInfoStruct.size) throw einval('short DEVICE_GET_INFO');
-  const req = DeviceInfoStruct.read(f.payload);
+  const req = decodeRequest('DEVICE_GET_INFO', f.payload);
   if (req.argsz < DeviceInfoStruct.size) throw einval('DEVICE_GET_INFO argsz too small');
   s.conn.reply(
     via,
@@ -31,8 +31,7 @@ export function deviceGetInfo(s: Session, f: Frame, via: Endpoint): void {
 }
 
 export function deviceGetRegionInfo(s: Session, f: Frame, via: Endpoint): void {
-  if (f.payload.length < RegionInfoStruct.size) throw einval('short DEVICE_GET_REGION_INFO');
-  const req = RegionInfoStruct.read(f.payload);
+  const req = decodeRequest('DEVICE_GET_REGION_INFO', f.payload);
   if (req.argsz < RegionInfoStruct.size) throw einval('DEVICE_GET_REGION_INFO argsz too small');
   const dev = s.device;
   if (req.index >= dev.numRegions) throw einval(`no region ${req.index}`);
@@ -72,8 +71,7 @@ export function deviceGetRegionInfo(s: Session, f: Frame, via: Endpoint): void {
 }
 
 export function deviceGetIrqInfo(s: Session, f: Frame, via: Endpoint): void {
-  if (f.payload.length < IrqInfoStruct.size) throw einval('short DEVICE_GET_IRQ_INFO');
-  const req = IrqInfoStruct.read(f.payload);
+  const req = decodeRequest('DEVICE_GET_IRQ_INFO', f.payload);
   if (req.argsz < IrqInfoStruct.size) throw einval('DEVICE_GET_IRQ_INFO argsz too small');
   if (req.index >= PCI_NUM_IRQS) throw einval(`no IRQ index ${req.index}`);
   const irqs = s.device.irqs;
@@ -85,8 +83,7 @@ export function deviceGetIrqInfo(s: Session, f: Frame, via: Endpoint): void {
 }
 
 export function deviceGetRegionIoFds(s: Session, f: Frame, via: Endpoint): void {
-  if (f.payload.length < IoFdsStruct.size) throw einval('short DEVICE_GET_REGION_IO_FDS');
-  const req = IoFdsStruct.read(f.payload);
+  const req = decodeRequest('DEVICE_GET_REGION_IO_FDS', f.payload);
   if (req.flags !== 0 || req.count !== 0) throw einval('GET_REGION_IO_FDS flags and count must be 0');
   const dev = s.device;
   if (req.index >= dev.numRegions) throw einval(`no region ${req.index}`);

@@ -142,7 +142,7 @@ export function regionWrite(s: Session, f: Frame, via: Endpoint): void | Promise
 export async function regionWriteMulti(s: Session, f: Frame, via: Endpoint): Promise<void> {
   const p = Buffer.from(f.payload);
   if (p.length < WriteMultiHeadStruct.size) throw einval('short REGION_WRITE_MULTI');
-  const n = p.readBigUInt64LE(0);
+  const n = WriteMultiHeadStruct.read(p).wrCnt;
   const room = (p.length - WriteMultiHeadStruct.size) / WriteMultiEntryStruct.size;
   if (!Number.isInteger(room) || n !== BigInt(room)) throw einval(`REGION_WRITE_MULTI: wr_cnt ${n} for ${p.length} bytes`);
   const writes = [];
