@@ -525,10 +525,10 @@ const sections: Record<string, (ctx: Ctx) => Promise<void>> = {
   maps: async (ctx) => void ctx.rows.push(...benchDmaMaps()),
   dirty: async (ctx) => {
     for (const r of await benchDirty()) {
-      // The issue asks for 1 GB/s of bitmap: held against the larger of the
-      // two bitmaps a report handles (the 2 MiB input for 2 MiB pages, the
-      // 16 MiB output for 512 B pages).
-      const big = /-> 2 MiB, input|-> 512 B, output/.test(r.name);
+      // 1 GB/s of bitmap read: the tracked bitmap is the input of both
+      // conversions (issue #14 holds the 512 B direction to it too; its
+      // 16 MiB output is written 8x as fast).
+      const big = /-> 2 MiB, input|-> 512 B, input/.test(r.name);
       ctx.rows.push(big ? { ...r, target: '≥ 1 GB/s', met: r.value >= 1 } : r);
     }
   },
