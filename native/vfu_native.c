@@ -1143,8 +1143,16 @@ static void guard_install(void) {
     }
 }
 
-/* This thread's guard timer: 0, or -errno when none can be had. */
-static int guard_ready(void) {
+/* Deletes a thread's timer when its env goes (a worker thread ending). */
+static void guard_cleanup(void *arg) {
+    (void)arg;
+    if (t_guard_state > 0) timer_delete(t_guard_timer);
+    t_guard_state = 0;
+}
+
+/* This thread's guard timer: 0, or -errno when none can be had.  A thread
+ * runs one env, whose teardown deletes the timer. */
+static int guard_ready(napi_env env) {
     if (t_guard_state != 0) return t_guard_state > 0 ? 0 : t_guard_state;
     pthread_once(&g_guard_once, guard_install);
     if (g_guard_signo == 0) {
@@ -1162,6 +1170,11 @@ static int guard_ready(void) {
             t_guard_state = -errno;
             return t_guard_state;
         }
+        if (napi_add_env_cleanup_hook(env, guard_cleanup, NULL) != napi_ok) {
+            timer_delete(t_guard_timer);
+            t_guard_state = -ENOMEM;
+            return t_guard_state;
+        }
         sigemptyset(&set);
         sigaddset(&set, g_guard_signo);
         pthread_sigmask(SIG_UNBLOCK, &set, NULL);
@@ -1171,11 +1184,11 @@ static int guard_ready(void) {
 }
 
 /* write(fd, v) that gives up with -EAGAIN instead of sleeping. */
-static int guarded_write_u64(int fd, uint64_t v) {
+static int guarded_write_u64(napi_env env, int fd, uint64_t v) {
     struct itimerspec arm = {.it_value = {0, WRITE_GUARD_NS}, .it_interval = {0, WRITE_GUARD_NS}};
     struct itimerspec off = {{0, 0}, {0, 0}};
     ssize_t n;
-    int err, rc = guard_ready();
+    int err, rc = guard_ready(env);
     if (rc < 0) {
         /* No guard (no free signal): fall back to asking poll(), which only
          * a client racing us can defeat. */
@@ -1203,7 +1216,7 @@ static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
         return throw_last(env);
     }
     if (!is_nullish(env, argv[1]) && get_i64(env, argv[1], &val) < 0) return throw_last(env);
-    return make_int(env, guarded_write_u64(fd, (uint64_t)val));
+    return make_int(env, guarded_write_u64(env, fd, (uint64_t)val));
 }
 
 /* isEventfd(fd) -> 1, 0, or -errno (EBADF).  The /proc link names the anon

@@ -144,7 +144,7 @@ test('receive-ahead into a buffer JS detached after registering it reads nothing
   n.close(b);
 });
 
-test('worker threads may load the addon: mappings made and unmapped on both threads at once stay consistent', async () => {
+test('worker threads may load the addon: mappings made and unmapped on both threads at once stay consistent; the write guard works there', async () => {
   const page = n.pageSize();
   const live = n.liveMappings();
   const url = new URL('../src/native/index.js', import.meta.url).href;
@@ -153,6 +153,11 @@ test('worker threads may load the addon: mappings made and unmapped on both thre
     const fd = n.memfdCreate('w', ${page}, true);
     for (let i = 0; i < 2000; i++) n.munmap(n.mmap(fd, 0, ${page}, 3));
     n.close(fd);
+    // the eventfd write guard works on this thread too (its own timer, deleted when the thread ends)
+    const e = n.eventfd(0, 0);
+    n.eventfdWrite(e, -2);
+    if (n.eventfdWrite(e, 1) !== -11) process.exit(3);
+    n.close(e);
   })().catch((e) => { console.error(e); process.exit(1); });`;
   const w = new Worker(code, { eval: true });
   const done = new Promise<number>((res, rej) => {
