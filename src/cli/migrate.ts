@@ -75,7 +75,9 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
   if (guestMib !== undefined) {
     const size = guestMib * 1024 * 1024;
     const r = src.memory.add(0x100000, size);
+    // a guest's RAM holds data: every page is touched before anything moves
     randomBytes(Math.min(size, 1 << 20)).copy(r.bytes);
+    if (size > 1 << 20) r.bytes.subarray(1 << 20).fill(r.bytes.subarray(0, 1 << 20));
     await src.dmaMap({ iova: 0x100000, size });
   }
   const showBar = !o.json && !o.quiet;
