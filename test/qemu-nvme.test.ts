@@ -29,14 +29,15 @@ function appendOpt(append: string | undefined) {
 }
 
 /** The controller under test: `vfu serve nvme` on the image. */
-function startNvme(image: string, socket: string): Promise<VfuServer> {
-  return startVfu(['nvme', '-v', '--image', image], socket);
+function startNvme(image: string, socket: string, lba: number): Promise<VfuServer> {
+  return startVfu(['nvme', '-v', '--image', image, '--lba', String(lba)], socket);
 }
 
-// MSI-X with 2 vCPUs (two I/O queues, a vector each); INTx with one
+// MSI-X with 2 vCPUs (two I/O queues, a vector each) and 512-byte blocks;
+// INTx with one vCPU and 4 KiB blocks
 for (const variant of [
-  { name: 'MSI-X, 2 I/O queues', append: undefined, cpus: 2 },
-  { name: 'INTx (pci=nomsi)', append: 'pci=nomsi', cpus: 1 },
+  { name: 'MSI-X, 2 I/O queues, 512-byte blocks', append: undefined, cpus: 2, lba: 512 },
+  { name: 'INTx (pci=nomsi), 4 KiB blocks', append: 'pci=nomsi', cpus: 1, lba: 4096 },
 ]) {
   describe(`a Linux guest under QEMU uses vfu serve nvme as a disk, ${variant.name}`, { skip: qemuSkip, timeout: 600_000 }, () => {
     const t = qemuSkip ? undefined : tempDir('vfu-qemu-nvme-');
@@ -70,7 +71,7 @@ for (const variant of [
       const fd = openSync(image, 'w');
       ftruncateSync(fd, IMAGE_BYTES);
       closeSync(fd);
-      server = await startNvme(image, join(t!.dir, 'nvme.sock'));
+      server = await startNvme(image, join(t!.dir, 'nvme.sock'), variant.lba);
       await step(async () => {
         g = await QemuGuest.start({ socket: server!.socket, cpus: variant.cpus, ...appendOpt(variant.append) });
       });
@@ -91,7 +92,7 @@ for (const variant of [
         const size = Number((await g!.sh('vfutest size /dev/nvme0n1')).trim());
         assert.equal(size, IMAGE_BYTES);
         const lbs = Number((await g!.sh('cat /sys/block/nvme0n1/queue/logical_block_size')).trim());
-        assert.ok(lbs === 512 || lbs === 4096, `logical block size ${lbs}`);
+        assert.equal(lbs, variant.lba, 'logical block size');
         // the interrupts the driver got: one MSI-X vector per queue, or the shared INTx line
         const irqs = await g!.sh('cat /sys/class/nvme/nvme0/device/msi_irqs/* 2>/dev/null; grep nvme /proc/interrupts');
         if (variant.append === undefined) {
