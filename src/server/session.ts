@@ -15,25 +15,10 @@ import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
 import type { VfioUserDevice } from './device.js';
 import type { MessageDma } from './dma.js';
+import type { HandlerContext, SessionOptions } from './handlers/context.js';
 import { handlers, type Handler } from './handlers/index.js';
-import { negotiate } from './handlers/version.js';
 
-export interface SessionOptions {
-  /** Largest count we accept in data transfer messages (our max_data_xfer_size). */
-  maxDataXferSize: number;
-  /** Most descriptors we accept per message (our max_msg_fds). */
-  maxMsgFds: number;
-  /** Offer twin-socket mode to clients that support it. */
-  twinSocket: boolean;
-  /** Timeout for our DMA_READ/DMA_WRITE requests to the client. */
-  replyTimeoutMs: number;
-  /** Commands queued behind a slow (asynchronous) one before EBUSY. */
-  maxQueuedCommands: number;
-  /** Bytes of those queued commands before EBUSY. */
-  maxQueuedBytes: number;
-  /** Replies waiting to be written before we stop reading the client's requests. */
-  maxSendQueueBytes: number;
-}
+export type { SessionOptions } from './handlers/context.js';
 
 interface Queued {
   f: Frame;
@@ -47,6 +32,7 @@ interface Queued {
  * stop-and-copy, as libvfio-user's v1 allowed.
  */
 const ALLOWED_WHEN_STOPPED = new Set<number>([
+  Command.VERSION, // a client reconnecting to a stopped device (a second VERSION is refused by its handler)
   Command.REGION_READ,
   Command.REGION_WRITE,
   Command.REGION_WRITE_MULTI,
@@ -59,29 +45,32 @@ const ALLOWED_WHEN_STOPPED = new Set<number>([
   Command.DEVICE_GET_REGION_IO_FDS,
 ]);
 
+/** One client's connection to a device. */
 export class Session {
   readonly conn: Connection;
-  clientCaps: Capabilities | null = null;
-  /** Requests served (statistics). */
-  handled = 0;
-  errors = 0;
+  /** Called once the connection has closed and the session let go of it. */
+  onClosed: (() => void) | null = null;
+  private clientCaps: Capabilities | null = null;
+  private dirtyPageSize = 4096;
+  /** The session as its handlers see it (built once). */
+  private readonly ctx: HandlerContext;
+  /** Requests served and refused (statistics). */
+  private handled = 0;
+  private errors = 0;
   private busy = false;
   private queue: Queued[] = [];
   private queuedBytes = 0;
   /** Reusable reply buffer for small REGION_READs (sends copy what they queue). */
-  replyBuf = Buffer.allocUnsafe(4096 + 32);
+  private readonly replyBuf = Buffer.allocUnsafe(4096 + 32);
   /**
    * Views of replyBuf for REGION_READ replies of 0..8 bytes (the register
    * accesses that make up nearly all of them), made once instead of two
    * subarrays per read: [whole reply, data part].
    */
-  readonly smallReplies: [frame: Buffer, out: Buffer][] = Array.from({ length: 9 }, (_, n) => [
+  private readonly smallReplies: [frame: Buffer, out: Buffer][] = Array.from({ length: 9 }, (_, n) => [
     this.replyBuf.subarray(0, HEADER_SIZE + RegionAccessStruct.size + n),
     this.replyBuf.subarray(HEADER_SIZE + RegionAccessStruct.size, HEADER_SIZE + RegionAccessStruct.size + n),
   ]);
-  onClosed: (() => void) | null = null;
-  /** Page size for the v1 DIRTY_PAGES command (migration.pgsize). */
-  dirtyPageSize = 4096;
 
   constructor(
     readonly device: VfioUserDevice,
@@ -97,6 +86,7 @@ export class Session {
     this.conn.onCommand = (f, via) => this.onCommand(f, via);
     this.conn.onClose = () => this.closed();
     device.dma.messages = this.messageDma();
+    this.ctx = this.handlerContext();
     endpoint.setPlacement({ headLen: MigDataStruct.size, place: (cmd, flags, size, head) => this.placeMigData(cmd, flags, size, head) });
   }
 
@@ -119,13 +109,37 @@ export class Session {
     return mig.receiveBuffer(size);
   }
 
-  get negotiated(): boolean {
+  private get negotiated(): boolean {
     return this.clientCaps !== null;
   }
 
-  /** Whether descriptors can reach the client. */
-  get canPassFds(): boolean {
-    return this.conn.main.canPassFds && (this.clientCaps?.maxMsgFds ?? 1) > 0;
+  /** Requests served and refused so far. */
+  get stats(): { handled: number; errors: number } {
+    return { handled: this.handled, errors: this.errors };
+  }
+
+  private handlerContext(): HandlerContext {
+    const self = this;
+    return {
+      device: this.device,
+      conn: this.conn,
+      opts: this.opts,
+      replyBuf: this.replyBuf,
+      smallReplies: this.smallReplies,
+      get clientCaps() {
+        return self.clientCaps;
+      },
+      get dirtyPageSize() {
+        return self.dirtyPageSize;
+      },
+      get canPassFds() {
+        return self.conn.main.canPassFds && (self.clientCaps?.maxMsgFds ?? 1) > 0;
+      },
+      negotiated(caps: Capabilities) {
+        self.clientCaps = caps;
+        if (caps.migration?.pgsize !== undefined) self.dirtyPageSize = caps.migration.pgsize;
+      },
+    };
   }
 
   private onCommand(f: Frame, via: Endpoint): void {
@@ -207,12 +221,8 @@ export class Session {
       this.conn.replyError(via, f, Errno.EPROTO);
       return;
     }
-    if (!this.negotiated) {
-      if (f.cmd !== Command.VERSION) {
-        this.conn.replyError(via, f, Errno.EINVAL);
-        return;
-      }
-      negotiate(this, f, via);
+    if (!this.negotiated && f.cmd !== Command.VERSION) {
+      this.conn.replyError(via, f, Errno.EINVAL);
       return;
     }
     const h: Handler | undefined = handlers[f.cmd];
@@ -225,7 +235,7 @@ export class Session {
       this.conn.replyError(via, f, Errno.EINVAL);
       return;
     }
-    return h(this, f, via);
+    return h(this.ctx, f, via);
   }
 
   /** DMA_READ/DMA_WRITE to the client (on the twin socket when negotiated). */
@@ -254,56 +264,6 @@ export class Session {
         });
       },
     };
-  }
-
-  /** DMA_LOGGING_START / DIRTY_PAGES START (null ranges: every mapping). */
-  startLogging(pageSize: number, ranges: { iova: number; length: number }[] | null): void {
-    const mapped = this.device.dma.mappings.map((m) => ({ iova: m.iova, length: m.size }));
-    this.device.logging.start(pageSize, ranges, mapped);
-  }
-
-  loggingOnMap(iova: number, size: number): void {
-    this.device.logging.onMap(iova, size);
-  }
-
-  loggingOnUnmap(iova: number, size: number): void {
-    this.device.logging.onUnmap(iova, size);
-  }
-
-  /**
-   * E2BIG for a dirty bitmap larger than the client accepts in one reply
-   * (its migration.max_bitmap_size) or than we said we send (our
-   * max_bitmap_size: ServeOptions.maxDirtyBitmapBytes): checked before
-   * anything is built.
-   */
-  checkBitmapSize(bytes: number): void {
-    const ours = this.device.logging.maxReportBytes;
-    const limit = Math.min(this.clientCaps?.migration?.maxBitmapSize ?? ours, ours);
-    if (bytes > limit) throw new VfuError(Errno.E2BIG, `bitmap of ${bytes} bytes is too large (limit ${limit})`);
-  }
-
-  /**
-   * Builds a dirty bitmap reply of `bytes` with `build` (which fills the
-   * bitmap and sends the reply, the bitmap by reference) in the device's
-   * one report buffer (DirtyLog.reportBuffer).  That buffer is reused, so
-   * while anything is still queued for the client (a previous report it has
-   * not read yet) this waits for the queue to drain first: a client asking
-   * for report after report without reading costs one report buffer plus
-   * the send queue, not a bitmap per request.
-   */
-  dirtyBitmapReply(via: Endpoint, bytes: number, build: (bitmap: Buffer) => void): void | Promise<void> {
-    this.checkBitmapSize(bytes);
-    const go = (): void => build(this.device.logging.reportBuffer(bytes));
-    if (!via.sending) return go();
-    return via.whenDrained().then(() => {
-      if (via.closed) throw new VfuError(Errno.ENOTCONN, 'client gone');
-      go();
-    });
-  }
-
-  /** Dirty bitmap of a range; ENOENT when it is not mapped at all. */
-  reportDirty(iova: number, length: number, pageSize: number, out: Buffer): void {
-    this.device.logging.report(iova, length, pageSize, out);
   }
 
   close(): void {

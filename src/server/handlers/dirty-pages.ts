@@ -8,14 +8,15 @@ import { bitmapSize } from '../../migration/dirty.js';
 import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
+import { checkBitmapSize, dirtyBitmapReply, startLogging } from './dirty-reports.js';
 
-export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function dirtyPages(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   const { argsz, flags, range } = decodeRequest('DIRTY_PAGES', p);
   switch (flags) {
     case DirtyPagesFlag.START:
-      s.startLogging(s.dirtyPageSize, null);
+      startLogging(s, s.dirtyPageSize, null);
       s.conn.reply(via, f, null);
       return;
     case DirtyPagesFlag.STOP:
@@ -31,12 +32,12 @@ export function dirtyPages(s: Session, f: Frame, via: Endpoint): void | Promise<
       const want = u64ToNumber(r.bitmapSize);
       if ([iova, size, pg, want].some(Number.isNaN) || pg === 0 || (pg & (pg - 1)) !== 0) throw einval('bad GET_BITMAP range');
       if (want !== bitmapSize(size, pg)) throw einval(`bitmap size ${want} != ${bitmapSize(size, pg)}`);
-      s.checkBitmapSize(want);
+      checkBitmapSize(s, want);
       if (argsz < DirtyPagesStruct.size + BitmapRangeStruct.size + want) throw einval('DIRTY_PAGES argsz too small');
       const head = Buffer.from(p.subarray(0, DirtyPagesStruct.size + BitmapRangeStruct.size));
       head.writeUInt32LE(DirtyPagesStruct.size + BitmapRangeStruct.size + want, DirtyPagesStruct.off.argsz);
-      return s.dirtyBitmapReply(via, want, (bitmap) => {
-        s.reportDirty(iova, size, pg, bitmap);
+      return dirtyBitmapReply(s, via, want, (bitmap) => {
+        s.device.logging.report(iova, size, pg, bitmap);
         s.conn.reply(via, f, head, bitmap);
       });
     }

@@ -6,7 +6,8 @@ import { u64ToNumber } from '../../protocol/struct.js';
 import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
+import { checkBitmapSize, dirtyBitmapReply } from './dirty-reports.js';
 import { bitmapSize } from '../../migration/dirty.js';
 
 function num(v: bigint, what: string): number {
@@ -16,7 +17,7 @@ function num(v: bigint, what: string): number {
 }
 
 /** Runs `fn` with the device quiesced (DMA stopped) around it. */
-export async function quiesced<T>(s: Session, fn: () => T | Promise<T>): Promise<T> {
+export async function quiesced<T>(s: HandlerContext, fn: () => T | Promise<T>): Promise<T> {
   await s.device.quiesce();
   try {
     return await fn();
@@ -25,7 +26,7 @@ export async function quiesced<T>(s: Session, fn: () => T | Promise<T>): Promise
   }
 }
 
-export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
+export function dmaMap(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
   const p = f.payload;
   const m = decodeRequest('DMA_MAP', p);
   if (m.argsz < DmaMapStruct.size) throw einval('DMA_MAP argsz too small');
@@ -41,12 +42,12 @@ export function dmaMap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     s.device.logging.checkMap(req.iova, req.size);
     const mapping = s.device.dma.map(req);
     f.fds = []; // the controller owns the descriptor now
-    s.loggingOnMap(mapping.iova, mapping.size);
+    s.device.logging.onMap(mapping.iova, mapping.size);
     s.conn.reply(via, f, null);
   });
 }
 
-export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
+export function dmaUnmap(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
   const p = f.payload;
   const u = decodeRequest('DMA_UNMAP', p);
   const dma = s.device.dma;
@@ -83,21 +84,21 @@ export function dmaUnmap(s: Session, f: Frame, via: Endpoint): Promise<void> {
     const pg = num(bm.pgsize, 'bitmap page size');
     const want = num(bm.size, 'bitmap size');
     if (pg === 0 || (pg & (pg - 1)) !== 0 || want !== bitmapSize(size, pg)) throw einval('bad dirty bitmap request');
-    s.checkBitmapSize(want);
+    checkBitmapSize(s, want);
     if (u.argsz < DmaUnmapStruct.size + BitmapStruct.size + want) throw einval('DMA_UNMAP argsz too small for the bitmap');
     const head = Buffer.concat([echo, p.subarray(DmaUnmapStruct.size, DmaUnmapStruct.size + BitmapStruct.size)]);
     return quiesced(s, () =>
-      s.dirtyBitmapReply(via, want, (bitmap) => {
-        s.reportDirty(iova, size, pg, bitmap);
+      dirtyBitmapReply(s, via, want, (bitmap) => {
+        s.device.logging.report(iova, size, pg, bitmap);
         dma.unmap(iova, size);
-        s.loggingOnUnmap(iova, size);
+        s.device.logging.onUnmap(iova, size);
         s.conn.reply(via, f, head, bitmap);
       }),
     );
   }
   return quiesced(s, () => {
     dma.unmap(iova, size);
-    s.loggingOnUnmap(iova, size);
+    s.device.logging.onUnmap(iova, size);
     s.conn.reply(via, f, echo);
   });
 }

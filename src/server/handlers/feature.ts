@@ -18,14 +18,15 @@ import { u64ToNumber } from '../../protocol/struct.js';
 import { bitmapSize } from '../../migration/dirty.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
+import { checkBitmapSize, dirtyBitmapReply, startLogging } from './dirty-reports.js';
 import { quiesced } from './dma.js';
 
 const { GET, SET, PROBE } = FeatureFlag;
 const HDR = FeatureStruct.size;
 
 /** Operations a feature supports for this device and client (0: none). */
-function supported(s: Session, feature: number): number {
+function supported(s: HandlerContext, feature: number): number {
   const mig = s.device.migration !== null;
   const sizing = mig && typeof s.clientCaps?.migSizing === 'object';
   switch (feature) {
@@ -51,14 +52,14 @@ function supported(s: Session, feature: number): number {
  * by reference: see Connection.reply).  `flags` is read from the request
  * unless given (a handler that awaited may find its payload view reused).
  */
-function replyWith(s: Session, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null, flags = f.payload.readUInt32LE(FeatureStruct.off.flags)): void {
+function replyWith(s: HandlerContext, f: Frame, via: Endpoint, data: Buffer, extra: Buffer | null = null, flags = f.payload.readUInt32LE(FeatureStruct.off.flags)): void {
   const head = Buffer.allocUnsafe(HDR + data.length);
   FeatureStruct.write(head, { argsz: HDR + data.length + (extra ? extra.length : 0), flags });
   data.copy(head, HDR);
   s.conn.reply(via, f, head, extra);
 }
 
-export function deviceFeature(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function deviceFeature(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < HDR) throw einval('short DEVICE_FEATURE');
   const { argsz, flags } = FeatureStruct.read(p);
@@ -79,7 +80,7 @@ export function deviceFeature(s: Session, f: Frame, via: Endpoint): void | Promi
   return featureSet(s, f, via, feature, data);
 }
 
-function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz: number, data: Buffer): void | Promise<void> {
+function featureGet(s: HandlerContext, f: Frame, via: Endpoint, feature: number, argsz: number, data: Buffer): void | Promise<void> {
   const mig = s.device.migration;
   switch (feature) {
     case Feature.MIGRATION:
@@ -111,12 +112,12 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
       }
       if (pageSize === 0 || (pageSize & (pageSize - 1)) !== 0 || pageSize > 2 ** 40) throw einval(`report page size ${pageSize}`);
       const size = bitmapSize(length, pageSize);
-      s.checkBitmapSize(size);
+      checkBitmapSize(s, size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
       const head = Buffer.from(data.subarray(0, LoggingReportStruct.size));
       const flags = f.payload.readUInt32LE(FeatureStruct.off.flags);
-      return s.dirtyBitmapReply(via, size, (bitmap) => {
-        s.reportDirty(iova, length, pageSize, bitmap);
+      return dirtyBitmapReply(s, via, size, (bitmap) => {
+        s.device.logging.report(iova, length, pageSize, bitmap);
         replyWith(s, f, via, head, bitmap, flags);
       });
     }
@@ -124,7 +125,7 @@ function featureGet(s: Session, f: Frame, via: Endpoint, feature: number, argsz:
   throw einval(`feature ${feature} has no GET`);
 }
 
-function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: Buffer): void | Promise<void> {
+function featureSet(s: HandlerContext, f: Frame, via: Endpoint, feature: number, data: Buffer): void | Promise<void> {
   const echo = Buffer.from(f.payload);
   switch (feature) {
     case Feature.MIG_DEVICE_STATE: {
@@ -165,7 +166,7 @@ function featureSet(s: Session, f: Frame, via: Endpoint, feature: number, data: 
           ranges.push({ iova, length });
         }
       }
-      s.startLogging(pageSize, ranges);
+      startLogging(s, pageSize, ranges);
       s.conn.reply(via, f, echo);
       return;
     }

@@ -1,9 +1,7 @@
 // Dispatch table: command -> handler.  A new command means a new entry here
 // and a module of its own, not an edit in the middle of a switch.
 import { Command } from '../../protocol/constants.js';
-import type { Endpoint } from '../../transport/endpoint.js';
-import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { Handler } from './context.js';
 import { dmaMap, dmaUnmap } from './dma.js';
 import { deviceFeature } from './feature.js';
 import { deviceGetInfo, deviceGetIrqInfo, deviceGetRegionInfo, deviceGetRegionIoFds } from './info.js';
@@ -12,15 +10,13 @@ import { dirtyPages } from './dirty-pages.js';
 import { migDataRead, migDataWrite } from './mig-data.js';
 import { regionRead, regionWrite, regionWriteMulti } from './region-access.js';
 import { deviceReset } from './reset.js';
+import { negotiate } from './version.js';
 
-/**
- * A handler replies itself (or throws: the session replies with the error's
- * errno).  It takes descriptors it keeps by emptying `f.fds`; the session
- * closes the rest.  It may return a promise; later commands wait for it.
- */
-export type Handler = (s: Session, f: Frame, via: Endpoint) => void | Promise<void>;
+export type { Handler, HandlerContext, SessionOptions } from './context.js';
 
+/** The handler of each command, by command number. */
 export const handlers: (Handler | undefined)[] = [];
+handlers[Command.VERSION] = negotiate;
 handlers[Command.DMA_MAP] = dmaMap;
 handlers[Command.DMA_UNMAP] = dmaUnmap;
 handlers[Command.DEVICE_GET_INFO] = deviceGetInfo;

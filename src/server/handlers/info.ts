@@ -13,9 +13,9 @@ import {
 import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
 
-export function deviceGetInfo(s: Session, f: Frame, via: Endpoint): void {
+export function deviceGetInfo(s: HandlerContext, f: Frame, via: Endpoint): void {
   const req = decodeRequest('DEVICE_GET_INFO', f.payload);
   if (req.argsz < DeviceInfoStruct.size) throw einval('DEVICE_GET_INFO argsz too small');
   s.conn.reply(
@@ -30,7 +30,7 @@ export function deviceGetInfo(s: Session, f: Frame, via: Endpoint): void {
   );
 }
 
-export function deviceGetRegionInfo(s: Session, f: Frame, via: Endpoint): void {
+export function deviceGetRegionInfo(s: HandlerContext, f: Frame, via: Endpoint): void {
   const req = decodeRequest('DEVICE_GET_REGION_INFO', f.payload);
   if (req.argsz < RegionInfoStruct.size) throw einval('DEVICE_GET_REGION_INFO argsz too small');
   const dev = s.device;
@@ -70,7 +70,7 @@ export function deviceGetRegionInfo(s: Session, f: Frame, via: Endpoint): void {
   s.conn.reply(via, f, RegionInfoStruct.encode(info), capBytes, fd >= 0 ? [fd] : null);
 }
 
-export function deviceGetIrqInfo(s: Session, f: Frame, via: Endpoint): void {
+export function deviceGetIrqInfo(s: HandlerContext, f: Frame, via: Endpoint): void {
   const req = decodeRequest('DEVICE_GET_IRQ_INFO', f.payload);
   if (req.argsz < IrqInfoStruct.size) throw einval('DEVICE_GET_IRQ_INFO argsz too small');
   if (req.index >= PCI_NUM_IRQS) throw einval(`no IRQ index ${req.index}`);
@@ -82,7 +82,7 @@ export function deviceGetIrqInfo(s: Session, f: Frame, via: Endpoint): void {
   );
 }
 
-export function deviceGetRegionIoFds(s: Session, f: Frame, via: Endpoint): void {
+export function deviceGetRegionIoFds(s: HandlerContext, f: Frame, via: Endpoint): void {
   const req = decodeRequest('DEVICE_GET_REGION_IO_FDS', f.payload);
   if (req.flags !== 0 || req.count !== 0) throw einval('GET_REGION_IO_FDS flags and count must be 0');
   const dev = s.device;

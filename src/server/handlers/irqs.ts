@@ -5,9 +5,9 @@ import { IrqSetStruct } from '../../protocol/messages/device.js';
 import { decodeRequest } from '../../protocol/messages/index.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
 
-export function setIrqs(s: Session, f: Frame, via: Endpoint): void {
+export function setIrqs(s: HandlerContext, f: Frame, via: Endpoint): void {
   const r = decodeRequest('DEVICE_SET_IRQS', f.payload);
   if (r.argsz < IrqSetStruct.size) throw einval('DEVICE_SET_IRQS argsz too small');
   const bools = r.data ?? Buffer.alloc(0);

@@ -7,7 +7,7 @@ import { einval } from '../../protocol/errors.js';
 import { MigDataStruct } from '../../protocol/messages/migration.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
 
 /**
  * `n` zero bytes from one shared, never written buffer: the padding of the
@@ -20,7 +20,7 @@ function zeros(n: number): Buffer {
   return zeroBuf.subarray(0, n);
 }
 
-export function migDataRead(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function migDataRead(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < MigDataStruct.size) throw einval('short MIG_DATA_READ');
   const argsz = p.readUInt32LE(MigDataStruct.off.argsz);
@@ -37,13 +37,13 @@ export function migDataRead(s: Session, f: Frame, via: Endpoint): void | Promise
   return readAndSend(s, mig, f, via, size);
 }
 
-function readAndSend(s: Session, mig: MigrationController, f: Frame, via: Endpoint, size: number): void | Promise<void> {
+function readAndSend(s: HandlerContext, mig: MigrationController, f: Frame, via: Endpoint, size: number): void | Promise<void> {
   const r = mig.read(size);
   if (r instanceof Promise) return r.then((data) => send(s, f, via, size, data));
   send(s, f, via, size, r);
 }
 
-function send(s: Session, f: Frame, via: Endpoint, size: number, data: Buffer): void {
+function send(s: HandlerContext, f: Frame, via: Endpoint, size: number, data: Buffer): void {
   // argsz and size give what the device produced; like libvfio-user we pad
   // the payload to the size asked for, because libvfio-user's client reads
   // exactly that many bytes (a shorter reply looks like a broken stream).
@@ -58,7 +58,7 @@ function send(s: Session, f: Frame, via: Endpoint, size: number, data: Buffer): 
   s.conn.replyPrebuilt(via, f, head, body.length ? body : null, true);
 }
 
-export function migDataWrite(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function migDataWrite(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < MigDataStruct.size) throw einval('short MIG_DATA_WRITE');
   const argsz = p.readUInt32LE(MigDataStruct.off.argsz);
@@ -68,7 +68,7 @@ export function migDataWrite(s: Session, f: Frame, via: Endpoint): void | Promis
   if (size > s.opts.maxDataXferSize) throw einval(`MIG_DATA_WRITE of ${size} bytes exceeds max_data_xfer_size`);
   if (argsz < MigDataStruct.size + size) throw einval('MIG_DATA_WRITE argsz too small');
   // A large body may have been received straight into the device's own
-  // buffer (Session.placeMigData): then it is handed back as is, with no
+  // buffer (the session's placement hook): then it is handed back as is, with no
   // copy at all.  Otherwise the bytes are a view of the receive buffer and
   // the device copies them once, into its state.
   const carried = p.length - MigDataStruct.size + (f.placed ? f.placed.length : 0);

@@ -6,7 +6,7 @@ import { einval } from '../../protocol/errors.js';
 import { RegionAccessStruct, WriteMultiEntryStruct, WriteMultiHeadStruct } from '../../protocol/messages/region.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
 
 const ACCESS = RegionAccessStruct.size;
 const REPLY_AT = HEADER_SIZE + ACCESS;
@@ -15,7 +15,7 @@ const REPLY_AT = HEADER_SIZE + ACCESS;
  * Validates an access.  Offsets are u64 on the wire; as a number one past
  * 2^53 is inexact but still far beyond any region, so the bound check holds.
  */
-function check(s: Session, index: number, offset: number, count: number, write: boolean): void {
+function check(s: HandlerContext, index: number, offset: number, count: number, write: boolean): void {
   const dev = s.device;
   if (count > s.opts.maxDataXferSize) throw einval(`region access of ${count} bytes exceeds max_data_xfer_size`);
   if (index >= dev.numRegions) throw einval(`bad region index ${index}`);
@@ -40,7 +40,7 @@ function pending(r: unknown): Promise<unknown> | undefined {
   return r instanceof Promise ? r : undefined;
 }
 
-function doRead(s: Session, index: number, offset: number, out: Buffer): Promise<unknown> | undefined {
+function doRead(s: HandlerContext, index: number, offset: number, out: Buffer): Promise<unknown> | undefined {
   const dev = s.device;
   if (index === PciRegion.CONFIG) {
     dev.pci.read(offset, out.length, out, 0);
@@ -55,7 +55,7 @@ function doRead(s: Session, index: number, offset: number, out: Buffer): Promise
   throw einval(`region ${index} has no read handler`);
 }
 
-export function doWrite(s: Session, index: number, offset: number, data: Buffer): Promise<unknown> | undefined {
+export function doWrite(s: HandlerContext, index: number, offset: number, data: Buffer): Promise<unknown> | undefined {
   const dev = s.device;
   if (index === PciRegion.CONFIG) {
     // A write may initiate an FLR: the config model calls its hook
@@ -74,7 +74,7 @@ export function doWrite(s: Session, index: number, offset: number, data: Buffer)
   throw einval(`region ${index} has no write handler`);
 }
 
-async function flr(s: Session): Promise<void> {
+async function flr(s: HandlerContext): Promise<void> {
   s.device.flrRequested = false;
   await s.device.quiesce();
   try {
@@ -84,7 +84,7 @@ async function flr(s: Session): Promise<void> {
   }
 }
 
-export function regionRead(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function regionRead(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < ACCESS) throw einval('short REGION_READ');
   const offLo = p.readUInt32LE(RegionAccessStruct.off.offset);
@@ -94,7 +94,7 @@ export function regionRead(s: Session, f: Frame, via: Endpoint): void | Promise<
   const offset = offHi * 2 ** 32 + offLo;
   check(s, index, offset, count, false);
   // Reply laid out in one buffer: header, echo of the request, data; for
-  // register-sized reads in views of it made once (Session.smallReplies).
+  // register-sized reads in views of it made once (HandlerContext.smallReplies).
   let frame: Buffer;
   let out: Buffer;
   if (count < s.smallReplies.length) [frame, out] = s.smallReplies[count]!;
@@ -117,7 +117,7 @@ export function regionRead(s: Session, f: Frame, via: Endpoint): void | Promise<
   return r.then(() => s.conn.replyPrebuilt(via, f, frame));
 }
 
-export function regionWrite(s: Session, f: Frame, via: Endpoint): void | Promise<void> {
+export function regionWrite(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   if (p.length < ACCESS) throw einval('short REGION_WRITE');
   const offLo = p.readUInt32LE(RegionAccessStruct.off.offset);
@@ -139,7 +139,7 @@ export function regionWrite(s: Session, f: Frame, via: Endpoint): void | Promise
 }
 
 /** REGION_WRITE_MULTI: up to 8 bytes per write, applied in order. */
-export async function regionWriteMulti(s: Session, f: Frame, via: Endpoint): Promise<void> {
+export async function regionWriteMulti(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
   const p = Buffer.from(f.payload);
   if (p.length < WriteMultiHeadStruct.size) throw einval('short REGION_WRITE_MULTI');
   const n = WriteMultiHeadStruct.read(p).wrCnt;

@@ -8,9 +8,10 @@ import { VfuError } from '../../protocol/errors.js';
 import { version } from '../../protocol/messages/version.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
-import type { Session } from '../session.js';
+import type { HandlerContext } from './context.js';
 
-export function negotiate(s: Session, f: Frame, via: Endpoint): void {
+export function negotiate(s: HandlerContext, f: Frame, via: Endpoint): void {
+  if (s.clientCaps !== null) throw new VfuError(Errno.EINVAL, 'VERSION after negotiation');
   if (f.fds.length > 0) throw new VfuError(Errno.EINVAL, 'VERSION carried descriptors');
   const v = version.decode(f.payload);
   if (v.major !== VERSION_MAJOR) throw new VfuError(Errno.EINVAL, `unsupported major version ${v.major}`);
@@ -52,7 +53,7 @@ export function negotiate(s: Session, f: Frame, via: Endpoint): void {
     void via.whenDrained().then(() => native!.close(fd));
   }
   s.conn.errorText = client.errorText === true;
-  s.clientCaps = { ...client, ...(ours.migSizing ? { migSizing: ours.migSizing } : {}) };
-  if (client.migration?.pgsize !== undefined) s.dirtyPageSize = client.migration.pgsize;
-  dev.emit('connected', s.clientCaps);
+  const caps = { ...client, ...(ours.migSizing ? { migSizing: ours.migSizing } : {}) };
+  s.negotiated(caps);
+  dev.emit('connected', caps);
 }
