@@ -33,10 +33,14 @@ export {
   migrate,
   LocalTarget,
   MigrationError,
+  MigrationNotConvergedError,
   formatReport,
+  type DowntimeParts,
+  type FinishTimes,
   type MigrateOptions,
   type MigrationReport,
   type MigrationTarget,
+  type TransferRates,
 } from './client/migrate.js';
 export { TcpTarget, receiveMigrations, ChunkReader, BrokenStreamError, type TcpTargetOptions, type ReceiveOptions } from './client/tcp-stream.js';
 

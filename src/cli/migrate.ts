@@ -8,7 +8,7 @@ import { statSync, writeFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import { VfioUserClient } from '../client/client.js';
 import { compareProfiles, deviceProfile } from '../client/compare.js';
-import { LocalTarget, formatReport, migrate, type MigrationTarget } from '../client/migrate.js';
+import { LocalTarget, MigrationNotConvergedError, formatReport, migrate, type MigrationTarget } from '../client/migrate.js';
 import { type TlsFiles, tlsOptionsFromFiles } from '../client/stream-tls.js';
 import { TcpTarget } from '../client/tcp-stream.js';
 import { intOption } from './options.js';
@@ -20,6 +20,8 @@ export interface MigrateCliOptions extends TlsFiles {
   json?: boolean;
   rounds?: string;
   convergeKib?: string;
+  maxDowntime?: string;
+  timeout?: string;
   chunkKib?: string;
   guestMib?: string;
   precopy?: boolean;
@@ -50,6 +52,8 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
   const convergeKib = o.convergeKib !== undefined ? intOption('--converge-kib', o.convergeKib, 0) : undefined;
   const chunkKib = o.chunkKib !== undefined ? intOption('--chunk-kib', o.chunkKib, 1) : undefined;
   const guestMib = o.guestMib !== undefined ? intOption('--guest-mib', o.guestMib, 1) : undefined;
+  const maxDowntimeMs = o.maxDowntime !== undefined ? intOption('--max-downtime', o.maxDowntime, 0) : undefined;
+  const timeoutS = o.timeout !== undefined ? intOption('--timeout', o.timeout, 0) : undefined;
   const src = await VfioUserClient.connect(o.from);
   let dst: VfioUserClient | null = null;
   let target: MigrationTarget;
@@ -92,6 +96,8 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
       ...(rounds !== undefined ? { maxRounds: rounds } : {}),
       ...(convergeKib !== undefined ? { convergeBytes: convergeKib * 1024 } : {}),
       ...(chunkKib !== undefined ? { chunkSize: chunkKib * 1024 } : {}),
+      ...(maxDowntimeMs !== undefined ? { maxDowntimeMs } : {}),
+      ...(timeoutS !== undefined ? { timeoutMs: timeoutS * 1000 } : {}),
       ...(o.precopy === false ? { noPreCopy: true } : {}),
       ...(o.discardPrecopyData ? { discardPrecopyDeviceData: true } : {}),
       onProgress: (e) => {
@@ -115,6 +121,8 @@ export async function migrateCommand(o: MigrateCliOptions): Promise<void> {
     process.stdout.write((o.json ? JSON.stringify(report, null, 2) : formatReport(report)) + '\n');
   } catch (e) {
     if (showBar) bar.stop();
+    // the rounds and rates of a migration that could not converge, for tools
+    if (o.json && e instanceof MigrationNotConvergedError) process.stdout.write(JSON.stringify(e.report, null, 2) + '\n');
     throw e;
   } finally {
     src.close();

@@ -1,31 +1,50 @@
 // Live migration of one device, driven from the VMM's side.
 //
 //   setup     dirty logging on the source; the destination maps its guest
-//             memory, takes its interrupt eventfds and enters RESUMING
+//             memory, takes its interrupt eventfds and enters RESUMING; the
+//             walk over the dirty bitmap is allocated and warmed up (so the
+//             one in the window runs compiled, also in a fresh process)
 //   pre-copy  source RUNNING -> PRE_COPY; round 0 copies all guest memory
 //             and the device's pre-copy data while everything keeps running;
-//             each further round re-sends the pages dirtied meanwhile (by the
-//             guest's CPUs, by message DMA, and by the device per its dirty
-//             log) and any new device data, until the estimate of what is
-//             left falls under a threshold or the rounds run out
+//             each further round first syncs the dirty pages (by the guest's
+//             CPUs, by message DMA, and by the device per its dirty log) and
+//             predicts the downtime of switching over now from the rates
+//             measured so far; it switches over once that fits
+//             `maxDowntimeMs` (and the device's initial data is out), or
+//             else re-sends them and any new device data
 //   stop-copy the guest pauses; source -> STOP_COPY; the rest of the device
-//             state and the last dirty pages go across
-//   resume    destination RESUMING -> STOP -> RUNNING; the guest resumes there
+//             state, read alongside the final dirty report and pages (each
+//             run of pages sent as it is found); source -> STOP
+//   resume    destination RESUMING -> STOP -> RUNNING; verification when
+//             asked (not downtime); the guest resumes there
 //
-// Downtime runs from the source leaving PRE_COPY/RUNNING to the destination
-// reaching RUNNING.  A failure at any step before that rolls back: the
-// source returns to RUNNING, the destination is reset, and the error names
-// the step.  The destination is a MigrationTarget, so the same driver works
-// in one process (LocalTarget) and across hosts (tcp-stream.ts).
-import { PAGE_SIZE } from '../native/index.js';
-import { Errno, MigState, MigrationFlag } from '../protocol/constants.js';
+// Downtime runs from pausing the guest to resuming it; the report gives its
+// parts (DowntimeParts), which add up to it.  A failure at any step before
+// the end rolls back: the source returns to RUNNING, the destination is
+// reset, and the error names the step.  A migration whose predicted
+// downtime never fits fails (MigrationNotConvergedError) rather than pausing
+// the guest for longer.  The destination is a MigrationTarget, so the same
+// driver works in one process (LocalTarget) and across hosts (tcp-stream.ts).
+import { Errno, MigState, MigrationFlag, errnoName } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
+import { MappingWalk, warmUpWalk } from './dirty-walk.js';
+import { SwitchoverModel, type TransferRates } from './switchover.js';
+
+export type { TransferRates } from './switchover.js';
 
 export interface GuestLayout {
   ranges: { iova: number; size: number }[];
   /** Interrupt types to wire on the destination (index, vector count). */
   irqs: { index: number; count: number }[];
+}
+
+/** How long the destination's two transitions in finish() took (ms), when the target can tell. */
+export interface FinishTimes {
+  /** RESUMING -> STOP: the device loads its state. */
+  stopMs: number;
+  /** STOP -> RUNNING. */
+  runningMs: number;
 }
 
 /** Where migration data goes: a destination server, here or across a network. */
@@ -34,13 +53,19 @@ export interface MigrationTarget {
   begin(layout: GuestLayout): Promise<void>;
   /** The next chunk of the device's stream; `chunk` is only valid until the promise settles. */
   deviceData(chunk: Buffer): Promise<void>;
-  guestPages(iova: number, data: Buffer): Promise<void>;
+  /** Guest pages; `data` is only valid until this returns (or its promise settles).  Nothing returned: done. */
+  guestPages(iova: number, data: Buffer): void | Promise<void>;
   /** RESUMING -> STOP (the device checks its data) -> RUNNING. */
-  finish(): Promise<void>;
+  finish(): Promise<FinishTimes | void>;
   /** Undoes begin(): the destination device is reset and released. */
   abort(reason: Error): Promise<void>;
   /** Optional: a checksum of the destination device's state for verification. */
   checksum?(): Promise<string>;
+  /**
+   * deviceData and guestPages may be called while the other is pending: the
+   * device's stop-copy data then overlaps the final pages.
+   */
+  readonly concurrent?: boolean;
 }
 
 export type Phase = 'setup' | 'pre-copy' | 'stop-copy' | 'resume' | 'cleanup';
@@ -61,16 +86,66 @@ export interface RoundStats {
   ms: number;
   /** What the driver estimated was left after the round. */
   remainingEstimate: number;
+  /** The downtime predicted for switching over at this round's start (null: round 0, and the final round). */
+  predictedDowntimeMs: number | null;
 }
 
+/**
+ * The downtime's parts in ms.  Each is the wait from the end of the one
+ * before until it was done, so they add up to downtimeMs; this is their
+ * order, except that with a concurrent target the device's stop-copy data
+ * is read from STOP_COPY on, alongside the final dirty report and pages,
+ * and deviceDataMs is then what was left of it after the pages.
+ */
+export interface DowntimeParts {
+  /** opts.pauseGuest(). */
+  pauseGuestMs: number;
+  /** Source PRE_COPY (or RUNNING) -> STOP_COPY. */
+  sourceStopCopyMs: number;
+  /** The device's stop-copy data (see above when it overlaps). */
+  deviceDataMs: number;
+  /** The final DMA_LOGGING_REPORT(s). */
+  dirtyReportMs: number;
+  /** The walk over the final dirty set and the copy of its pages. */
+  finalPagesMs: number;
+  /** Destination RESUMING -> STOP: loading the state (all of finish() when the target does not split it). */
+  destinationStopMs: number;
+  /** Destination STOP -> RUNNING. */
+  destinationRunningMs: number;
+  /** Source STOP_COPY -> STOP: sent alongside the destination's transitions, what was left of it after them. */
+  sourceStopMs: number;
+  /** opts.resumeGuest('destination'). */
+  resumeGuestMs: number;
+}
+
+/**
+ * What migrate() reports.  Fields are stable (tools plot them); times in
+ * ms, sizes in bytes.
+ */
 export interface MigrationReport {
   phases: PhaseStats[];
   rounds: RoundStats[];
+  /** From pausing the guest to resuming it on the destination, without verification. */
   downtimeMs: number;
+  /** The parts of downtimeMs. */
+  downtimeParts: DowntimeParts;
+  /** The downtime predicted when it switched over (null without pre-copy). */
+  predictedDowntimeMs: number | null;
+  /** The limit it switched over under. */
+  maxDowntimeMs: number;
+  /** What pre-copy measured (null without pre-copy). */
+  rates: TransferRates | null;
+  /** The device's stop-copy size (data_size) just before switching over; null without the sizing extension. */
+  stopCopyBytesExpected: number | null;
+  /** The device's stop-copy data and the final pages were moved at the same time. */
+  overlapped: boolean;
+  /** Checksums after the destination reached RUNNING (the guest stays paused meanwhile; not in downtimeMs). */
+  verifyMs: number;
   totalMs: number;
   deviceBytes: number;
   guestBytes: number;
   preCopy: boolean;
+  /** Switched over because the prediction fit (or what was left was under convergeBytes). */
   converged: boolean;
   /** Source and destination checksums at switch-over, when asked for. */
   sourceChecksum?: string;
@@ -82,13 +157,23 @@ export interface ProgressEvent {
   round?: number;
   deviceBytes: number;
   guestBytes: number;
+  /** Given at the end of each pre-copy round. */
   remainingEstimate?: number;
 }
 
 export interface MigrateOptions {
-  /** Pre-copy rounds after the first full pass (default 8). */
+  /**
+   * Pre-copy rounds after the first full pass (default 8); if the predicted
+   * downtime still does not fit after them, the migration fails.
+   */
   maxRounds?: number;
-  /** Switch over once the estimate of what is left is at most this (default 256 KiB). */
+  /** Switch over once the predicted downtime is at most this (ms, default 300). */
+  maxDowntimeMs?: number;
+  /** Give up pre-copy (as with maxRounds) after this long (ms, default: no limit). */
+  timeoutMs?: number;
+  /** Switch over anyway, instead of failing, when it does not converge. */
+  forceSwitchover?: boolean;
+  /** Also switch over once the estimate of what is left is at most this (bytes, default: not used). */
   convergeBytes?: number;
   /** MIG_DATA_READ size (default: the smaller max_data_xfer_size, ≤ 1 MiB). */
   chunkSize?: number;
@@ -119,13 +204,33 @@ export class MigrationError extends VfuError {
     override readonly cause: unknown,
   ) {
     const errno = (cause as { errno?: number })?.errno ?? Errno.EIO;
-    super(errno, `migration failed at ${step}: ${(cause as Error)?.message ?? String(cause)}`);
+    const why = (cause as Error)?.message ?? String(cause);
+    const name = ` (${errnoName(errno)})`; // VfuError adds it again
+    super(errno, `migration failed at ${step}: ${why.endsWith(name) ? why.slice(0, -name.length) : why}`);
     this.name = 'MigrationError';
+  }
+}
+
+/**
+ * Pre-copy did not converge: after maxRounds (or timeoutMs) the predicted
+ * downtime was still over the limit, typically because the guest dirties
+ * memory faster than it moves.  The migration was rolled back; `report`
+ * holds the rounds and rates as far as they went.
+ */
+export class MigrationNotConvergedError extends MigrationError {
+  constructor(
+    readonly report: MigrationReport,
+    why: string,
+  ) {
+    super('pre-copy', new VfuError(Errno.ETIMEDOUT, `cannot converge: ${why}`));
+    this.name = 'MigrationNotConvergedError';
   }
 }
 
 /** A destination server reached through a client in this process. */
 export class LocalTarget implements MigrationTarget {
+  readonly concurrent = true;
+
   constructor(
     readonly client: VfioUserClient,
     private readonly stateChecksum?: (c: VfioUserClient) => Promise<string>,
@@ -134,7 +239,11 @@ export class LocalTarget implements MigrationTarget {
   async begin(layout: GuestLayout): Promise<void> {
     const c = this.client;
     for (const r of layout.ranges) {
-      if (!c.memory.within(r.iova, r.size)) c.memory.add(r.iova, r.size);
+      if (!c.memory.within(r.iova, r.size)) {
+        // touched now, while the guest runs: the pages are not faulted in
+        // during pre-copy's first pass (which would skew its measured rate)
+        c.memory.add(r.iova, r.size).bytes.fill(0);
+      }
       await c.dmaMap({ iova: r.iova, size: r.size });
     }
     for (const i of layout.irqs) if (i.count > 0) await c.enableInterrupts(i.index, i.count);
@@ -146,13 +255,16 @@ export class LocalTarget implements MigrationTarget {
     for (let o = 0; o < chunk.length; o += max) await this.client.migDataWrite(chunk.subarray(o, o + max));
   }
 
-  async guestPages(iova: number, data: Buffer): Promise<void> {
+  guestPages(iova: number, data: Buffer): void {
     data.copy(this.client.memory.view(iova, data.length));
   }
 
-  async finish(): Promise<void> {
+  async finish(): Promise<FinishTimes | void> {
+    const t0 = performance.now();
     await this.client.setMigrationState(MigState.STOP);
+    const t1 = performance.now();
     await this.client.setMigrationState(MigState.RUNNING);
+    return { stopMs: t1 - t0, runningMs: performance.now() - t1 };
   }
 
   async abort(): Promise<void> {
@@ -188,18 +300,37 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     await m.resume();
   } catch (e) {
     await m.rollback(e);
-    throw new MigrationError(m.step, e);
+    throw e instanceof MigrationNotConvergedError ? e : new MigrationError(m.step, e);
   }
   await m.release();
   return m.log.finish();
 }
 
-/** The report as it is built: phases timed and counted as they end. */
+const noParts = (): DowntimeParts => ({
+  pauseGuestMs: 0,
+  sourceStopCopyMs: 0,
+  deviceDataMs: 0,
+  dirtyReportMs: 0,
+  finalPagesMs: 0,
+  destinationStopMs: 0,
+  destinationRunningMs: 0,
+  sourceStopMs: 0,
+  resumeGuestMs: 0,
+});
+
+/** The report as it is built: phases timed and counted as they end, the downtime part by part. */
 class ReportLog {
   readonly report: MigrationReport = {
     phases: [],
     rounds: [],
     downtimeMs: 0,
+    downtimeParts: noParts(),
+    predictedDowntimeMs: null,
+    maxDowntimeMs: 0,
+    rates: null,
+    stopCopyBytesExpected: null,
+    overlapped: false,
+    verifyMs: 0,
     totalMs: 0,
     deviceBytes: 0,
     guestBytes: 0,
@@ -213,6 +344,8 @@ class ReportLog {
   private phaseDev = 0;
   private phaseGuest = 0;
   private phaseMsgs: number;
+  /** The end of the last downtime part. */
+  private lastMark = 0;
 
   constructor(
     private readonly source: VfioUserClient,
@@ -257,12 +390,49 @@ class ReportLog {
     this.onProgress?.({ phase: this.phase, round: this.round, deviceBytes: r.deviceBytes, guestBytes: r.guestBytes, ...extra });
   }
 
+  /** The downtime starts now. */
+  startDowntime(): void {
+    this.lastMark = performance.now();
+  }
+
+  /** Adds the time since the last mark to a part of the downtime (`ms` of it, when given, the rest to `rest`). */
+  mark(part: keyof DowntimeParts, split?: { ms: number; rest: keyof DowntimeParts }): void {
+    const now = performance.now();
+    const parts = this.report.downtimeParts;
+    const all = now - this.lastMark;
+    const first = split ? Math.min(all, split.ms) : all;
+    parts[part] += first;
+    if (split) parts[split.rest] += all - first;
+    this.lastMark = now;
+  }
+
+  /** Leaves the time since the last mark out of the downtime; returns it. */
+  skip(): number {
+    const now = performance.now();
+    const ms = now - this.lastMark;
+    this.lastMark = now;
+    return ms;
+  }
+
+  endDowntime(): void {
+    const parts = Object.values(this.report.downtimeParts) as number[];
+    this.report.downtimeMs = parts.reduce((a, b) => a + b, 0);
+  }
+
   /** Ends the last phase; the report is complete. */
   finish(): MigrationReport {
     this.enter('cleanup');
     this.report.totalMs = performance.now() - this.t0;
     return this.report;
   }
+}
+
+/** What a sync before a pre-copy round found, and what switching over then would cost. */
+interface Decision {
+  dirtyPages: number;
+  deviceLeft: number;
+  predicted: number;
+  switchOver: boolean;
 }
 
 /** One migration's state, and its steps in the order migrate() runs them. */
@@ -273,14 +443,23 @@ class Migration {
   step = 'checking the source';
   private readonly pageSize: number;
   private readonly chunk: number;
+  private readonly maxDowntimeMs: number;
+  private readonly model = new SwitchoverModel();
+  private walks: MappingWalk[] = [];
   private logging = false;
   private began = false;
   private paused = false;
-  private downtimeStart = 0;
-  // One buffer for every chunk of device data: each is handed on (and the
-  // hand-over awaited) before the next read, and a fresh 1 MiB buffer per
-  // chunk cost more in page faults than the copy itself.
-  private readonly chunkBuf: Buffer;
+  /** The device's stream had nothing more for now at the end of the last read (pre-copy). */
+  private deviceIdle = false;
+  private lastRoundDevice = 0;
+  private lastSync = 0;
+  private t0 = performance.now();
+  /** Device data being read while the final pages go (settled before any rollback). */
+  private inflight: Promise<unknown> = Promise.resolve();
+  // Two buffers for the device's chunks: one is read into while the other is
+  // handed to the target (a fresh 1 MiB buffer per chunk cost more in page
+  // faults than the copy itself).
+  private readonly chunkBufs: [Buffer, Buffer];
 
   constructor(
     private readonly source: VfioUserClient,
@@ -290,11 +469,16 @@ class Migration {
     this.log = new ReportLog(source, opts.onProgress);
     this.report = this.log.report;
     this.pageSize = opts.pageSize ?? 4096;
+    this.maxDowntimeMs = this.report.maxDowntimeMs = opts.maxDowntimeMs ?? 300;
     this.chunk = opts.chunkSize ?? Math.min(source.serverCaps.maxDataXferSize, source.opts.maxDataXferSize ?? 1 << 20, 1 << 20);
-    this.chunkBuf = Buffer.allocUnsafeSlow(this.chunk);
+    this.chunkBufs = [Buffer.allocUnsafeSlow(this.chunk), Buffer.allocUnsafeSlow(this.chunk)];
   }
 
-  /** Dirty logging on the source; the destination maps memory and enters RESUMING. */
+  private get overlap(): boolean {
+    return this.target.concurrent === true;
+  }
+
+  /** Dirty logging on the source; the destination maps memory and enters RESUMING; the walk is made and warmed. */
   async setup(): Promise<void> {
     const { source } = this;
     const flags = await source.migrationFlags();
@@ -305,6 +489,7 @@ class Migration {
       await source.startDirtyLogging(this.pageSize);
       this.logging = true;
     }
+    this.lastSync = performance.now();
     this.step = 'preparing the destination';
     const layout: GuestLayout = {
       ranges: source.dmaMappings.map((m) => ({ iova: m.iova, size: m.size })),
@@ -312,96 +497,196 @@ class Migration {
     };
     this.began = true;
     await this.target.begin(layout);
+    for (const m of source.dmaMappings) {
+      const r = source.memory.within(m.iova, m.size);
+      if (r) this.walks.push(new MappingWalk(m.iova, m.size, this.pageSize, r));
+    }
+    Object.assign(this.model, warmUpWalk(this.pageSize));
     this.log.progress();
   }
 
-  /** PRE_COPY, then rounds until what is left is small or the rounds run out. */
+  /** PRE_COPY; round 0 sends everything, then rounds until switching over is predicted to fit. */
   async preCopy(): Promise<void> {
-    const maxRounds = this.opts.maxRounds ?? 8;
     this.log.enter('pre-copy');
     this.step = 'entering PRE_COPY';
-    await this.source.setMigrationState(MigState.PRE_COPY);
-    for (let round = 0; ; round++) {
+    this.t0 = performance.now();
+    await this.model.trip(() => this.source.setMigrationState(MigState.PRE_COPY));
+    await this.preCopyRound(0, null);
+    for (let round = 1; ; round++) {
       this.log.round = round;
-      const remaining = await this.preCopyRound(round);
-      if (round > 0 && remaining <= (this.opts.convergeBytes ?? 256 * 1024)) {
+      this.step = `pre-copy round ${round}`;
+      const d = await this.decide();
+      if (d.switchOver) {
         this.report.converged = true;
         return;
       }
-      if (round >= maxRounds) return;
+      if (this.givingUp(round)) {
+        if (this.opts.forceSwitchover) return;
+        throw this.notConverged(round, d);
+      }
+      await this.preCopyRound(round, d);
       if (this.opts.roundDelayMs) await new Promise((r) => setTimeout(r, this.opts.roundDelayMs));
     }
   }
 
-  /** One round: dirty pages (all of them in round 0), new device data; returns the estimate of what is left. */
-  private async preCopyRound(round: number): Promise<number> {
-    const rs = performance.now();
-    this.step = `pre-copy round ${round}`;
-    const [dirtyPages, guestBytes] = await this.sendDirty(round === 0);
-    const deviceBytes = await this.sendDevice(false);
-    let remaining = dirtyPages * this.pageSize;
-    const stopCopy = await this.source.stopCopySize().catch(() => null);
-    if (stopCopy !== null) remaining += stopCopy;
-    else {
-      const info = await this.source.precopyInfo().catch(() => null);
-      if (info) remaining += info.initialBytes + info.dirtyBytes;
-    }
-    this.report.rounds.push({ round, dirtyPages, guestBytes, deviceBytes, ms: performance.now() - rs, remainingEstimate: remaining });
-    this.log.progress({ round, remainingEstimate: remaining });
-    return remaining;
+  private givingUp(round: number): boolean {
+    const timedOut = this.opts.timeoutMs !== undefined && performance.now() - this.t0 >= this.opts.timeoutMs;
+    return timedOut || round > (this.opts.maxRounds ?? 8);
   }
 
-  /** Guest paused, source STOP_COPY: the rest of the device state and the last dirty pages; source STOP. */
-  async stopCopy(): Promise<void> {
-    const { source, opts } = this;
-    this.log.enter('stop-copy');
-    this.log.round = this.report.rounds.length;
-    this.step = 'pausing the guest';
-    if (opts.pauseGuest) await opts.pauseGuest();
-    this.paused = true;
-    this.downtimeStart = performance.now();
-    this.step = 'entering STOP_COPY';
-    await source.setMigrationState(MigState.STOP_COPY);
-    this.step = 'stop-copy data';
-    await this.sendDevice(true);
-    this.step = 'final dirty pages';
-    const [finalPages, finalBytes] = await this.sendDirty(!this.report.preCopy);
-    const ms = performance.now() - this.downtimeStart;
-    this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: this.log.phaseDeviceBytes, ms, remainingEstimate: 0 });
-    if (this.logging) {
-      await source.stopDirtyLogging();
-      this.logging = false;
-    }
-    // STOP ends the stream; a stopped device can be read for verification
-    this.step = 'stopping the source';
-    await source.setMigrationState(MigState.STOP);
-  }
-
-  /** Destination RESUMING -> STOP -> RUNNING; the guest resumes there. */
-  async resume(): Promise<void> {
-    const { opts } = this;
-    // verification is not part of the downtime a real guest would see
-    let verifyMs = 0;
-    if (opts.sourceChecksum) {
-      const v0 = performance.now();
-      this.report.sourceChecksum = await opts.sourceChecksum();
-      verifyMs = performance.now() - v0;
-    }
-    this.log.enter('resume');
-    this.step = 'resuming the destination';
-    await this.target.finish();
-    this.report.downtimeMs = performance.now() - this.downtimeStart - verifyMs;
-    if (opts.sourceChecksum && this.target.checksum) this.report.destinationChecksum = await this.target.checksum();
-    if (opts.resumeGuest) await opts.resumeGuest('destination');
+  /** Syncs the dirty pages (they become pending) and predicts the downtime of switching over now. */
+  private async decide(): Promise<Decision> {
+    const bitmaps = await this.model.report(() => this.reports());
+    let dirtyPages = 0;
+    this.walks.forEach((w, i) => (dirtyPages += w.collect(bitmaps[i]!)));
+    const now = performance.now();
+    this.model.dirtyBytesPerMs = (dirtyPages * this.pageSize) / Math.max(1e-3, now - this.lastSync);
+    this.lastSync = now;
+    const [deviceLeft, initialDone] = await this.deviceLeft();
+    const totalPages = this.walks.reduce((n, w) => n + w.pages, 0);
+    const predicted = this.model.predict({ dirtyPages, pageSize: this.pageSize, totalPages, deviceBytes: deviceLeft }, this.overlap);
+    const r = this.report;
+    r.predictedDowntimeMs = predicted;
+    r.rates = this.model.rates();
+    const small = this.opts.convergeBytes !== undefined && dirtyPages * this.pageSize + deviceLeft <= this.opts.convergeBytes;
+    return { dirtyPages, deviceLeft, predicted, switchOver: initialDone && (predicted <= this.maxDowntimeMs || small) };
   }
 
   /**
-   * Releases the source: DMA_UNMAP is refused while stopped, so the mappings
-   * go when the connection does (the server drops them with the client).
+   * What the device has left for stop-copy, and whether its initial
+   * pre-copy data is out: from data_size and precopy_info when the device
+   * has the sizing extension, else from what it streamed last round.
+   */
+  private async deviceLeft(): Promise<[number, boolean]> {
+    const s = this.source;
+    const stopCopy = s.hasMigSizing ? await this.model.trip(() => s.stopCopySize()).catch(() => null) : null;
+    const info = s.hasMigSizing ? await this.model.trip(() => s.precopyInfo()).catch(() => null) : null;
+    this.report.stopCopyBytesExpected = stopCopy;
+    const initialDone = info ? info.initialBytes === 0 : this.deviceIdle;
+    const left = stopCopy ?? (info ? info.initialBytes + info.dirtyBytes : this.lastRoundDevice);
+    return [left, initialDone];
+  }
+
+  private notConverged(round: number, d: Decision): MigrationNotConvergedError {
+    const r = this.model.rates();
+    const mbs = (bytesPerMs: number): string => `${(bytesPerMs / 1000).toFixed(1)} MB/s`;
+    const why =
+      `after ${round - 1} rounds (${(performance.now() - this.t0).toFixed(0)} ms) switching over would take about ` +
+      `${d.predicted.toFixed(1)} ms, over the ${this.maxDowntimeMs} ms limit: ${d.dirtyPages} dirty pages and ${d.deviceLeft} bytes of device data left; ` +
+      `the guest dirties ${mbs(r.dirtyBytesPerMs)}, pages move at ${mbs(r.guestBytesPerMs)}, device data at ${mbs(r.deviceBytesPerMs)}`;
+    return new MigrationNotConvergedError(this.report, why);
+  }
+
+  /** Sends the pending pages (all pages in round 0) and new device data. */
+  private async preCopyRound(round: number, d: Decision | null): Promise<void> {
+    const rs = performance.now();
+    this.step = `pre-copy round ${round}`;
+    // round 0 reads the logs too, only to clear them
+    const bitmaps = round === 0 ? await this.model.report(() => this.reports()) : [];
+    const g0 = performance.now();
+    const [dirtyPages, guestBytes] = await this.sendPages(bitmaps, round === 0);
+    this.model.guest.add(guestBytes, performance.now() - g0);
+    const deviceBytes = await this.sendDevice(false);
+    this.lastRoundDevice = deviceBytes;
+
+    // expect as much dirtied again as was just sent, and what the device said it has left
+    const remaining = dirtyPages * this.pageSize + (d ? d.deviceLeft : 0);
+    const predictedDowntimeMs = d ? d.predicted : null;
+    this.report.rounds.push({ round, dirtyPages, guestBytes, deviceBytes, ms: performance.now() - rs, remainingEstimate: remaining, predictedDowntimeMs });
+    this.log.progress({ round, remainingEstimate: remaining });
+  }
+
+  /** Guest paused, source STOP_COPY: the rest of the device state beside the last dirty pages. */
+  async stopCopy(): Promise<void> {
+    const { opts, log } = this;
+    log.enter('stop-copy');
+    log.round = this.report.rounds.length;
+    this.report.overlapped = this.overlap;
+    this.step = 'pausing the guest';
+    const w0 = performance.now();
+    log.startDowntime();
+    if (opts.pauseGuest) await opts.pauseGuest();
+    this.paused = true;
+    log.mark('pauseGuestMs');
+    const [finalPages, finalBytes] = await this.finalTransfer();
+    const ms = performance.now() - w0;
+    this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: log.phaseDeviceBytes, ms, remainingEstimate: 0, predictedDowntimeMs: null });
+  }
+
+  /**
+   * STOP_COPY, the device's stop-copy data, the final dirty report and the
+   * final pages.  The reads and the report are sent right behind STOP_COPY
+   * (the server answers in order), and when the target allows, the pages are
+   * copied while the source answers them.
+   */
+  private async finalTransfer(): Promise<[number, number]> {
+    const { log } = this;
+    this.step = 'entering STOP_COPY';
+    const stopCopy = this.source.setMigrationState(MigState.STOP_COPY);
+    const device = this.overlap ? this.sendDevice(true) : null;
+    const reports = this.reports();
+    this.inflight = Promise.allSettled([device, reports]);
+    await stopCopy;
+    log.mark('sourceStopCopyMs');
+    if (!device) {
+      this.step = 'stop-copy data';
+      await this.sendDevice(true);
+      log.mark('deviceDataMs');
+    }
+    this.step = 'final dirty report';
+    const bitmaps = await reports;
+    log.mark('dirtyReportMs');
+    this.step = 'final dirty pages';
+    const sent = await this.sendPages(bitmaps, !this.report.preCopy);
+    log.mark('finalPagesMs');
+    if (device) {
+      this.step = 'stop-copy data';
+      await device;
+      log.mark('deviceDataMs');
+    }
+    return sent;
+  }
+
+  /**
+   * Destination RESUMING -> STOP -> RUNNING, the source's STOP (which ends
+   * its stream) alongside; verification when asked; the guest resumes there.
+   */
+  async resume(): Promise<void> {
+    const { opts, log } = this;
+    log.enter('resume');
+    this.step = 'resuming the destination';
+    const stop = this.source.setMigrationState(MigState.STOP);
+    this.inflight = stop.catch(() => {});
+    const times = await this.target.finish();
+    if (times) log.mark('destinationStopMs', { ms: times.stopMs, rest: 'destinationRunningMs' });
+    else log.mark('destinationStopMs');
+    this.step = 'stopping the source';
+    await stop;
+    log.mark('sourceStopMs');
+    if (opts.sourceChecksum) {
+      this.step = 'verifying';
+      const dst = this.target.checksum ? this.target.checksum() : Promise.resolve(undefined);
+      const [s, d] = await Promise.all([opts.sourceChecksum(), dst]);
+      this.report.sourceChecksum = s;
+      if (d !== undefined) this.report.destinationChecksum = d;
+      this.report.verifyMs = log.skip();
+    }
+    this.step = 'resuming the guest';
+    if (opts.resumeGuest) await opts.resumeGuest('destination');
+    log.mark('resumeGuestMs');
+    log.endDowntime();
+  }
+
+  /**
+   * Releases the source: dirty logging off, and STOP.  DMA_UNMAP is refused
+   * while stopped, so the mappings go when the connection does (the server
+   * drops them with the client).
    */
   async release(): Promise<void> {
     this.log.enter('cleanup');
     try {
+      if (this.logging) await this.source.stopDirtyLogging();
+      this.logging = false;
       if ((await this.source.migrationState()) !== MigState.STOP) await this.source.setMigrationState(MigState.STOP);
     } catch {
       // the device now runs on the destination; the source is released anyway
@@ -411,6 +696,7 @@ class Migration {
   /** After a failure: the source runs again, the destination is reset, the guest resumes at the source. */
   async rollback(cause: unknown): Promise<void> {
     const { source, opts } = this;
+    await this.inflight;
     try {
       if (this.logging) await source.stopDirtyLogging().catch(() => {});
       if (!source.closed) {
@@ -424,78 +710,80 @@ class Migration {
     if (this.paused && opts.resumeGuest) await Promise.resolve(opts.resumeGuest('source')).catch(() => {});
   }
 
-  /** Device data until the device has none for now (pre-copy, bounded) or none at all (stop-copy). */
+  /**
+   * Device data until the device has none for now (pre-copy, bounded) or
+   * none at all (stop-copy).  The next chunk is read while the last one is
+   * handed to the target.
+   */
   private async sendDevice(untilEnd: boolean): Promise<number> {
-    const { chunk } = this;
-    let sent = 0;
+    const { chunk, source } = this;
     const forward = untilEnd || !this.opts.discardPrecopyDeviceData;
+    const t0 = performance.now();
+    let sent = 0;
+    let i = 0;
+    let next = source.migDataRead(chunk, this.chunkBufs[0]);
     for (;;) {
-      const data = await this.source.migDataRead(chunk, this.chunkBuf);
+      const data = await next;
+      // keep pre-copy rounds short
+      const more = data.length === chunk && (untilEnd || sent + data.length <= 64 * chunk);
+      if (more) {
+        next = source.migDataRead(chunk, this.chunkBufs[++i & 1]);
+        next.catch(() => {}); // awaited next time round; not unhandled if we fail first
+      }
       if (data.length > 0) {
         if (forward) await this.target.deviceData(data);
         sent += data.length;
         this.log.device(data.length);
       }
-      if (data.length < chunk) return sent; // PRE_COPY: nothing more now; STOP_COPY: end
-      if (!untilEnd && sent > 64 * chunk) return sent; // keep rounds short
+      if (!more) {
+        this.deviceIdle = data.length < chunk;
+        break;
+      }
     }
+    if (sent > 0) this.model.device.add(sent, performance.now() - t0);
+    return sent;
   }
 
-  /** Collects and sends every dirty page (every page when `full`); returns [pages, bytes]. */
-  private async sendDirty(full: boolean): Promise<[number, number]> {
+  /** The dirty bitmaps of every mapping, asked for at once (null without logging). */
+  private reports(): Promise<(Buffer | null)[]> {
+    return Promise.all(this.walks.map((w) => (this.logging ? this.source.dirtyReport(w.iova, w.size, this.pageSize) : null)));
+  }
+
+  /** Hands a run of pages to the target (one function, so the walk's call to it stays monomorphic). */
+  private readonly pageSink = (iova: number, data: Buffer): void | Promise<void> => this.target.guestPages(iova, data);
+
+  /** Sends every dirty page (`all`: every page), run by run as the walk finds them; returns [pages, bytes]. */
+  private async sendPages(bitmaps: (Buffer | null)[], all: boolean): Promise<[number, number]> {
     let pages = 0;
     let bytes = 0;
-    for (const m of this.source.dmaMappings) {
-      const list = await this.dirtyPages(m.iova, m.size, full);
-      if (list === null) continue;
-      pages += list.length;
-      bytes += await this.sendPages(m.iova, list, m.iova + m.size);
-    }
-    return [pages, bytes];
-  }
-
-  /** The dirty pages of one mapping (device DMA per its log, guest CPU and message writes per ours). */
-  private async dirtyPages(iova: number, size: number, full: boolean): Promise<number[] | null> {
-    const { source, pageSize } = this;
-    const r = source.memory.within(iova, size);
-    if (!r) return null;
-    const n = Math.ceil(size / pageSize);
-    const dirty = new Uint8Array(n);
-    if (this.logging) {
-      const bm = await source.dirtyReport(iova, size, pageSize);
-      for (let p = 0; p < n; p++) if (bm[p >> 3]! & (1 << (p & 7))) dirty[p] = 1;
-    }
-    const scale = pageSize / PAGE_SIZE;
-    for (const p of source.memory.takeDirty(r)) {
-      const abs = r.iova + p * PAGE_SIZE;
-      if (abs >= iova && abs < iova + size) dirty[Math.floor((abs - iova) / PAGE_SIZE / scale)] = 1;
-    }
-    const list: number[] = [];
-    for (let p = 0; p < n; p++) if (full || dirty[p]) list.push(p);
-    return list;
-  }
-
-  /** Sends pages (numbers within the mapping at `iova`), runs of adjacent pages as one transfer. */
-  private async sendPages(iova: number, pages: number[], limit: number): Promise<number> {
-    let bytes = 0;
-    for (let i = 0; i < pages.length; ) {
-      let j = i;
-      while (j + 1 < pages.length && pages[j + 1] === pages[j]! + 1) j++;
-      const start = iova + pages[i]! * this.pageSize;
-      const end = Math.min(limit, iova + (pages[j]! + 1) * this.pageSize);
-      const data = this.source.memory.view(start, end - start);
-      await this.target.guestPages(start, data);
-      bytes += data.length;
-      i = j + 1;
+    for (let i = 0; i < this.walks.length; i++) {
+      const w = this.walks[i]!;
+      const [p, b] = await (all ? w.sendAll(this.pageSink) : w.send(bitmaps[i] ?? null, this.pageSink));
+      pages += p;
+      bytes += b;
     }
     this.log.guest(bytes);
-    return bytes;
+    return [pages, bytes];
   }
 }
+
+/** Labels of the downtime's parts, in report order. */
+const PART_LABELS: Record<keyof DowntimeParts, string> = {
+  pauseGuestMs: 'pausing the guest',
+  sourceStopCopyMs: 'source -> STOP_COPY',
+  deviceDataMs: 'device stop-copy data',
+  dirtyReportMs: 'final dirty report',
+  finalPagesMs: 'final pages',
+  destinationStopMs: 'destination RESUMING -> STOP',
+  destinationRunningMs: 'destination STOP -> RUNNING',
+  sourceStopMs: 'source -> STOP (alongside)',
+  resumeGuestMs: 'resuming the guest',
+};
 
 /** A table of the report, for people. */
 export function formatReport(r: MigrationReport): string {
   const mib = (n: number): string => (n / 1048576).toFixed(2);
+  const ms = (n: number | null): string => (n === null ? '-' : n.toFixed(1));
   const lines = [
     'phase       time(ms)   device MiB  guest MiB  messages',
     ...r.phases.map(
@@ -503,19 +791,30 @@ export function formatReport(r: MigrationReport): string {
         `${p.phase.padEnd(10)} ${p.ms.toFixed(1).padStart(9)} ${mib(p.deviceBytes).padStart(12)} ${mib(p.guestBytes).padStart(10)} ${String(p.messages).padStart(9)}`,
     ),
     '',
-    'round  dirty pages  guest MiB  device MiB  time(ms)  left (est.)',
+    'round  dirty pages  guest MiB  device MiB  time(ms)  left (est.)  predicted downtime(ms)',
     ...r.rounds.map(
       (x) =>
-        `${String(x.round).padStart(5)} ${String(x.dirtyPages).padStart(12)} ${mib(x.guestBytes).padStart(10)} ${mib(x.deviceBytes).padStart(11)} ${x.ms.toFixed(1).padStart(9)} ${mib(x.remainingEstimate).padStart(10)} MiB`,
+        `${String(x.round).padStart(5)} ${String(x.dirtyPages).padStart(12)} ${mib(x.guestBytes).padStart(10)} ${mib(x.deviceBytes).padStart(11)} ${x.ms.toFixed(1).padStart(9)} ${mib(x.remainingEstimate).padStart(10)} MiB ${ms(x.predictedDowntimeMs).padStart(12)}`,
     ),
+    '',
+    `downtime${r.overlapped ? ' (device data alongside the final pages)' : ''}         ms`,
+    ...(Object.keys(PART_LABELS) as (keyof DowntimeParts)[]).map((k) => `  ${PART_LABELS[k].padEnd(30)} ${r.downtimeParts[k].toFixed(3).padStart(9)}`),
+    `  ${'total'.padEnd(30)} ${r.downtimeMs.toFixed(3).padStart(9)}   predicted ${ms(r.predictedDowntimeMs)} (limit ${r.maxDowntimeMs})`,
     '',
     `downtime ${r.downtimeMs.toFixed(1)} ms, total ${r.totalMs.toFixed(1)} ms, ${mib(r.deviceBytes)} MiB device state, ${mib(r.guestBytes)} MiB guest memory` +
       (r.preCopy ? `, pre-copy ${r.converged ? 'converged' : 'stopped at the round limit'}` : ', no pre-copy'),
   ];
+  if (r.rates) {
+    const mbs = (x: number): string => `${(x / 1000).toFixed(0)} MB/s`;
+    const t = r.rates;
+    lines.push(
+      `measured: pages ${mbs(t.guestBytesPerMs)}, device data ${mbs(t.deviceBytesPerMs)}, guest dirtying ${mbs(t.dirtyBytesPerMs)}, ` +
+        `round trip ${(t.roundTripMs * 1000).toFixed(0)} µs, dirty report ${(t.dirtyReportMs * 1000).toFixed(0)} µs`,
+    );
+  }
   if (r.sourceChecksum !== undefined) {
-    lines.push('(stop-copy and resume times include computing the checksums; the downtime does not)');
+    lines.push(`verification after RUNNING ${r.verifyMs.toFixed(1)} ms (not in the downtime; in the resume phase's time)`);
     lines.push(`checksum source ${r.sourceChecksum} destination ${r.destinationChecksum ?? '-'} ${r.sourceChecksum === r.destinationChecksum ? 'MATCH' : 'MISMATCH'}`);
   }
   return lines.join('\n');
 }
-

@@ -1,0 +1,309 @@
+// The walk over one DMA mapping's dirty pages, in the orchestrator's logging
+// page size: the device's dirty bitmap (DMA_LOGGING_REPORT, one bit a page)
+// merged with the guest's own and message writes (GuestMemory's flags, one
+// byte per 4 KiB page, taken and cleared as they are read) and with pages
+// found dirty earlier and not sent yet.  Each run of adjacent dirty pages is
+// handed on as soon as the run ends, so the first pages are on their way
+// before the end of the bitmap is read.  The arrays are made once, when the
+// migration is set up, not in the downtime window.
+import { PAGE_SIZE } from '../native/index.js';
+import type { GuestRange } from './guest-memory.js';
+
+/**
+ * Where a run of dirty pages goes: guest address and the bytes (a view of
+ * guest memory).  A sink that is done at once returns nothing (no promise
+ * to wait for per run).
+ */
+export type RunSink = (iova: number, data: Buffer) => void | Promise<void>;
+
+/** Runs found before they are handed on: a batch goes out while the rest of the bitmap waits. */
+export const RUN_BATCH = 64;
+
+/** Pages the full pass sends one at a time (see sendAll). */
+export const WARM_RUNS = 2048;
+
+/** A run is handed on whole up to this size, then in pieces (a sink's message need not grow with the guest). */
+export const MAX_RUN_BYTES = 4 << 20;
+
+/** The dirty state of one mapping [iova, iova+size) inside guest range `range`. */
+export class MappingWalk {
+  /** Logging pages in the mapping. */
+  readonly pages: number;
+  /** Pages found dirty by an earlier sync and not sent since. */
+  readonly pending: Uint8Array;
+  private pendingCount = 0;
+  /** The mapping's first byte within its guest range. */
+  private readonly offset: number;
+  // Eight pages at a time are skipped when all their flags are zero: these
+  // are the flag arrays seen as words (host flags only when a logging page
+  // is one 4 KiB flag and the mapping starts on a word of them).
+  private readonly pending32: Uint32Array;
+  /** scan()'s output: RUN_BATCH [from, to) pairs and where to go on. */
+  private readonly runs = new Int32Array(2 * RUN_BATCH + 1);
+  private readonly host32: [Uint32Array, Uint32Array, number] | null;
+
+  constructor(
+    readonly iova: number,
+    readonly size: number,
+    readonly pageSize: number,
+    readonly range: GuestRange,
+  ) {
+    this.pages = Math.ceil(size / pageSize);
+    const padded = Math.ceil(this.pages / 8) * 8;
+    this.pending = new Uint8Array(padded).subarray(0, this.pages);
+    this.pending32 = new Uint32Array(this.pending.buffer, 0, padded / 4);
+    this.offset = iova - range.iova;
+    const first = this.offset / PAGE_SIZE;
+    const cpu = range.cpuDirty;
+    const msg = range.messageDirty;
+    const aligned = pageSize === PAGE_SIZE && first % 8 === 0 && cpu.byteOffset % 4 === 0 && msg.byteOffset % 4 === 0;
+    this.host32 = aligned
+      ? [new Uint32Array(cpu.buffer, cpu.byteOffset, cpu.length >> 2), new Uint32Array(msg.buffer, msg.byteOffset, msg.length >> 2), first / 4]
+      : null;
+  }
+
+  /** From page p (a multiple of 8), the first group of eight that may hold a dirty page. */
+  private skip(p: number, bitmap: Buffer | null): number {
+    const h = this.host32;
+    if (h === null) return p;
+    const [cpu, msg, base] = h;
+    const words = cpu.length;
+    for (; p + 8 <= this.pages; p += 8) {
+      const g = p >> 2;
+      if (bitmap !== null && bitmap[p >> 3] !== 0) break;
+      if (this.pending32[g]! | this.pending32[g + 1]!) break;
+      const w = base + g;
+      if (w + 1 >= words || cpu[w]! | cpu[w + 1]! | msg[w]! | msg[w + 1]!) break;
+    }
+    return p;
+  }
+
+  /** Pages pending (found dirty, not yet sent). */
+  get pendingPages(): number {
+    return this.pendingCount;
+  }
+
+  /**
+   * Whether page `p` is dirty by the guest's CPUs or by message DMA; takes
+   * (clears) those flags.  A logging page may span several 4 KiB flags, or
+   * share one with its neighbours (then a dirty flag dirties each of them;
+   * it is cleared by the last).
+   */
+  private hostDirty(p: number): boolean {
+    const cpu = this.range.cpuDirty;
+    const msg = this.range.messageDirty;
+    const start = this.offset + p * this.pageSize;
+    const first = Math.floor(start / PAGE_SIZE);
+    const last = Math.floor((Math.min(start + this.pageSize, this.offset + this.size) - 1) / PAGE_SIZE);
+    let dirty = false;
+    for (let k = first; k <= last; k++) {
+      if (cpu[k] || msg[k]) {
+        dirty = true;
+        // a flag shared with the next logging page stays for it
+        if ((k + 1) * PAGE_SIZE <= start + this.pageSize || p === this.pages - 1) cpu[k] = msg[k] = 0;
+      }
+    }
+    return dirty;
+  }
+
+  /** Whether page p is dirty in any source; takes the host flags and the pending mark. */
+  private take(p: number, bitmap: Buffer | null): boolean {
+    let d = this.pending[p] !== 0;
+    if (d) {
+      this.pending[p] = 0;
+      this.pendingCount--;
+    }
+    if (bitmap !== null && (bitmap[p >> 3]! & (1 << (p & 7))) !== 0) d = true;
+    if (this.host32 !== null) {
+      // one flag per page, at a fixed distance
+      const k = this.offset / PAGE_SIZE + p;
+      const cpu = this.range.cpuDirty;
+      const msg = this.range.messageDirty;
+      if (cpu[k] !== 0 || msg[k] !== 0) {
+        cpu[k] = msg[k] = 0;
+        d = true;
+      }
+    } else if (this.hostDirty(p)) d = true;
+    return d;
+  }
+
+  /** For the warm-up: a few pages as if written by the guest's CPUs and by message DMA. */
+  markHost(seed: number): void {
+    const first = Math.ceil(this.offset / PAGE_SIZE);
+    const flags = Math.floor((this.offset + this.size) / PAGE_SIZE) - first;
+    for (let k = seed % 7; k < Math.min(flags, 512); k += 61) this.range.cpuDirty[first + k] = 1;
+    for (let k = seed % 5; k < Math.min(flags, 512); k += 97) this.range.messageDirty[first + k] = 1;
+  }
+
+  /** Syncs without sending: every dirty page becomes pending.  Returns the pending count. */
+  collect(bitmap: Buffer | null): number {
+    for (let p = 0; p < this.pages; p++) {
+      if ((p & 7) === 0) {
+        const q = this.skip(p, bitmap);
+        if (q >= this.pages) break;
+        p = q;
+      }
+      if (this.take(p, bitmap)) {
+        this.pending[p] = 1;
+        this.pendingCount++;
+      }
+    }
+    return this.pendingCount;
+  }
+
+  /**
+   * Walks the pages, handing the runs of dirty ones to `sink` a batch at a
+   * time (RUN_BATCH runs): the first go out before the rest of the bitmap
+   * is read.  Returns [pages, bytes] sent.
+   */
+  async send(bitmap: Buffer | null, sink: RunSink): Promise<[number, number]> {
+    const runs = this.runs;
+    let pages = 0;
+    let bytes = 0;
+    for (let at = 0; at < this.pages; ) {
+      const n = this.scan(bitmap, at, runs);
+      at = runs[2 * RUN_BATCH]!;
+      for (let i = 0; i < n; i++) pages += runs[2 * i + 1]! - runs[2 * i]!;
+      bytes += await this.deliver(n, sink);
+    }
+    return [pages, bytes];
+  }
+
+  /**
+   * Hands the first `n` runs of this.runs to `sink`, waiting only for a sink
+   * that returns a promise.  The one loop every page goes through, the
+   * first full pass's included, so it is warm with the real sink by the
+   * time the final pages go.
+   */
+  private async deliver(n: number, sink: RunSink): Promise<number> {
+    const runs = this.runs;
+    const limit = this.offset + this.size;
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      const start = this.offset + runs[2 * i]! * this.pageSize;
+      const end = Math.min(limit, this.offset + runs[2 * i + 1]! * this.pageSize);
+      const done = sink(this.range.iova + start, this.range.bytes.subarray(start, end));
+      if (done !== undefined) await done;
+      bytes += end - start;
+    }
+    return bytes;
+  }
+
+  /**
+   * From page `at`, finds up to RUN_BATCH runs of dirty pages (taking their
+   * flags) into `runs` as [from, to) pairs; the page to go on from is left
+   * in runs[2 * RUN_BATCH].  Returns the number of runs.  Sends nothing,
+   * so a warm-up can run it on scratch memory.
+   */
+  scan(bitmap: Buffer | null, at: number, runs: Int32Array): number {
+    const maxRun = Math.max(1, Math.floor(MAX_RUN_BYTES / this.pageSize));
+    let n = 0;
+    let run = -1;
+    let p = at;
+    for (; p <= this.pages; p++) {
+      if (run < 0 && (p & 7) === 0) p = this.skip(p, bitmap);
+      const dirty = p < this.pages && this.take(p, bitmap);
+      if (dirty && run < 0) run = p;
+      if (run >= 0 && (!dirty || p - run === maxRun)) {
+        runs[2 * n] = run;
+        runs[2 * n + 1] = p;
+        n++;
+        run = dirty ? p : -1;
+        if (n === RUN_BATCH) {
+          // a run just begun at p is taken up again from p
+          if (dirty) this.untake(p);
+          break;
+        }
+      }
+    }
+    runs[2 * RUN_BATCH] = n === RUN_BATCH ? p : this.pages;
+    return n;
+  }
+
+  /** Gives page p back its dirty mark (the scan stopped on it). */
+  private untake(p: number): void {
+    this.pending[p] = 1;
+    this.pendingCount++;
+  }
+
+  /**
+   * Sends every page, the flags cleared first (a write from then on is seen
+   * by the next walk).  The first WARM_RUNS pages go one page a run: not a
+   * byte more than the full pass, and the loop that delivers runs, with the
+   * real sink behind it, is compiled by the time the final pages go.
+   * Returns [pages, bytes].
+   */
+  async sendAll(sink: RunSink): Promise<[number, number]> {
+    this.pending.fill(0);
+    this.pendingCount = 0;
+    const first = Math.floor(this.offset / PAGE_SIZE);
+    const last = Math.ceil((this.offset + this.size) / PAGE_SIZE);
+    this.range.cpuDirty.fill(0, first, last);
+    this.range.messageDirty.fill(0, first, last);
+    const step = Math.max(1, Math.floor(MAX_RUN_BYTES / this.pageSize));
+    const single = Math.min(this.pages, WARM_RUNS);
+    let bytes = 0;
+    for (let p = 0; p < this.pages; ) {
+      let n = 0;
+      for (; n < RUN_BATCH && p < this.pages; n++) {
+        const to = p < single ? p + 1 : Math.min(this.pages, p + step);
+        this.runs[2 * n] = p;
+        this.runs[2 * n + 1] = to;
+        p = to;
+      }
+      bytes += await this.deliver(n, sink);
+    }
+    return [this.pages, bytes];
+  }
+}
+
+/**
+ * Runs the walk on scratch memory until V8 has compiled it, every branch it
+ * takes later included (code never run is compiled to bail out when first
+ * reached), so that the walk in the downtime window does not run
+ * interpreted in a fresh process.  Sends nothing.  Measures meanwhile, warm,
+ * the walk over a clean page and the walk and copy of a scattered dirty one
+ * (ms): the cheapest pass of several, as a pass the scheduler cut into does
+ * not measure the code.
+ */
+export function warmUpWalk(pageSize: number): { walkPageMs: number; pageMs: number } {
+  const pages = 8192;
+  const size = pages * pageSize;
+  const flags = Math.ceil(size / PAGE_SIZE);
+  const range: GuestRange = { iova: 0, size, bytes: Buffer.alloc(size), fd: -1, messageDirty: new Uint8Array(flags), cpuDirty: new Uint8Array(flags) };
+  const into = Buffer.alloc(size);
+  const w = new MappingWalk(0, size, pageSize, range);
+  const runs = new Int32Array(2 * RUN_BATCH + 1);
+  let walkPageMs = Infinity;
+  let pageMs = Infinity;
+  for (let i = 0; i < 16; i++) {
+    const a = Buffer.alloc(Math.ceil(pages / 8));
+    const b = Buffer.alloc(a.length);
+    for (let p = i & 3; p < pages; p += 4) a[p >> 3]! |= 1 << (p & 7);
+    for (let p = (i + 2) & 3; p < pages; p += 8) b[p >> 3]! |= 1 << (p & 7);
+    w.collect(a); // pending: every 4th page
+    w.markHost(i); // and a few CPU and message writes
+    const bm = i % 3 === 0 ? null : b;
+    const t0 = performance.now();
+    let sent = 0;
+    for (let at = 0; at < pages; ) {
+      const n = w.scan(bm, at, runs);
+      at = runs[2 * RUN_BATCH]!;
+      for (let k = 0; k < n; k++) {
+        const from = runs[2 * k]! * pageSize;
+        const to = runs[2 * k + 1]! * pageSize;
+        range.bytes.copy(into, from, from, to);
+        sent += (to - from) / pageSize;
+      }
+    }
+    const t1 = performance.now();
+    w.collect(null);
+    const t2 = performance.now();
+    if (i >= 8) {
+      const clean = (t2 - t1) / pages;
+      walkPageMs = Math.min(walkPageMs, clean);
+      if (sent > 0) pageMs = Math.min(pageMs, Math.max(0, t1 - t0 - clean * pages) / sent);
+    }
+  }
+  return { walkPageMs, pageMs };
+}

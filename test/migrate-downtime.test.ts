@@ -1,0 +1,108 @@
+// The downtime, taken apart and predicted: the report's parts add up to the
+// downtime; switch-over waits for the device's initial data (sizing
+// extension or not); a migration that cannot converge says so and rolls
+// back.  (The prediction on the bench scenario: migrate-prediction.test.ts.)
+import { strict as assert } from 'node:assert';
+import { describe, test } from 'node:test';
+import type { VfioUserClient } from '../src/client/client.js';
+import { LocalTarget, MigrationNotConvergedError, migrate, type MigrationReport } from '../src/client/migrate.js';
+import { createBigState } from '../src/devices/bigstate.js';
+import { MigState } from '../src/protocol/constants.js';
+import { serve } from './helpers/server.js';
+
+const MiB = 1024 * 1024;
+
+async function pair(opts: { stateMib: number; guestMib: number; sizing?: boolean }) {
+  const a = createBigState({ stateMib: opts.stateMib, precopyMib: opts.stateMib });
+  const b = createBigState({ stateMib: opts.stateMib, precopyMib: opts.stateMib, seed: 2 });
+  const sa = await serve(a.device);
+  const sb = await serve(b.device);
+  const src = await sa.connect({ migSizing: opts.sizing ?? true });
+  const dst = await sb.connect();
+  const ram = { iova: 0x100000, size: opts.guestMib * MiB };
+  src.memory.add(ram.iova, ram.size).bytes.fill(0x33);
+  await src.dmaMap(ram);
+  return { a, b, src, dst, ram, close: async () => (await sa.close(), await sb.close()) };
+}
+
+/** A guest that writes `pct`% of its pages (one 4 KiB page in every 100/pct) each time it is called. */
+function dirtier(src: VfioUserClient, ram: { iova: number; size: number }, pct: number): () => void {
+  let n = 0;
+  const step = Math.max(1, Math.round(100 / pct));
+  return () => {
+    n++;
+    for (let p = n % step; p < ram.size / 4096; p += step) src.memory.write(ram.iova + p * 4096, Buffer.from([n & 0xff]));
+  };
+}
+
+const sum = (r: MigrationReport): number => Object.values(r.downtimeParts).reduce((x, y) => x + y, 0);
+
+describe('downtime parts and switch-over', () => {
+  test('the parts add up to the downtime; prediction, rates and verification are reported', async () => {
+    const p = await pair({ stateMib: 4, guestMib: 4 });
+    const guest = dirtier(p.src, p.ram, 5);
+    const r = await migrate(p.src, new LocalTarget(p.dst, async () => 'same'), {
+      onProgress: (e) => e.remainingEstimate !== undefined && guest(),
+      sourceChecksum: async () => 'same',
+    });
+    assert.ok(r.downtimeMs > 0);
+    for (const [k, v] of Object.entries(r.downtimeParts)) assert.ok(v >= 0, `${k} = ${v}`);
+    assert.ok(Math.abs(sum(r) - r.downtimeMs) <= 1e-9 * Math.max(1, r.downtimeMs), `parts ${sum(r)} vs ${r.downtimeMs}`);
+    assert.ok(r.downtimeParts.destinationStopMs > 0 && r.downtimeParts.sourceStopCopyMs > 0);
+    assert.ok(r.converged && r.overlapped);
+    assert.ok(r.predictedDowntimeMs !== null && r.predictedDowntimeMs > 0);
+    assert.equal(r.maxDowntimeMs, 300);
+    assert.ok(r.rates !== null && r.rates.guestBytesPerMs > 0 && r.rates.deviceBytesPerMs > 0 && r.rates.roundTripMs > 0);
+    assert.equal(r.sourceChecksum, 'same');
+    assert.equal(r.destinationChecksum, 'same');
+    const last = r.rounds[r.rounds.length - 1]!;
+    assert.ok(last.dirtyPages >= (p.ram.size / 4096) * 0.05 - 1, 'the final round carries what the guest wrote after the last sync');
+    assert.ok(p.src.memory.view(p.ram.iova, p.ram.size).equals(p.dst.memory.view(p.ram.iova, p.ram.size)));
+    assert.equal(p.b.state.equals(p.a.state), true);
+    await p.close();
+  });
+
+  for (const sizing of [true, false]) {
+    test(`switch-over waits for the device's initial data (${sizing ? 'precopy_info and data_size' : 'no sizing extension: what it streams'})`, async () => {
+      const p = await pair({ stateMib: 8, guestMib: 1, sizing });
+      // 64 KiB chunks: a pre-copy round reads at most ~4 MiB, so the 8 MiB
+      // of initial data take more than the first round
+      const r = await migrate(p.src, new LocalTarget(p.dst), { chunkSize: 64 * 1024 });
+      const pre = r.rounds.slice(0, -1).reduce((n, x) => n + x.deviceBytes, 0);
+      assert.equal(pre, 8 * MiB, 'all initial data went before switching over');
+      assert.ok(r.rounds.length >= 3, `rounds: ${r.rounds.length}`);
+      assert.equal(r.rounds[r.rounds.length - 1]!.deviceBytes, 0);
+      assert.equal(r.stopCopyBytesExpected, sizing ? 0 : null);
+      assert.ok(p.b.state.equals(p.a.state));
+      await p.close();
+    });
+  }
+
+  test('a guest dirtying faster than it can converge: the migration says so and rolls back', async () => {
+    const p = await pair({ stateMib: 1, guestMib: 2 });
+    const guest = dirtier(p.src, p.ram, 100);
+    await assert.rejects(
+      migrate(p.src, new LocalTarget(p.dst), { maxDowntimeMs: 0, maxRounds: 3, onProgress: (e) => e.remainingEstimate !== undefined && guest() }),
+      (e: unknown) => {
+        assert.ok(e instanceof MigrationNotConvergedError);
+        assert.match(e.message, /cannot converge: after 3 rounds/);
+        assert.match(e.message, /the guest dirties [\d.]+ MB\/s, pages move at [\d.]+ MB\/s/);
+        assert.equal(e.report.rounds.length, 4);
+        assert.equal(e.report.converged, false);
+        assert.ok(e.report.rates !== null && e.report.rates.dirtyBytesPerMs > 0);
+        return true;
+      },
+    );
+    assert.equal(await p.src.migrationState(), MigState.RUNNING);
+    assert.equal(await p.dst.migrationState(), MigState.RUNNING);
+    assert.equal(p.b.device.dma.count, 0, 'destination released');
+    await p.close();
+  });
+
+  test('timeoutMs gives up pre-copy the same way', async () => {
+    const p = await pair({ stateMib: 1, guestMib: 1 });
+    await assert.rejects(migrate(p.src, new LocalTarget(p.dst), { maxDowntimeMs: 0, timeoutMs: 0 }), MigrationNotConvergedError);
+    assert.equal(await p.src.migrationState(), MigState.RUNNING);
+    await p.close();
+  });
+});
