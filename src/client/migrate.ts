@@ -513,6 +513,7 @@ class Migration {
     await this.model.trip(() => this.source.setMigrationState(MigState.PRE_COPY));
     await this.preCopyRound(0, null);
     for (let round = 1; ; round++) {
+      if (this.opts.roundDelayMs) await new Promise((r) => setTimeout(r, this.opts.roundDelayMs));
       this.log.round = round;
       this.step = `pre-copy round ${round}`;
       const d = await this.decide();
@@ -525,7 +526,6 @@ class Migration {
         throw this.notConverged(round, d);
       }
       await this.preCopyRound(round, d);
-      if (this.opts.roundDelayMs) await new Promise((r) => setTimeout(r, this.opts.roundDelayMs));
     }
   }
 
