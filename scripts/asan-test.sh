@@ -12,8 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mktemp -d /tmp/vfu-asan-XXXXXX)
 trap 'rm -rf "$out"' EXIT
 cp -r "$root/binding.gyp" "$root/native" "$root/dist" "$root/package.json" "$out/"
-mkdir "$out/scripts"
-cp "$root/scripts/build-native.mjs" "$root/scripts/run-tests.mjs" "$out/scripts/"
+cp -r "$root/scripts" "$out/"
 ln -s "$root/node_modules" "$out/node_modules"
 [ -d "$root/test/vectors" ] && mkdir -p "$out/test" && ln -s "$root/test/vectors" "$out/test/vectors"
 cd "$out"
