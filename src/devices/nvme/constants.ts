@@ -99,6 +99,8 @@ export const Cns = {
   CONTROLLER: 0x01,
   ACTIVE_NS_LIST: 0x02,
   NS_DESCRIPTORS: 0x03,
+  /** I/O Command Set specific Identify Controller (here: NVM, all limits 0). */
+  CS_CONTROLLER: 0x06,
 } as const;
 
 /**

@@ -908,6 +908,10 @@ export class NvmeController {
       case Cns.NS_DESCRIPTORS:
         if (nsid !== 1) return Status.INVALID_NAMESPACE;
         return this.toHost(sqe, namespaceDescriptors(id));
+      case Cns.CS_CONTROLLER:
+        // NVM command set (CSI 0): no Verify, Write Zeroes or DSM size limits.
+        if (sqe[47] !== 0) return Status.INVALID_FIELD;
+        return this.toHost(sqe, Buffer.alloc(4096));
       default:
         return Status.INVALID_FIELD;
     }
