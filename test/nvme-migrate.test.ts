@@ -174,6 +174,17 @@ describe('nvme live migration', () => {
     d.close();
   });
 
+  it('vfu serve nvme refuses an image whose size disagrees with --size, and a missing --image', async () => {
+    const p = start([cli, 'serve', 'nvme', '--image', image, '--size', '8M', '--socket-path', join(t.dir, 'x.sock')]);
+    const [code] = await p.exited;
+    assert.notEqual(code, 0);
+    assert.match(p.stderr(), /exists with 67108864 bytes, not the 8388608 given with --size/);
+    const q = start([cli, 'serve', 'nvme', '--socket-path', join(t.dir, 'y.sock')]);
+    const [code2] = await q.exited;
+    assert.notEqual(code2, 0);
+    assert.match(q.stderr(), /--image/);
+  });
+
   it('migrates while idle', async () => {
     const c = await server(t.dir, 'c', image);
     const e = await server(t.dir, 'e', image);

@@ -14,6 +14,7 @@ import cliProgress from 'cli-progress';
 import { VfioUserClient } from '../client/client.js';
 import { LocalTarget, formatReport, migrate, type MigrationReport } from '../client/migrate.js';
 import { BAR1_SIZE } from '../devices/sample.js';
+import { demoNvme } from './demo-nvme.js';
 import { IrqIndex, PciRegion } from '../protocol/constants.js';
 
 export interface DemoOptions {
@@ -21,6 +22,8 @@ export interface DemoOptions {
   rounds?: string;
   json?: boolean;
   quiet?: boolean;
+  /** 'sample' (default) or 'nvme' (see demo-nvme.ts). */
+  device?: string;
 }
 
 const cliPath = fileURLToPath(new URL('./main.js', import.meta.url));
@@ -84,6 +87,8 @@ export class Guest {
 }
 
 export async function demoCommand(o: DemoOptions): Promise<void> {
+  if (o.device === 'nvme') return demoNvme(o);
+  if (o.device !== undefined && o.device !== 'sample') throw new Error(`demo: --device is sample or nvme, not '${o.device}'`);
   const guestMib = Number(o.guestMib ?? 64);
   const dir = mkdtempSync(join(tmpdir(), 'vfu-demo-'));
   const srcPath = join(dir, 'source.sock');

@@ -51,6 +51,7 @@ program
   .option('--rounds <n>', 'maximum pre-copy rounds', '6')
   .option('--json', 'print the migration report as JSON')
   .option('-q, --quiet', 'no progress output')
+  .option('--device <name>', 'sample (default), or nvme: I/O through an NVMe controller carrying on across the switch-over')
   .action(demoCommand);
 
 program
