@@ -556,6 +556,7 @@ async function stream(ctx: Ctx): Promise<void> {
  * other CPU (the pread baseline gets the same freedom).
  */
 async function nvme(ctx: Ctx): Promise<void> {
+  ctx.notes.push('nvme: its processes are not pinned (the backend I/O runs on the threadpool, which should use the other CPU)');
   const image = join(ctx.dir, 'nvme.img');
   const size = 256 * MiB;
   {
