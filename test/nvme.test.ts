@@ -498,6 +498,45 @@ describe('nvme controller lifecycle', () => {
     }
   });
 
+  for (const interrupts of ['msi', 'intx'] as const) {
+    it(`works with ${interrupts === 'msi' ? 'one MSI vector' : 'INTx'} instead of MSI-X, re-signalling on unmask`, async () => {
+      const t = tempDir('vfu-nvme-');
+      const nvme = createNvme({ image: join(t.dir, 'i.img'), size: 8 * MiB, queues: 2 });
+      const served = await serve(nvme.device);
+      try {
+        const client = await served.connect();
+        const d = await NvmeDriver.open(client, { ioQueues: 2, interrupts });
+        const bufs = Array.from({ length: 8 }, () => d.alloc(4096));
+        await Promise.all(
+          bufs.map(async (b, i) => {
+            d.store(b, pattern(i + 50, 4096));
+            await d.write(1 + (i % 2), i * 8, 8, b);
+            d.store(b, Buffer.alloc(4096));
+            await d.read(2 - (i % 2), i * 8, 8, b);
+            assert.deepEqual(d.view(b, 4096), pattern(i + 50, 4096));
+          }),
+        );
+        const index = interrupts === 'msi' ? IrqIndex.MSI : IrqIndex.INTX;
+        assert.ok(nvme.device.irqs.delivered[index]! > 0);
+        // Masked by the client while a completion lands: delivered on unmask.
+        await client.maskInterrupts(index, 0, 1, true);
+        const b = bufs[0]!;
+        const r = d.read(1, 0, 8, b);
+        await new Promise<void>((res) => {
+          const check = (): void => (nvme.device.irqs.isPending(index, 0) ? res() : void setImmediate(check));
+          check();
+        });
+        await client.maskInterrupts(index, 0, 1, false);
+        await r;
+        d.close();
+      } finally {
+        await served.close();
+        nvme.close();
+        t.cleanup();
+      }
+    });
+  }
+
   it('takes doorbells as ioeventfds with shadow doorbells', async () => {
     const t = tempDir('vfu-nvme-');
     const nvme = createNvme({ image: join(t.dir, 'd.img'), size: 8 * MiB, queues: 2, shadowDoorbells: true });

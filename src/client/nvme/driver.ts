@@ -51,6 +51,11 @@ export interface NvmeDriverOptions {
   memoryIova?: number;
   /** Bytes of data area for alloc() (default 8 MiB). */
   dataBytes?: number;
+  /**
+   * Interrupt type: 'msix' (default, one vector per queue), or one shared
+   * 'msi' vector or INTx line (every queue is reaped on it).
+   */
+  interrupts?: 'msix' | 'msi' | 'intx';
 }
 
 /** What Identify told us. */
@@ -116,10 +121,12 @@ export class NvmeDriver {
   private readonly eventIdxIova: number;
   private doorbellFds: number[] = [];
   private paused = false;
+  private readonly irqIndex: number;
   private readonly onIrq = (index: number, vector: number): void => {
-    if (index !== IrqIndex.MSIX) return;
+    if (index !== this.irqIndex) return;
     this.interrupts[vector] = (this.interrupts[vector] ?? 0) + 1;
-    this.reap(vector);
+    if (index === IrqIndex.MSIX) this.reap(vector);
+    else for (const q of this.queues) this.reap(q.qid);
   };
   /** Interrupts seen, per vector. */
   readonly interrupts: number[] = [];
@@ -134,7 +141,9 @@ export class NvmeDriver {
       doorbells: opts.doorbells ?? 'posted',
       memoryIova: opts.memoryIova ?? 0x4000_0000,
       dataBytes: opts.dataBytes ?? 8 << 20,
+      interrupts: opts.interrupts ?? 'msix',
     };
+    this.irqIndex = { msix: IrqIndex.MSIX, msi: IrqIndex.MSI, intx: IrqIndex.INTX }[this.opts.interrupts];
     const q = this.opts.ioQueues;
     const e = this.opts.queueEntries;
     let at = this.opts.memoryIova;
@@ -211,8 +220,7 @@ export class NvmeDriver {
     await this.writeReg32(NvmeReg.ASQ + 4, Math.floor(a.sqIova / 2 ** 32));
     await this.writeReg32(NvmeReg.ACQ, a.cqIova % 2 ** 32);
     await this.writeReg32(NvmeReg.ACQ + 4, Math.floor(a.cqIova / 2 ** 32));
-    const vectors = this.queues.length;
-    await this.client.enableInterrupts(IrqIndex.MSIX, vectors);
+    await this.client.enableInterrupts(this.irqIndex, this.irqIndex === IrqIndex.MSIX ? this.queues.length : 1);
     this.client.on('interrupt', this.onIrq);
     await this.writeReg32(NvmeReg.CC, Cc.EN | (6 << Cc.IOSQES_SHIFT) | (4 << Cc.IOCQES_SHIFT));
     await this.waitReady(true, timeoutMs);
@@ -239,7 +247,8 @@ export class NvmeDriver {
       cap,
     };
     for (const q of this.queues.slice(1)) {
-      await this.admin(AdminOp.CREATE_CQ, { prp1: q.cqIova, cdw10: ((q.entries - 1) << 16) | q.qid, cdw11: (q.qid << 16) | 0b11 });
+      const iv = this.irqIndex === IrqIndex.MSIX ? q.qid : 0;
+      await this.admin(AdminOp.CREATE_CQ, { prp1: q.cqIova, cdw10: ((q.entries - 1) << 16) | q.qid, cdw11: (iv << 16) | 0b11 });
       await this.admin(AdminOp.CREATE_SQ, { prp1: q.sqIova, cdw10: ((q.entries - 1) << 16) | q.qid, cdw11: (q.qid << 16) | 1 });
     }
     if (this.opts.doorbells === 'ioeventfd') await this.setupShadowDoorbells();

@@ -193,8 +193,6 @@ export class NvmeController {
   private signalScheduled = false;
   private readonly coalesceCount = new Map<number, number>();
   private readonly coalesceTimers = new Map<number, NodeJS.Timeout>();
-  /** INTx: signalled and not yet re-enabled by the client (level emulation). */
-  private intxLatched = false;
   private intxCheck: NodeJS.Timeout | null = null;
   private readonly startedAt = Date.now();
   readonly stats: NvmeStats = { commands: 0, completions: 0, interrupts: 0, doorbells: 0, bounced: 0 };
@@ -394,7 +392,6 @@ export class NvmeController {
     for (const t of this.coalesceTimers.values()) clearTimeout(t);
     this.coalesceTimers.clear();
     this.coalesceCount.clear();
-    this.intxLatched = false;
     this.device.log('debug', `nvme: controller reset (${why})`);
   }
 
@@ -704,11 +701,11 @@ export class NvmeController {
       if (irqs.trigger(IrqIndex.MSI, 0)) this.stats.interrupts++;
       return;
     }
-    if (this.intms & 1 || this.intxLatched) return;
-    if (irqs.trigger(IrqIndex.INTX, 0)) {
-      this.stats.interrupts++;
-      this.intxLatched = true;
-    }
+    // INTx is a level the client emulates: signalling it again while it is
+    // asserted is harmless, and no latch here means none can get stuck
+    // (whether the client re-enables it by message or by a resample fd).
+    if (this.intms & 1) return;
+    if (irqs.trigger(IrqIndex.INTX, 0)) this.stats.interrupts++;
   }
 
   private anyEventfd(index: number): boolean {
@@ -730,7 +727,6 @@ export class NvmeController {
    * arrives just after.
    */
   intxUnmasked(): void {
-    this.intxLatched = false;
     if (this.intxCheck !== null) return;
     this.intxCheck = setTimeout(() => {
       this.intxCheck = null;
