@@ -350,6 +350,29 @@ describe('nvme controller', () => {
     assert.deepEqual(d.view(b, 4096), pattern(99, 4096));
     assert.equal((await d.readReg32(NvmeReg.CSTS)) & Csts.CFS, 0);
   });
+  it('logs every page it writes into guest memory while dirty logging is on', async () => {
+    const b = d.alloc(16384);
+    d.store(b, pattern(8, 16384));
+    await d.write(1, 50000, 32, b);
+    const m = client.dmaMappings.find((x) => x.iova <= b && b < x.iova + x.size)!;
+    await client.startDirtyLogging(4096, [{ iova: m.iova, length: m.size }]);
+    try {
+      await client.dirtyReport(m.iova, m.size, 4096); // clears what came before
+      await d.read(1, 50000, 32, b);
+      const bm = await client.dirtyReport(m.iova, m.size, 4096);
+      const dirty = (iova: number): boolean => {
+        const p = Math.floor((iova - m.iova) / 4096);
+        return (bm[p >> 3]! & (1 << (p & 7))) !== 0;
+      };
+      for (let i = 0; i < 4; i++) assert.ok(dirty(b + i * 4096), `data page ${i}`);
+      assert.ok(dirty(d.queues[1]!.cqIova), 'the completion queue page');
+      assert.ok(!dirty(d.queues[2]!.sqIova), 'a page the device only reads');
+      assert.ok(!dirty(b + 16384), 'the page after the buffer');
+    } finally {
+      await client.stopDirtyLogging();
+    }
+  });
+
   it('survives generated commands: every one completes, the controller stays healthy', async () => {
     // Guest memory the commands may point at: a scratch area (never the
     // driver's queues), plus addresses outside every mapping.
