@@ -163,6 +163,7 @@ describe('nvme live migration', () => {
     await w.verifyAll();
     assert.deepEqual(w.mismatches, []);
     assert.deepEqual(d.outstanding.slice(1), [0, 0], 'nothing lost');
+    assert.equal(d.completed, d.submitted - 1, 'one completion per command (the held AER aside)');
     assert.deepEqual(errors, [], 'no completion for an unknown or finished command');
     // The held AER completes on the destination when an event happens there.
     await d.setFeatures(Feature.TEMP_THRESHOLD, 300);

@@ -132,6 +132,9 @@ export class NvmeDriver {
   readonly interrupts: number[] = [];
   /** Statistics: doorbell writes issued. */
   doorbellWrites = 0;
+  /** Commands submitted, and completions matched to one of them. */
+  submitted = 0;
+  completed = 0;
 
   private constructor(client: VfioUserClient, opts: NvmeDriverOptions) {
     this.client = client;
@@ -322,6 +325,7 @@ export class NvmeDriver {
       const go = (): void => {
         const cid = q.free.pop()!;
         q.pending.set(cid, { resolve, reject });
+        this.submitted++;
         const cmd = Buffer.from(sqe);
         cmd.writeUInt16LE(cid, 2);
         this.store(q.sqIova + q.sqTail * SQE_SIZE, cmd);
@@ -407,6 +411,7 @@ export class NvmeDriver {
       }
       sq.pending.delete(c.cid);
       sq.free.push(c.cid);
+      this.completed++;
       p.resolve(c);
     }
     if (n > 0) this.doorbell(qid * 2 + 1, q.cqHead);
