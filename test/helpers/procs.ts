@@ -64,7 +64,7 @@ export function holdings(pid: number): Holdings {
 }
 
 /** Waits until a server holds what it held at rest (its client's resources released). */
-export async function backTo(pid: number, h: Holdings, ms = 5000): Promise<void> {
+export async function backTo(pid: number, h: Holdings, ms = 30_000): Promise<void> {
   const end = Date.now() + ms;
   for (;;) {
     const now = holdings(pid);
