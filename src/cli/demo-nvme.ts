@@ -91,6 +91,8 @@ export async function demoNvme(o: NvmeDemoOptions): Promise<void> {
     await new Promise((r) => setTimeout(r, 600));
     report = await migrate(src, new LocalTarget(dst), {
       maxRounds: Number(o.rounds ?? 6),
+      // The controller's state is ~1.4 KB: what is left decides (see nvme-migrate.test.ts).
+      convergeBytes: 8 << 20,
       pauseGuest: () => {
         d.pause();
         out(`  -- switch-over: guest paused, in-flight commands drained on the source --`);
