@@ -279,9 +279,9 @@ describe('process faults: SIGKILL and a cut migration stream', () => {
 
   test('the TCP migration stream cut mid-chunk: vfu migrate rolls back, vfu receive resets the destination, both exit', { timeout: 60_000 }, async () => {
     const s = await servers();
-    const receivePort = await freePort();
-    const recv = start([cli, 'receive', '--listen', `tcp://127.0.0.1:${receivePort}`, '--to', s.dstPath, '--json']);
-    await until(() => /listening/.test(recv.stderr()), 10_000, 'vfu receive');
+    const recv = start([cli, 'receive', '--listen', 'tcp://127.0.0.1:0', '--to', s.dstPath, '--json']);
+    await until(() => /listening on tcp:\/\/127\.0\.0\.1:\d+/.test(recv.stderr()), 10_000, 'vfu receive');
+    const receivePort = Number(/listening on tcp:\/\/127\.0\.0\.1:(\d+)/.exec(recv.stderr())![1]);
     // a proxy that forwards the stream and cuts it 4 KiB into the first PAGES chunk
     let cutAt = -1;
     const proxy = createServer((a: Socket) => {
@@ -334,12 +334,3 @@ describe('process faults: SIGKILL and a cut migration stream', () => {
   });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
