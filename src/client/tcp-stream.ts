@@ -18,7 +18,7 @@ import { crc32 } from 'node:zlib';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
-import { LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
+import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
 import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
 /** First four bytes of every chunk ('VFUM' little-endian). */
@@ -336,8 +336,8 @@ export class TcpTarget implements MigrationTarget {
     });
   }
 
-  private static json(c: Chunk): { ok?: boolean; error?: string; errno?: number; checksum?: string } {
-    return JSON.parse(c.payload.toString('utf8')) as { ok?: boolean; error?: string; errno?: number; checksum?: string };
+  private static json(c: Chunk): { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown } {
+    return JSON.parse(c.payload.toString('utf8')) as { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown };
   }
 
   private check(c: Chunk): void {
@@ -376,10 +376,21 @@ export class TcpTarget implements MigrationTarget {
     }
   }
 
-  async finish(): Promise<void> {
+  /**
+   * FINISH, then the receiver's RESULT.  Its STOP -> RUNNING time is the
+   * destination's own; the rest of the wait (the pages still in flight, the
+   * round trip, loading the state) is reported as RESUMING -> STOP.
+   */
+  async finish(): Promise<FinishTimes | void> {
+    const t0 = performance.now();
     const r = this.reply(ChunkType.RESULT);
     await this.send(ChunkType.FINISH, Buffer.alloc(0));
-    this.check(await r);
+    const c = await r;
+    this.check(c);
+    const runningMs = TcpTarget.json(c).runningMs;
+    if (typeof runningMs !== 'number') return;
+    const total = performance.now() - t0;
+    return { stopMs: Math.max(0, total - runningMs), runningMs: Math.min(runningMs, total) };
   }
 
   async checksum(): Promise<string> {
@@ -607,9 +618,9 @@ class Reception {
 
   private async finish(): Promise<void> {
     try {
-      await this.target!.finish();
+      const times = await this.target!.finish();
       this.finished = true;
-      this.reply(ChunkType.RESULT, { ok: true });
+      this.reply(ChunkType.RESULT, { ok: true, ...(times ? { stopMs: times.stopMs, runningMs: times.runningMs } : {}) });
       this.end(true);
     } catch (e) {
       this.reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
