@@ -7,7 +7,8 @@ import { describe, test } from 'node:test';
 import type { VfioUserClient } from '../src/client/client.js';
 import { LocalTarget, MigrationNotConvergedError, migrate, type MigrationReport } from '../src/client/migrate.js';
 import { createBigState } from '../src/devices/bigstate.js';
-import { MigState } from '../src/protocol/constants.js';
+import { MigState, type MigStateId, PciRegion } from '../src/protocol/constants.js';
+import { VfioUserDevice } from '../src/server/device.js';
 import { serve } from './helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -105,4 +106,48 @@ describe('downtime parts and switch-over', () => {
     assert.equal(await p.src.migrationState(), MigState.RUNNING);
     await p.close();
   });
+});
+
+test('a device with little pre-copy data and slow reads still converges: a short read measures latency, not throughput', async () => {
+  // Each read takes 20 ms (a device that answers slowly, or a loaded
+  // machine); pre-copy moves 1 KiB of the 256 KiB state.  Taken as a rate,
+  // 1 KiB in 40 ms would predict seconds for the rest and never switch over.
+  const make = (fill: number) => {
+    const device = new VfioUserDevice({ name: 'slow', pci: { vendorId: 0x1234, deviceId: 0x0003 } });
+    device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
+    device.setupDma();
+    const state = Buffer.alloc(256 * 1024, fill);
+    let sent = 0;
+    let got = 0;
+    device.setupMigration({
+      features: { preCopy: true },
+      transition: (_from: MigStateId, to: MigStateId) => {
+        if (to === MigState.PRE_COPY) sent = 0;
+        if (to === MigState.RESUMING) got = 0;
+      },
+      readData: async (max: number) => {
+        await new Promise((r) => setTimeout(r, 20)); // the slow device itself
+        const limit = device.migration!.state === MigState.STOP_COPY ? state.length : 1024;
+        const n = Math.max(0, Math.min(max, limit - sent));
+        sent += n;
+        return state.subarray(sent - n, sent);
+      },
+      writeData: (data: Buffer) => {
+        data.copy(state, got);
+        got += data.length;
+      },
+      precopyInfo: () => ({ initialBytes: Math.max(0, 1024 - sent), dirtyBytes: 0 }),
+      stopCopySize: () => state.length - sent,
+    });
+    return { device, state };
+  };
+  const a = make(0x5a);
+  const b = make(0);
+  const sa = await serve(a.device);
+  const sb = await serve(b.device);
+  const r = await migrate(await sa.connect({ migSizing: true }), new LocalTarget(await sb.connect()), {});
+  assert.ok(r.converged);
+  assert.ok(b.state.equals(a.state));
+  await sa.close();
+  await sb.close();
 });

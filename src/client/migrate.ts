@@ -741,7 +741,10 @@ class Migration {
         break;
       }
     }
-    if (sent > 0) this.model.device.add(sent, performance.now() - t0);
+    // Only a transfer of at least a whole chunk measures throughput; a smaller
+    // one is one round trip of latency (which the model counts separately),
+    // and taken as a rate it would predict a small device state takes ages.
+    if (sent >= chunk) this.model.device.add(sent, performance.now() - t0);
     return sent;
   }
 
