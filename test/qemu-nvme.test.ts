@@ -165,11 +165,28 @@ for (const variant of [
         await g!.qmp('device_add', QemuGuest.deviceArgs(server!.socket));
         await nvmeLive();
         await verifyAll();
-        // and it still writes: a new pattern over the first region, checked in the image file
-        await g!.sh(`vfutest write /dev/nvme0n1 0 ${256 * KiB} 9`);
-        await g!.sh(`vfutest verify /dev/nvme0n1 0 ${256 * KiB} 9`);
-        assert.equal(checkPattern(image, 0, 256 * KiB, 9), -1);
+        // and it still writes: a new pattern at 32 MiB, checked in the image file
+        await g!.sh(`vfutest write /dev/nvme0n1 ${32 * MiB} ${256 * KiB} 9`);
+        await g!.sh(`vfutest verify /dev/nvme0n1 ${32 * MiB} ${256 * KiB} 9`);
+        assert.equal(checkPattern(image, 32 * MiB, 256 * KiB, 9), -1);
         assert.equal(server!.child.exitCode, null, 'the server is still running');
+      }));
+
+    it('a system_reset while eight writers run: the controller comes back and the data written before is intact', () =>
+      step(async () => {
+        // eight loops writing and checking 2 MiB each at 40-56 MiB, until the reset cuts them off
+        await g!.sh(
+          `for i in 0 1 2 3 4 5 6 7; do (while :; do vfutest write /dev/nvme0n1 $((${40 * MiB} + i * ${2 * MiB})) ${2 * MiB} $((20 + i)) && vfutest verify /dev/nvme0n1 $((${40 * MiB} + i * ${2 * MiB})) ${2 * MiB} $((20 + i)) || echo BAD; done >/dev/null 2>&1) & done`,
+        );
+        // the reset lands once their writes reach the image
+        await g!.until(() => [0, 7].every((i) => checkPattern(image, 40 * MiB + i * 2 * MiB, 4 * KiB, 20 + i) === -1), 60_000, 'the writers\' first blocks in the image');
+        const before = g!.boots();
+        await g!.qmp('system_reset');
+        await g!.ready(before + 1);
+        await nvmeLive();
+        await verifyAll();
+        const base = 16 * MiB;
+        await g!.sh(`for i in 0 1 2 3; do vfutest verify /dev/nvme0n1 $((${base} + i * ${MiB})) ${MiB} $((10 + i)) || exit 1; done`, 120_000);
       }));
 
     it("the guest's kernel logged no nvme timeout, abort, reset or failure", () =>
