@@ -314,7 +314,9 @@ describe('process faults: SIGKILL and a cut migration stream', () => {
     });
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
     const proxyPort = (proxy.address() as { port: number }).port;
-    const mig = start([cli, 'migrate', '--from', s.srcPath, '--to', `tcp://127.0.0.1:${proxyPort}`, '--guest-mib', '1', '--quiet']);
+    // 32 MiB of guest: more than the sender's socket buffers and send buffers
+    // hold, so the reset always finds it still in round 0's pages
+    const mig = start([cli, 'migrate', '--from', s.srcPath, '--to', `tcp://127.0.0.1:${proxyPort}`, '--guest-mib', '32', '--quiet']);
     const [code] = await mig.exited;
     assert.equal(code, 1, `vfu migrate: ${mig.stdout()}${mig.stderr()}`);
     assert.match(mig.stderr(), /migration failed at pre-copy round 0/);

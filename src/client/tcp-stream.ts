@@ -258,7 +258,8 @@ export class TcpTarget implements MigrationTarget {
     });
     s.setNoDelay(true);
     s.on('data', (d: Buffer) => this.onData(d));
-    s.on('error', (e) => this.fail(this.secure ? tlsFailure(e, 'the receiver') : e));
+    // a reset or a broken pipe is no TLS failure (EACCES): it stays what it is
+    s.on('error', (e: NodeJS.ErrnoException) => this.fail(this.secure && e.syscall === undefined ? tlsFailure(e, 'the receiver') : e));
     s.on('close', () => this.fail(new BrokenStreamError(this.closedWhy())));
     return s;
   }
@@ -345,11 +346,20 @@ export class TcpTarget implements MigrationTarget {
     if (!r.ok) throw new VfuError(r.errno ?? Errno.EIO, `destination: ${r.error ?? 'failed'}`);
   }
 
+  /**
+   * Sends a chunk and waits for the answer of type `answer`.  Both are
+   * awaited together: when the send fails (a reset while it waits for the
+   * socket to drain), the answer's rejection is handled too (left alone, it
+   * crashed the process as an unhandled rejection).
+   */
+  private async ask(type: number, payload: Buffer, answer: number): Promise<Chunk> {
+    const [c] = await Promise.all([this.reply(answer), this.send(type, payload)]);
+    return c;
+  }
+
   async begin(layout: GuestLayout): Promise<void> {
     this.sock = await this.open();
-    const ack = this.reply(ChunkType.ACK);
-    await this.send(ChunkType.HELLO, Buffer.from(JSON.stringify({ version: STREAM_VERSION, layout })));
-    this.check(await ack);
+    this.check(await this.ask(ChunkType.HELLO, Buffer.from(JSON.stringify({ version: STREAM_VERSION, layout })), ChunkType.ACK));
   }
 
   async deviceData(chunk: Buffer): Promise<void> {
@@ -383,9 +393,7 @@ export class TcpTarget implements MigrationTarget {
    */
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    const r = this.reply(ChunkType.RESULT);
-    await this.send(ChunkType.FINISH, Buffer.alloc(0));
-    const c = await r;
+    const c = await this.ask(ChunkType.FINISH, Buffer.alloc(0), ChunkType.RESULT);
     this.check(c);
     const runningMs = TcpTarget.json(c).runningMs;
     if (typeof runningMs !== 'number') return;
@@ -394,9 +402,7 @@ export class TcpTarget implements MigrationTarget {
   }
 
   async checksum(): Promise<string> {
-    const r = this.reply(ChunkType.CHECKSUM);
-    await this.send(ChunkType.CHECKSUM, Buffer.alloc(0));
-    return TcpTarget.json(await r).checksum ?? '';
+    return TcpTarget.json(await this.ask(ChunkType.CHECKSUM, Buffer.alloc(0), ChunkType.CHECKSUM)).checksum ?? '';
   }
 
   async abort(reason: Error): Promise<void> {
