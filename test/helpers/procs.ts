@@ -1,8 +1,9 @@
 // Server processes for fault-injection tests: `vfu serve sample` children,
 // and what the kernel says they hold (/proc/<pid>/fd, /proc/<pid>/maps).
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { until } from './wait.js';
 
@@ -18,8 +19,21 @@ export interface Proc {
   stderr: () => string;
 }
 
+/** Started and not yet exited. */
+const running = new Set<ChildProcess>();
+
+// A test that fails before stopping its processes would leave them running:
+// their pipes keep the test file from ending (it then times out) and they
+// outlive the run.  Whatever is still running when the file's tests are done
+// is killed.
+after(() => {
+  for (const c of running) c.kill('SIGKILL');
+});
+
 export function start(args: string[], opts: { cwd?: string } = {}): Proc {
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -28,12 +42,30 @@ export function start(args: string[], opts: { cwd?: string } = {}): Proc {
   return { child, pid: child.pid!, exited, stdout: () => out, stderr: () => err };
 }
 
+/**
+ * A `vfu serve sample` on `path`, once it is listening.  The socket file
+ * appears at bind(), before the server is set up (listen(), its spare
+ * descriptor): what it holds is only its resting state after the
+ * "listening on" line.
+ */
 export async function startServer(path: string): Promise<Proc> {
-  const p = start([cli, 'serve', 'sample', '--socket-path', path]);
-  await until(() => existsSync(path), 10_000, `server socket ${path}`);
+  const p = start([cli, 'serve', 'sample', '--socket-path', path, '--verbose']);
+  await until(() => p.stderr().includes(`listening on ${path}`) || p.child.exitCode !== null, 30_000, `server listening on ${path}`);
+  if (!existsSync(path)) throw new Error(`vfu serve on ${path} did not start: ${p.stderr().slice(-300)}`);
   return p;
 }
 
+
+/** What each descriptor of a process is (for messages). */
+function fdTargets(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/fd`).map((f) => {
+    try {
+      return `${f}->${readlinkSync(`/proc/${pid}/fd/${f}`)}`;
+    } catch {
+      return `${f}->?`;
+    }
+  });
+}
 
 /** Descriptor count of a process. */
 export function fdsOf(pid: number): number {
@@ -63,14 +95,20 @@ export function holdings(pid: number): Holdings {
   return { fds: fdsOf(pid), maps: fileMapsOf(pid) };
 }
 
-/** Waits until a server holds what it held at rest (its client's resources released). */
+/**
+ * Waits until a server holds what it held at rest (its client's resources
+ * released).  The limit is generous: on a loaded machine the server may
+ * take seconds to notice its client is gone.
+ */
 export async function backTo(pid: number, h: Holdings, ms = 30_000): Promise<void> {
   const end = Date.now() + ms;
   for (;;) {
     const now = holdings(pid);
     if (now.fds === h.fds && JSON.stringify(now.maps) === JSON.stringify(h.maps)) return;
     if (Date.now() > end) {
-      throw new Error(`process ${pid} holds ${now.fds} fds (was ${h.fds}) and ${now.maps.length} file mappings (was ${h.maps.length}): ${now.maps.filter((m) => !h.maps.includes(m)).join(', ')}`);
+      throw new Error(
+        `process ${pid} holds ${now.fds} fds (was ${h.fds}) and ${now.maps.length} file mappings (was ${h.maps.length}): ${now.maps.filter((m) => !h.maps.includes(m)).join(', ')}; fds now: ${fdTargets(pid).join(' ')}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }
