@@ -31,7 +31,7 @@ const LIMIT = 256;
 
 /** A `vfu serve sample` child whose RLIMIT_NOFILE is `limit`. */
 async function serveLimited(path: string, limit: number): Promise<Proc> {
-  const child = spawn('prlimit', [`--nofile=${limit}:${limit}`, '--', process.execPath, cli, 'serve', 'sample', '--socket-path', path], {
+  const child = spawn('prlimit', [`--nofile=${limit}:${limit}`, '--', process.execPath, cli, 'serve', 'sample', '--socket-path', path, '--verbose'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -39,7 +39,9 @@ async function serveLimited(path: string, limit: number): Promise<Proc> {
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (code, sig) => res([code, sig])));
-  await until(() => existsSync(path), 10_000, `server socket ${path} (stderr: ${err})`);
+  // the file appears at bind(), before listen(): connecting then is refused
+  await until(() => err.includes(`listening on ${path}`) || child.exitCode !== null, 30_000, `server listening on ${path}`);
+  if (!existsSync(path)) throw new Error(`vfu serve on ${path} did not start: ${err}`);
   return { child, pid: child.pid!, exited, stdout: () => out, stderr: () => err };
 }
 
