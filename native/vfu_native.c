@@ -15,7 +15,7 @@
  * failures as a negative errno return (hot paths) or a thrown Error whose
  * `errno` property carries the number (set-up paths).
  *
- * Facts this file relies on, measured on Linux (see shared/native-notes.md):
+ * Facts this file relies on, measured on Linux (see docs/native.md):
  *   - the fds of one sendmsg arrive with the recvmsg that reaches its first
  *     byte and that recvmsg stops there; the JS framer attaches them to the
  *     message that holds the last byte of that read;

@@ -15,6 +15,7 @@ import { ChunkType } from '../src/client/tcp-stream.js';
 import { createSample, BAR1_SIZE } from '../src/devices/sample.js';
 import { native } from '../src/native/index.js';
 import { Errno, IrqIndex, MigState, PciRegion } from '../src/protocol/constants.js';
+import { DeviceStateLostError } from '../src/migration/controller.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { type Holdings, type Proc, backTo, cli, holdings, line, root, start, startServer } from './helpers/procs.js';
 import { fdCount, once, rejectsWith, serve, tempDir, until } from './helpers/server.js';
@@ -65,7 +66,7 @@ describe('device callbacks that throw', () => {
     cb.transition = transition;
     await c.setMigrationState(MigState.RUNNING);
     cb.transition = () => {
-      throw Object.assign(new VfuError(Errno.EIO, 'injected: fatal'), { enterError: true });
+      throw new DeviceStateLostError(Errno.EIO, 'injected: fatal');
     };
     await rejectsWith(c.setMigrationState(MigState.STOP), Errno.EIO);
     assert.equal(await c.migrationState(), MigState.ERROR);

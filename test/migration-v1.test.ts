@@ -39,6 +39,7 @@ import {
   RegionCapId,
   RegionFlag,
 } from '../src/protocol/constants.js';
+import { DeviceStateLostError } from '../src/migration/controller.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { BitmapStruct, DmaMapStruct, DmaUnmapStruct } from '../src/protocol/messages/dma.js';
 import { BitmapRangeStruct, DirtyPagesStruct } from '../src/protocol/messages/migration.js';
@@ -210,7 +211,7 @@ describe('v1: failing transitions', () => {
       await setV1DeviceState(c, RUNNING);
       assert.deepEqual(d.hops, []);
       // into ERROR
-      d.fail.set(`${MigState.RUNNING},${MigState.PRE_COPY}`, Object.assign(new VfuError(Errno.EIO, 'gone'), { enterError: true }));
+      d.fail.set(`${MigState.RUNNING},${MigState.PRE_COPY}`, new DeviceStateLostError(Errno.EIO, 'gone'));
       await rejectsWith(setV1DeviceState(c, SAVING | RUNNING), Errno.EIO);
       d.fail.clear();
       assert.equal(await v1DeviceState(c), SAVING | RESUMING, 'v1 encodes ERROR as SAVING|RESUMING');

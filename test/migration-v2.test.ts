@@ -27,6 +27,7 @@ import {
   VERSION_MINOR,
   migStateNames,
 } from '../src/protocol/constants.js';
+import { DeviceStateLostError } from '../src/migration/controller.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { IrqSetStruct } from '../src/protocol/messages/device.js';
 import { DmaMapStruct, DmaUnmapStruct } from '../src/protocol/messages/dma.js';
@@ -212,7 +213,7 @@ for (const f of ALL_FEATURES) {
     test('enterError puts the device in ERROR; only DEVICE_RESET leaves it (to RUNNING)', async () => {
       await drive(RUNNING);
       const first = planPath(table, RUNNING, STOP)![0]!;
-      d.fail.set(`${RUNNING},${first}`, Object.assign(new VfuError(Errno.EIO, 'lost my state'), { enterError: true }));
+      d.fail.set(`${RUNNING},${first}`, new DeviceStateLostError(Errno.EIO, 'lost my state'));
       await rejectsWith(c.setMigrationState(STOP), Errno.EIO);
       d.fail.clear();
       assert.equal(await c.migrationState(), ERROR);

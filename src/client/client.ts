@@ -61,7 +61,9 @@ import { NativeEndpoint } from '../transport/native-endpoint.js';
 import { closeFd, connect, type TransportKind } from '../transport/socket.js';
 import { GuestMemory } from './guest-memory.js';
 
+/** Options of {@link VfioUserClient.connect}. */
 export interface ClientOptions {
+  /** 'native' (descriptor passing, the default with the addon) or 'net' (node:net). */
   transport?: TransportKind;
   /** What we accept per data message (our max_data_xfer_size). */
   maxDataXferSize?: number;
@@ -87,32 +89,63 @@ export interface ClientOptions {
   maxSendQueueBytes?: number;
 }
 
+/** DEVICE_GET_INFO's answer. */
 export interface DeviceInfo {
+  /** VFIO_DEVICE_FLAGS_* (DeviceFlag: RESET, PCI). */
   flags: number;
+  /** Regions the device reports (indexes 0 to numRegions-1). */
   numRegions: number;
+  /** Interrupt indexes the device reports. */
   numIrqs: number;
 }
 
+/** DEVICE_GET_REGION_INFO's answer, decoded. */
 export interface RegionInfo {
+  /** The region index (PciRegion, or a device-specific one). */
   index: number;
+  /** VFIO_REGION_INFO_FLAG_* (RegionFlag: READ, WRITE, MMAP, CAPS). */
   flags: number;
+  /** Bytes (0: the region is absent). */
   size: number;
+  /** Offset of the region in its descriptor (for mmap). */
   offset: number;
+  /** The capabilities in the reply, decoded. */
   caps: RegionCap[];
-  sparse: { offset: number; size: number }[] | null;
-  type: { type: number; subtype: number } | null;
+  /** The mappable areas (sparse mmap capability), or null when the whole region maps. */
+  sparse:
+    | {
+        /** Offset in the region. */
+        offset: number;
+        /** Bytes. */
+        size: number;
+      }[]
+    | null;
+  /** The region type capability (device-specific regions), or null. */
+  type: {
+      /** VFIO_REGION_TYPE_*. */
+      type: number;
+      /** VFIO_REGION_SUBTYPE_*. */
+      subtype: number;
+    } | null;
   /** The region's descriptor when mappable (owned by the client: closed on close()). */
   fd: number;
 }
 
+/** DEVICE_GET_IRQ_INFO's answer. */
 export interface IrqInfo {
+  /** The interrupt index (IrqIndex). */
   index: number;
+  /** VFIO_IRQ_INFO_* (IrqInfoFlag). */
   flags: number;
+  /** Vectors of this index. */
   count: number;
 }
 
+/** What {@link VfioUserClient.dmaMap} maps: a range of guest memory (added to `memory` first). */
 export interface DmaMapRequest {
+  /** Guest (I/O virtual) address. */
   iova: number;
+  /** Bytes. */
   size: number;
   /** Read/write permission for the device (default both). */
   prot?: number;
@@ -120,10 +153,15 @@ export interface DmaMapRequest {
   withFd?: boolean;
 }
 
-interface Mapped {
+/** A DMA mapping this client made (see dmaMappings). */
+export interface DmaMappingRecord {
+  /** Guest address. */
   iova: number;
+  /** Bytes. */
   size: number;
+  /** The device's permissions (DmaMapFlag READ/WRITE). */
   prot: number;
+  /** Whether the memfd went with it (else the server uses DMA messages). */
   withFd: boolean;
 }
 
@@ -163,13 +201,22 @@ export interface ClientEvents {
  * the process stays alive.
  */
 export class VfioUserClient extends EventEmitter<ClientEvents> {
+  /** The request/reply connection (tests and tools reach the wire through it). @internal */
   conn!: Connection;
+  /** What the server said it can do in VERSION. */
   serverCaps!: Capabilities;
-  serverVersion = { major: 0, minor: 0 };
+  /** The protocol version the server answered. */
+  serverVersion: {
+      /** Major version. */
+      major: number;
+      /** Minor version. */
+      minor: number;
+    } = { major: 0, minor: 0 };
+  /** The guest RAM this client owns and maps to the device (add, view, write). */
   readonly memory = new GuestMemory();
   /** Protocol violations by the server that we survived. */
   violations = 0;
-  private readonly mapped = new Map<number, Mapped>();
+  private readonly mapped = new Map<number, DmaMappingRecord>();
   private readonly irqPolls: { fd: number; poll: PollHandle; index: number; vector: number }[] = [];
   private readonly irqConfig = new Map<number, number>();
   private regionFds: number[] = [];
@@ -178,10 +225,14 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   private _closed = false;
   private path: string | null = null;
 
-  private constructor(readonly opts: ClientOptions) {
+  private constructor(
+    /** The options given to connect(). */
+    readonly opts: ClientOptions,
+  ) {
     super();
   }
 
+  /** Whether close() was called. */
   get closed(): boolean {
     return this._closed;
   }
@@ -198,7 +249,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return c;
   }
 
-  /** Uses an already connected endpoint (an inherited fd, a socket pair). */
+  /** Uses an already connected endpoint (an inherited fd, a socket pair). @internal */
   static async fromEndpoint(ep: Endpoint, opts: ClientOptions = {}): Promise<VfioUserClient> {
     const c = new VfioUserClient(opts);
     await c.attach(ep);
@@ -310,6 +361,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   // ------------------------------------------------------------ discovery
 
+  /** DEVICE_GET_INFO: flags, number of regions and of interrupt indexes. */
   async deviceInfo(): Promise<DeviceInfo> {
     const r = this.noFds(await this.call(Command.DEVICE_GET_INFO, encodeRequest('DEVICE_GET_INFO', { argsz: DeviceInfoStruct.size, flags: 0, numRegions: 0, numIrqs: 0 })));
     if (r.payload.length < DeviceInfoStruct.size) throw bad(Command.DEVICE_GET_INFO, 'short');
@@ -370,7 +422,14 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
    * truncates its file later can still fault us (our server seals its
    * region memfds; see RELIABILITY.md).
    */
-  mapRegion(info: RegionInfo): { offset: number; bytes: Buffer; unmap(): void }[] {
+  mapRegion(info: RegionInfo): {
+      /** Offset of the area in the region. */
+      offset: number;
+      /** The mapped bytes. */
+      bytes: Buffer;
+      /** Unmaps the area. */
+      unmap(): void;
+    }[] {
     const n = requireNative('mapping a region');
     if (info.fd < 0) throw new VfuError(Errno.EINVAL, `region ${info.index} is not mappable`);
     const areas = info.sparse ?? [{ offset: 0, size: info.size }];
@@ -407,6 +466,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return out;
   }
 
+  /** DEVICE_GET_IRQ_INFO for one interrupt index. */
   async irqInfo(index: number): Promise<IrqInfo> {
     const r = this.noFds(await this.call(Command.DEVICE_GET_IRQ_INFO, encodeRequest('DEVICE_GET_IRQ_INFO', { argsz: IrqInfoStruct.size, flags: 0, index, count: 0 })));
     if (r.payload.length < IrqInfoStruct.size) throw bad(Command.DEVICE_GET_IRQ_INFO, 'short');
@@ -415,7 +475,13 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return { index, flags: v.flags, count: v.count };
   }
 
-  async regionIoFds(index: number): Promise<{ subRegions: SubRegion[]; fds: number[] }> {
+  /** DEVICE_GET_REGION_IO_FDS: the region's ioeventfd sub-regions and their descriptors (yours to close). */
+  async regionIoFds(index: number): Promise<{
+      /** The sub-regions. */
+      subRegions: SubRegion[];
+      /** Their descriptors. */
+      fds: number[];
+    }> {
     let argsz = IoFdsStruct.size;
     for (let attempt = 0; attempt < 3; attempt++) {
       const r = await this.call(Command.DEVICE_GET_REGION_IO_FDS, IoFdsStruct.encode({ argsz, flags: 0, index, count: 0 }));
@@ -554,19 +620,22 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     this.mapped.set(req.iova, { iova: req.iova, size: req.size, prot, withFd });
   }
 
+  /** DMA_UNMAP of a range mapped with dmaMap(). */
   async dmaUnmap(iova: number, size: number): Promise<void> {
     const body = DmaUnmapStruct.encode({ argsz: DmaUnmapStruct.size, flags: 0, addr: BigInt(iova), size: BigInt(size) });
     this.noFds(await this.call(Command.DMA_UNMAP, body));
     this.mapped.delete(iova);
   }
 
+  /** DMA_UNMAP of everything (the UNMAP_ALL flag). */
   async dmaUnmapAll(): Promise<void> {
     const body = DmaUnmapStruct.encode({ argsz: DmaUnmapStruct.size, flags: DmaUnmapFlag.ALL, addr: 0n, size: 0n });
     this.noFds(await this.call(Command.DMA_UNMAP, body));
     this.mapped.clear();
   }
 
-  get dmaMappings(): readonly Mapped[] {
+  /** The DMA mappings in place (re-made by reconnect()). */
+  get dmaMappings(): readonly DmaMappingRecord[] {
     return [...this.mapped.values()];
   }
 
@@ -669,7 +738,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /** Interrupt types wired with eventfds (index and vector count). */
-  get interruptConfig(): { index: number; count: number }[] {
+  get interruptConfig(): {
+      /** IrqIndex. */
+      index: number;
+      /** Vectors. */
+      count: number;
+    }[] {
     return [...this.irqConfig.entries()].map(([index, count]) => ({ index, count }));
   }
 
@@ -681,6 +755,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   // ---------------------------------------------------------------- reset
 
+  /** DEVICE_RESET: the device's onReset hook runs with reason 'client'. */
   async reset(): Promise<void> {
     this.noFds(await this.call(Command.DEVICE_RESET, null));
   }
@@ -726,6 +801,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     }
   }
 
+  /** The device's migration state (MigState), read with DEVICE_FEATURE GET. */
   async migrationState(): Promise<number> {
     const d = await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.GET, null, MigStateStruct.size);
     if (d.length < MigStateStruct.size) throw bad(Command.DEVICE_FEATURE, 'short MIG_DEVICE_STATE');
@@ -734,6 +810,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return s;
   }
 
+  /** Moves the device to a migration state (MigState); the server walks the whole path first. */
   async setMigrationState(state: number): Promise<void> {
     const data = MigStateStruct.encode({ deviceState: state, dataFd: -1 });
     await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.SET, data, 0, `migration state -> ${migStateNames[state] ?? state}`);
@@ -754,7 +831,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /** Pre-copy info (extension, PRE_COPY only), or null if not offered. */
-  async precopyInfo(): Promise<{ initialBytes: number; dirtyBytes: number } | null> {
+  async precopyInfo(): Promise<{
+      /** Initial image bytes left. */
+      initialBytes: number;
+      /** Bytes dirtied since. */
+      dirtyBytes: number;
+    } | null> {
     const s = this.serverCaps.migSizing;
     if (typeof s !== 'object') return null;
     const d = await this.feature(s.precopyInfo | FeatureFlag.GET, null, PrecopyInfoStruct.size);
@@ -776,6 +858,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return d.length >= at + 8 ? Number(d.readBigUInt64LE(at)) : pageSize;
   }
 
+  /** DMA_LOGGING_STOP: the device stops logging dirty pages. */
   async stopDirtyLogging(): Promise<void> {
     const data = LoggingControlStruct.encode({ pageSize: 4096n, numRanges: 0, reserved: 0 });
     await this.feature(Feature.DMA_LOGGING_STOP | FeatureFlag.SET, data, 0);
@@ -860,6 +943,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     this.emit('reconnected');
   }
 
+  /** Closes the connection and releases descriptors, mappings and guest memory (emits 'close'). */
   close(): void {
     if (this._closed) return;
     this._closed = true;

@@ -8,16 +8,29 @@ import type { VfioUserClient } from './client.js';
 
 /** What identifies a device's kind, as a client sees it. */
 export interface DeviceProfile {
+  /** PCI vendor id. */
   vendorId: number;
+  /** PCI device id. */
   deviceId: number;
+  /** PCI subsystem vendor id. */
   subsystemVendorId: number;
+  /** PCI subsystem id. */
   subsystemId: number;
   /** Class code (24 bits: base class, subclass, programming interface). */
   classCode: number;
+  /** PCI revision id. */
   revision: number;
+  /** Regions the device reports. */
   numRegions: number;
   /** Size and READ/WRITE/MMAP flags of each region (size 0: absent). */
-  regions: { index: number; size: number; flags: number }[];
+  regions: {
+      /** Region index. */
+      index: number;
+      /** Bytes. */
+      size: number;
+      /** RegionFlag READ/WRITE/MMAP bits. */
+      flags: number;
+    }[];
   /** Vectors per interrupt index (IrqIndex order). */
   irqs: number[];
   /** VFIO_MIGRATION_* flags (0: not migratable). */

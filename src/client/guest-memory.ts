@@ -8,8 +8,11 @@ import { PAGE_SIZE, native } from '../native/index.js';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 
+/** A range of guest RAM. */
 export interface GuestRange {
+  /** Guest address. */
   iova: number;
+  /** Bytes. */
   size: number;
   /** The bytes; for shared ranges a view of the memfd mapping. */
   readonly bytes: Buffer;
@@ -21,10 +24,12 @@ export interface GuestRange {
   readonly cpuDirty: Uint8Array;
 }
 
+/** The guest RAM a client owns (VfioUserClient.memory): ranges to DMA-map, with dirty tracking. */
 export class GuestMemory {
   private readonly ranges: GuestRange[] = [];
   private readonly abs = new Map<GuestRange, ArrayBuffer>();
 
+  /** Every range, by address. */
   get all(): readonly GuestRange[] {
     return this.ranges;
   }
@@ -58,6 +63,7 @@ export class GuestMemory {
     return r;
   }
 
+  /** The range holding `iova`. */
   find(iova: number): GuestRange | undefined {
     return this.ranges.find((r) => r.iova <= iova && iova < r.iova + r.size);
   }

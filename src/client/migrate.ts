@@ -33,10 +33,22 @@ import { SwitchoverModel, type TransferRates } from './switchover.js';
 
 export type { TransferRates } from './switchover.js';
 
+/** What the destination must set up before the device state arrives. */
 export interface GuestLayout {
-  ranges: { iova: number; size: number }[];
+  /** Guest memory ranges to map on the destination. */
+  ranges: {
+      /** Guest address. */
+      iova: number;
+      /** Bytes. */
+      size: number;
+    }[];
   /** Interrupt types to wire on the destination (index, vector count). */
-  irqs: { index: number; count: number }[];
+  irqs: {
+      /** IrqIndex. */
+      index: number;
+      /** Vectors. */
+      count: number;
+    }[];
 }
 
 /** How long the destination's two transitions in finish() took (ms), when the target can tell. */
@@ -68,21 +80,34 @@ export interface MigrationTarget {
   readonly concurrent?: boolean;
 }
 
+/** The steps of a migration, in order. */
 export type Phase = 'setup' | 'pre-copy' | 'stop-copy' | 'resume' | 'cleanup';
 
+/** One phase of a migration report. */
 export interface PhaseStats {
+  /** Which phase. */
   phase: Phase;
+  /** Its duration. */
   ms: number;
+  /** Device state bytes moved in it. */
   deviceBytes: number;
+  /** Guest memory bytes moved in it. */
   guestBytes: number;
+  /** vfio-user messages sent in it. */
   messages: number;
 }
 
+/** One pre-copy round of a migration report. */
 export interface RoundStats {
+  /** Round number (0: the full first pass). */
   round: number;
+  /** Guest pages found dirty (and re-sent) in it. */
   dirtyPages: number;
+  /** Guest memory bytes sent in it. */
   guestBytes: number;
+  /** Device pre-copy bytes sent in it. */
   deviceBytes: number;
+  /** Its duration. */
   ms: number;
   /** What the driver estimated was left after the round. */
   remainingEstimate: number;
@@ -123,7 +148,9 @@ export interface DowntimeParts {
  * ms, sizes in bytes.
  */
 export interface MigrationReport {
+  /** Each phase's time, bytes and messages. */
   phases: PhaseStats[];
+  /** Each pre-copy round. */
   rounds: RoundStats[];
   /** From pausing the guest to resuming it on the destination, without verification. */
   downtimeMs: number;
@@ -142,25 +169,35 @@ export interface MigrationReport {
   /** Checksums after the destination reached RUNNING (the guest stays paused meanwhile; not in downtimeMs). */
   verifyMs: number;
   totalMs: number;
+  /** Device state bytes moved. */
   deviceBytes: number;
+  /** Guest memory bytes moved. */
   guestBytes: number;
+  /** Whether pre-copy ran. */
   preCopy: boolean;
   /** Switched over because the prediction fit (or what was left was under convergeBytes). */
   converged: boolean;
   /** Source and destination checksums at switch-over, when asked for. */
   sourceChecksum?: string;
+  /** The destination's checksum (see sourceChecksum). */
   destinationChecksum?: string;
 }
 
+/** What onProgress hears during a migration. */
 export interface ProgressEvent {
+  /** The current phase. */
   phase: Phase;
+  /** The pre-copy round, in pre-copy. */
   round?: number;
+  /** Device bytes sent so far. */
   deviceBytes: number;
+  /** Guest bytes sent so far. */
   guestBytes: number;
   /** Given at the end of each pre-copy round. */
   remainingEstimate?: number;
 }
 
+/** Options of {@link migrate}. */
 export interface MigrateOptions {
   /**
    * Pre-copy rounds after the first full pass (default 8); if the predicted
@@ -192,15 +229,21 @@ export interface MigrateOptions {
   discardPrecopyDeviceData?: boolean;
   /** Stop the guest's CPUs (before STOP_COPY) and resume them on the destination. */
   pauseGuest?: () => void | Promise<void>;
+  /** Resume the guest's CPUs: on the destination after success, on the source after a rollback. */
   resumeGuest?: (on: 'destination' | 'source') => void | Promise<void>;
   /** Checksum of the source state once stopped, compared with target.checksum(). */
   sourceChecksum?: () => Promise<string>;
+  /** Progress events (phase, round, bytes, estimate). */
   onProgress?: (e: ProgressEvent) => void;
 }
 
+/** A migration that failed and was rolled back: `step` names where. */
 export class MigrationError extends VfuError {
+  /** The failure of `step`, caused by `cause`. */
   constructor(
+    /** The step that failed ("setup", "resuming the destination", ...). */
     readonly step: string,
+    /** The error that made it fail. */
     override readonly cause: unknown,
   ) {
     const errno = (cause as { errno?: number })?.errno ?? Errno.EIO;
@@ -232,6 +275,7 @@ export class LocalTarget implements MigrationTarget {
   readonly concurrent = true;
 
   constructor(
+    /** The client connected to the destination server. */
     readonly client: VfioUserClient,
     private readonly stateChecksum?: (c: VfioUserClient) => Promise<string>,
   ) {}

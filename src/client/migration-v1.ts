@@ -12,9 +12,10 @@ import { BitmapStruct, DmaUnmapStruct } from '../protocol/messages/dma.js';
 import { BitmapRangeStruct, DirtyPagesStruct } from '../protocol/messages/migration.js';
 import type { VfioUserClient } from './client.js';
 
-/** Register offsets in the v1 migration region. */
+/** Register offsets in the v1 migration region. @enum */
 export const V1Register = { DEVICE_STATE: 0, PENDING_BYTES: 8, DATA_OFFSET: 16, DATA_SIZE: 24 } as const;
 
+/** Where the v1 migration region is. */
 export interface V1Options {
   /** Index of the migration region (libvfio-user: 9). */
   region?: number;
@@ -41,12 +42,14 @@ export async function v1DeviceState(c: VfioUserClient, o: V1Options = {}): Promi
   return (await c.regionRead(regionOf(o), V1Register.DEVICE_STATE, 4)).readUInt32LE(0);
 }
 
+/** Writes the v1 device_state bits (MigV1State). */
 export async function setV1DeviceState(c: VfioUserClient, bits: number, o: V1Options = {}): Promise<void> {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(bits >>> 0);
   await c.regionWrite(regionOf(o), V1Register.DEVICE_STATE, b);
 }
 
+/** Options of {@link migrateV1Save}. */
 export interface V1SaveOptions extends V1Options {
   /** Run a pre-copy phase (SAVING|RUNNING) first (default true). */
   preCopy?: boolean;
@@ -54,9 +57,13 @@ export interface V1SaveOptions extends V1Options {
   maxChunks?: number;
 }
 
+/** What {@link migrateV1Save} moved. */
 export interface V1SaveResult {
+  /** Bytes saved while the device ran. */
   precopyBytes: number;
+  /** Bytes saved once it stopped. */
   stopCopyBytes: number;
+  /** Chunks read. */
   chunks: number;
 }
 
@@ -100,6 +107,7 @@ export async function migrateV1Save(
   return res;
 }
 
+/** Options of {@link migrateV1Restore}. */
 export interface V1RestoreOptions extends V1Options {
   /** Set RUNNING at the end (default true); otherwise the device stays RESUMING. */
   resume?: boolean;
@@ -150,6 +158,7 @@ export async function dirtyPagesStart(c: VfioUserClient): Promise<void> {
   await c.conn.request(Command.DIRTY_PAGES, dirtyPagesRequest(DirtyPagesFlag.START));
 }
 
+/** Legacy DIRTY_PAGES STOP. */
 export async function dirtyPagesStop(c: VfioUserClient): Promise<void> {
   await c.conn.request(Command.DIRTY_PAGES, dirtyPagesRequest(DirtyPagesFlag.STOP));
 }

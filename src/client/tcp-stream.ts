@@ -25,7 +25,7 @@ import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } f
 export const STREAM_MAGIC = 0x4d554656;
 /** Version carried in HELLO; the receiver refuses any other. */
 export const STREAM_VERSION = 1;
-/** Chunk types of the migration stream. */
+/** Chunk types of the migration stream (see the README's table). @enum */
 export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8 } as const;
 const HDR = 16;
 /** Largest payload accepted in one chunk. */
@@ -41,7 +41,9 @@ const PAGES_BUFFERS = 4;
 
 /** One chunk, its payload reassembled (PAGES placed by a PagePlacer carry only their IOVA). */
 export interface Chunk {
+  /** ChunkType. */
   type: number;
+  /** Its payload (CRC checked). */
   payload: Buffer;
   /** Index of the chunk in its stream (for error messages). */
   seq: number;
@@ -51,6 +53,7 @@ export interface Chunk {
 
 /** The stream is damaged or out of order; the message names the chunk. */
 export class BrokenStreamError extends VfuError {
+  /** `message`: what was wrong, and in which chunk. */
   constructor(message: string) {
     super(Errno.EBADMSG, `broken migration stream: ${message}`);
     this.name = 'BrokenStreamError';
@@ -414,6 +417,7 @@ export class TcpTarget implements MigrationTarget {
     this.close();
   }
 
+  /** Closes the connection (a migration in progress fails). */
   close(): void {
     this.failure ??= new BrokenStreamError('closed');
     const s = this.sock;

@@ -5,7 +5,9 @@
 // first M MiB, stop-copy the rest (all of it when there was no pre-copy).
 // A destination checks what it received and logs its CRC-32 on reaching STOP.
 import { crc32 } from 'node:zlib';
-import { MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { DeviceStateLostError } from '../migration/controller.js';
+import { Errno, MigState, type MigStateId, PciRegion } from '../protocol/constants.js';
+import { VfuError } from '../protocol/errors.js';
 import { VfioUserDevice } from '../server/device.js';
 
 export interface BigStateOptions {
@@ -97,7 +99,7 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
       if (to === MigState.RESUMING) wpos = 0;
       if (from === MigState.RESUMING && to === MigState.STOP) {
         if (wpos !== size) {
-          throw Object.assign(new Error(`bigstate: received ${wpos} of ${size} bytes`), { errno: 22, enterError: true });
+          throw new DeviceStateLostError(Errno.EINVAL, `bigstate: received ${wpos} of ${size} bytes`);
         }
         if (o.verify === false) {
           device.log('info', `bigstate: received ${size} bytes (not verified)`);
@@ -121,7 +123,7 @@ export function createBigState(o: BigStateOptions = {}): BigStateDevice {
       return wpos + n <= size ? state.subarray(wpos, wpos + n) : null;
     },
     writeData(data) {
-      if (wpos + data.length > size) throw Object.assign(new Error('bigstate: stream too long'), { errno: 22 });
+      if (wpos + data.length > size) throw new VfuError(Errno.EINVAL, 'bigstate: stream too long');
       if (data.buffer !== state.buffer || data.byteOffset !== state.byteOffset + wpos) data.copy(state, wpos);
       wpos += data.length;
     },

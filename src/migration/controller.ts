@@ -6,6 +6,20 @@ import { Errno, MigState, type MigStateId, migStateNames } from '../protocol/con
 import { VfuError } from '../protocol/errors.js';
 import { type MigrationFeatures, deriveNextState, isSavingState, migrationFlags, planPath } from './fsm.js';
 
+/**
+ * Thrown by a migration transition whose failure leaves the device's state
+ * unusable (a destination given half a state, say): the device moves to the
+ * ERROR state, which only a reset leaves.  Any other error leaves the state
+ * where the walk had got to.
+ */
+export class DeviceStateLostError extends VfuError {
+  constructor(errno: number, message?: string) {
+    super(errno, message);
+    this.name = 'DeviceStateLostError';
+  }
+}
+
+/** Pre-copy sizing: what a device in PRE_COPY still has to send. */
 export interface PrecopyInfo {
   /** Bytes of the initial image still to read in PRE_COPY. */
   initialBytes: number;
@@ -20,7 +34,8 @@ export interface MigrationCallbacks {
   /**
    * One arc of the FSM (e.g. RUNNING -> PRE_COPY).  Throw (ideally a
    * VfuError) to fail it; the state then stays where the walk had got to.
-   * Throw an error with `enterError: true` to move the device to ERROR.
+   * Throw a {@link DeviceStateLostError} when the device's state is no
+   * longer usable: the device then moves to ERROR (only a reset leaves it).
    */
   transition(from: MigStateId, to: MigStateId): unknown;
   /**
@@ -96,7 +111,7 @@ export class MigrationController {
       try {
         await this.callbacks.transition(from, next as MigStateId);
       } catch (e) {
-        if (e && typeof e === 'object' && (e as { enterError?: boolean }).enterError) this.enter(MigState.ERROR);
+        if (e instanceof DeviceStateLostError) this.enter(MigState.ERROR);
         throw e;
       }
       this.enter(next as MigStateId);

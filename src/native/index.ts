@@ -97,6 +97,7 @@ export interface NativeAddon {
  * mmapping a region, eventfds) and the native addon is not loaded.
  */
 export class NativeUnavailableError extends VfuError {
+  /** `what` needed a descriptor. */
   constructor(what: string) {
     super(
       Errno.ENOTSUP,

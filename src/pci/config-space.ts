@@ -176,8 +176,10 @@ export interface PciHooks {
   /** After every successful write. */
   configWrite?: (offset: number, data: Buffer) => HookResult;
 }
+/** The config space events a device can hook (see PciHooks). */
 export type PciEvent = keyof PciHooks;
-type HookFn<K extends PciEvent> = NonNullable<PciHooks[K]>;
+/** The hook function type for a config space event. */
+export type HookFn<K extends PciEvent> = NonNullable<PciHooks[K]>;
 
 interface CapRecord extends CapabilityInfo {
   /** Reserved bytes (length rounded up to a dword). */

@@ -11,6 +11,7 @@ import {
 } from './constants.js';
 import { VfuError } from './errors.js';
 
+/** The `migration` capability object. */
 export interface MigrationCaps {
   /** Dirty bitmap page size (a power of two). */
   pgsize: number;
@@ -24,17 +25,32 @@ export interface MigrationCaps {
  * them answers with the DEVICE_FEATURE indexes to use.
  */
 export interface MigSizingCaps {
+  /** DEVICE_FEATURE index of the data-size feature. */
   dataSize: number;
+  /** DEVICE_FEATURE index of the pre-copy info feature. */
   precopyInfo: number;
 }
 
+/** The capabilities a VERSION message carries (JSON), decoded. */
 export interface Capabilities {
+  /** Most descriptors per message (`max_msg_fds`). */
   maxMsgFds: number;
+  /** Largest data transfer per message (`max_data_xfer_size`). */
   maxDataXferSize: number;
+  /** Most DMA mappings (`max_dma_maps`). */
   maxDmaMaps: number;
+  /** Supported page sizes (`pgsizes`, a bit mask). */
   pgsizes: number;
+  /** Migration parameters (`migration`). */
   migration?: MigrationCaps;
-  twinSocket?: { supported: boolean; fdIndex?: number };
+  /** Twin-socket mode (`twin_socket`). */
+  twinSocket?: {
+    /** Offered or accepted. */
+    supported: boolean;
+    /** Which descriptor of the reply is the twin socket. */
+    fdIndex?: number;
+  };
+  /** REGION_WRITE_MULTI (`write_multiple`). */
   writeMultiple: boolean;
   /** Request side: true to ask; reply side: the feature indexes. */
   migSizing?: true | MigSizingCaps;

@@ -5,6 +5,7 @@
 export const VERSION_MAJOR = 0;
 export const VERSION_MINOR = 2;
 
+/** vfio-user command numbers (the header's `command` field). @enum */
 export const Command = {
   VERSION: 1,
   DMA_MAP: 2,
@@ -36,7 +37,7 @@ export function commandName(cmd: number): string {
   return commandNames.get(cmd) ?? `CMD_${cmd}`;
 }
 
-/** Header flags. */
+/** Header flags. @enum */
 export const HeaderFlag = {
   TYPE_MASK: 0xf,
   TYPE_COMMAND: 0x0,
@@ -55,10 +56,10 @@ export const DEFAULT_PGSIZES = 4096;
 /** Linux caps descriptors per message at SCM_MAX_FD. */
 export const LINUX_MAX_FDS = 253;
 
-/** VFIO_DEVICE_FLAGS_* */
+/** VFIO_DEVICE_FLAGS_* @enum */
 export const DeviceFlag = { RESET: 1 << 0, PCI: 1 << 1 } as const;
 
-/** PCI region indexes (VFIO_PCI_*_REGION_INDEX). */
+/** PCI region indexes (VFIO_PCI_*_REGION_INDEX). @enum */
 export const PciRegion = {
   BAR0: 0,
   BAR1: 1,
@@ -74,24 +75,24 @@ export const PCI_NUM_REGIONS = 9;
 /** libvfio-user's index for the v1 migration region. */
 export const MIGR_REGION_V1_INDEX = 9;
 
-/** VFIO_REGION_INFO_FLAG_* */
+/** VFIO_REGION_INFO_FLAG_* @enum */
 export const RegionFlag = { READ: 1 << 0, WRITE: 1 << 1, MMAP: 1 << 2, CAPS: 1 << 3 } as const;
 
-/** VFIO_REGION_INFO_CAP_* ids */
+/** VFIO_REGION_INFO_CAP_* ids @enum */
 export const RegionCapId = { SPARSE_MMAP: 1, TYPE: 2 } as const;
 /** VFIO_REGION_TYPE_MIGRATION / SUBTYPE (v1, now "deprecated" in Linux). */
 export const REGION_TYPE_MIGRATION = 3;
 export const REGION_SUBTYPE_MIGRATION = 1;
 
-/** IRQ indexes (VFIO_PCI_*_IRQ_INDEX). */
+/** IRQ indexes (VFIO_PCI_*_IRQ_INDEX). @enum */
 export const IrqIndex = { INTX: 0, MSI: 1, MSIX: 2, ERR: 3, REQ: 4 } as const;
 export const PCI_NUM_IRQS = 5;
 export const irqIndexNames = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'] as const;
 
-/** VFIO_IRQ_INFO_* */
+/** VFIO_IRQ_INFO_* @enum */
 export const IrqInfoFlag = { EVENTFD: 1 << 0, MASKABLE: 1 << 1, AUTOMASKED: 1 << 2, NORESIZE: 1 << 3 } as const;
 
-/** VFIO_IRQ_SET_* */
+/** VFIO_IRQ_SET_* @enum */
 export const IrqSetFlag = {
   DATA_NONE: 1 << 0,
   DATA_BOOL: 1 << 1,
@@ -108,6 +109,7 @@ export const IrqSetFlag = {
  * accepts MMAP (bit 2) and FILE_IO (bit 3) to choose how an fd-backed region
  * is reached.  We accept all four (what real peers send) and default to mmap
  * when an fd comes with the message.
+ * @enum
  */
 export const DmaMapFlag = { READ: 1 << 0, WRITE: 1 << 1, MMAP: 1 << 2, FILE_IO: 1 << 3 } as const;
 
@@ -115,11 +117,13 @@ export const DmaMapFlag = { READ: 1 << 0, WRITE: 1 << 1, MMAP: 1 << 2, FILE_IO: 
  * DMA_UNMAP flags.  Bit 0 (GET_DIRTY_BITMAP) belongs to the legacy v1
  * dirty-page interface, bit 1 (ALL) to the current spec; libvfio-user uses
  * the same two bits, so both peers agree on the wire.
+ * @enum
  */
 export const DmaUnmapFlag = { GET_DIRTY_BITMAP: 1 << 0, ALL: 1 << 1 } as const;
 
-/** DEVICE_FEATURE flags and indexes. */
+/** DEVICE_FEATURE flags and indexes. @enum */
 export const FeatureFlag = { MASK: 0xffff, GET: 1 << 16, SET: 1 << 17, PROBE: 1 << 18 } as const;
+/** DEVICE_FEATURE indexes (VFIO_DEVICE_FEATURE_*). @enum */
 export const Feature = {
   MIGRATION: 1,
   MIG_DEVICE_STATE: 2,
@@ -136,10 +140,10 @@ export function featureName(index: number): string {
   return `FEATURE_${index}`;
 }
 
-/** VFIO_MIGRATION_* feature bits. */
+/** VFIO_MIGRATION_* feature bits. @enum */
 export const MigrationFlag = { STOP_COPY: 1 << 0, P2P: 1 << 1, PRE_COPY: 1 << 2 } as const;
 
-/** enum vfio_device_mig_state */
+/** enum vfio_device_mig_state @enum */
 export const MigState = {
   ERROR: 0,
   STOP: 1,
@@ -164,18 +168,18 @@ export const migStateNames: readonly MigStateName[] = [
   'PRE_COPY_P2P',
 ];
 
-/** Migration v1 device_state bits (VFIO_DEVICE_STATE_V1_*). */
+/** Migration v1 device_state bits (VFIO_DEVICE_STATE_V1_*). @enum */
 export const MigV1State = { STOP: 0, RUNNING: 1 << 0, SAVING: 1 << 1, RESUMING: 1 << 2 } as const;
 
-/** Legacy DIRTY_PAGES flags (VFIO_IOMMU_DIRTY_PAGES_FLAG_*). */
+/** Legacy DIRTY_PAGES flags (VFIO_IOMMU_DIRTY_PAGES_FLAG_*). @enum */
 export const DirtyPagesFlag = { START: 1 << 0, STOP: 1 << 1, GET_BITMAP: 1 << 2 } as const;
 
-/** GET_REGION_IO_FDS sub-region types. */
+/** GET_REGION_IO_FDS sub-region types. @enum */
 export const IoFdType = { IOEVENTFD: 0, IOREGIONFD: 1, IOEVENTFD_SHADOW: 2 } as const;
-/** KVM_IOEVENTFD_FLAG_* used in sub-region flags. */
+/** KVM_IOEVENTFD_FLAG_* used in sub-region flags. @enum */
 export const IoEventFdFlag = { DATAMATCH: 1 << 0, PIO: 1 << 1, DEASSIGN: 1 << 2 } as const;
 
-/** The errno values this protocol uses (Linux numbering). */
+/** The errno values this protocol uses (Linux numbering). @enum */
 export const Errno = {
   EPERM: 1,
   ENOENT: 2,

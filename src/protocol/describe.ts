@@ -36,6 +36,7 @@ import type { DirtyPagesBody, MigDataBody } from './messages/migration.js';
 import type { IoFdsBody, RegionAccessBody, RegionCap, RegionInfoBody, WriteMultiBody } from './messages/region.js';
 import type { VersionBody } from './messages/version.js';
 
+/** Options of {@link describeMessage}. */
 export interface DescribeOptions {
   /** Most data bytes shown in hex before "…" (default 16). */
   maxData?: number;

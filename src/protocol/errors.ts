@@ -5,7 +5,9 @@ import { Errno, errnoName } from './constants.js';
  * it (or any Error with a numeric `errno`) to choose the reply's errno.
  */
 export class VfuError extends Error {
+  /** The errno (Errno) to put on the wire. */
   readonly errno: number;
+  /** An error with `errno` and, optionally, a message (the errno's name is appended). */
   constructor(errno: number, message?: string) {
     // The errno is named once, even when the message already ends with it
     // (an error wrapping another's message).
@@ -27,6 +29,7 @@ export function errnoOf(e: unknown, fallback: number = Errno.EIO): number {
 }
 
 /** A VfuError with EINVAL: the reply to a malformed request. */
+/** A VfuError with EINVAL. */
 export function einval(message: string): VfuError {
   return new VfuError(Errno.EINVAL, message);
 }

@@ -10,11 +10,17 @@ export const Header = defineStruct('vfio_user_header', {
   errorNo: 'u32',
 });
 
+/** The 16-byte vfio-user message header, decoded. */
 export interface HeaderFields {
+  /** Message id (a reply carries its request's). */
   msgId: number;
+  /** Command (Command). */
   cmd: number;
+  /** Bytes of the whole message, header included. */
   msgSize: number;
+  /** HeaderFlag bits (type, no-reply, error). */
   flags: number;
+  /** The errno of an error reply. */
   errorNo: number;
 }
 

@@ -94,7 +94,12 @@ export interface DmaOptions extends Partial<DmaLimits> {
 /** What {@link VfioUserDevice.setupMigration} takes: the device's migration callbacks, and v1. */
 export interface MigrationSetup extends MigrationCallbacks {
   /** Also expose the legacy v1 migration region (index 9). */
-  v1?: boolean | { windowSize?: number };
+  v1?:
+    | boolean
+    | {
+        /** Bytes of the v1 data window (default 1 MiB). */
+        windowSize?: number;
+      };
 }
 
 /**
@@ -103,23 +108,31 @@ export interface MigrationSetup extends MigrationCallbacks {
  * {@link VfioUserServer.listen}.  Its events are listed in {@link DeviceEvents}.
  */
 export class VfioUserDevice extends EventEmitter<DeviceEvents> {
+  /** Name used in logs (DeviceOptions.name). */
   readonly name: string;
+  /** The PCI config space model: add capabilities (addMsix, addPm, ...), watch writes. */
   readonly pci: PciConfigSpace;
+  /** DMA into the client's memory: `dma.read` / `dma.write` (dirty pages are logged). */
   readonly dma: DmaController;
+  /** The interrupt vectors and the client's eventfds (use trigger() and setIrqCount()). @internal */
   readonly irqs = new IrqController();
+  /** The ioeventfds the client may wire up (use addIoEventFd()). @internal */
   readonly ioeventfds = new IoEventFds();
-  /** Dirty page log of the device's DMA writes (DMA_LOGGING_*, v1 DIRTY_PAGES). */
+  /** Dirty page log of the device's DMA writes (DMA_LOGGING_*, v1 DIRTY_PAGES). @internal */
   readonly logging = new DirtyLog();
+  /** The migration state machine once setupMigration() was called (its `state`). */
   migration: MigrationController | null = null;
+  /** The v1 migration region, with setupMigration({ v1 }). @internal */
   migrationV1: MigrationRegionV1 | null = null;
   private readonly regionList: (Region | undefined)[] = [];
   private resetCb: ((reason: ResetReason) => unknown) | null = null;
   private quiesceCb: (() => unknown) | null = null;
   private resumeCb: (() => unknown) | null = null;
   private realized = false;
-  /** Set by the config space when a write initiates an FLR (see region writes). */
+  /** Set by the config space when a write initiates an FLR (see region writes). @internal */
   flrRequested = false;
 
+  /** A device with this identity; add regions, interrupts, DMA and migration, then serve it. */
   constructor(opts: DeviceOptions) {
     super();
     this.name = opts.name ?? 'vfio-user device';
@@ -165,6 +178,7 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
     return r;
   }
 
+  /** Region `index`, if the device has it. */
   region(index: number): Region | undefined {
     return this.regionList[index];
   }
@@ -191,6 +205,7 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
     return this.irqs.trigger(index, vector);
   }
 
+  /** Enables DMA: callbacks on map/unmap and limits (without it DMA_MAP is still accepted). */
   setupDma(opts: DmaOptions = {}): void {
     this.mutable();
     Object.assign(this.dma.limits, {
@@ -251,25 +266,25 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
     return this.ioeventfds.add(spec);
   }
 
-  /** Freezes the description (done by the server before the first client). */
+  /** Freezes the description (done by the server before the first client). @internal */
   realize(): void {
     this.realized = true;
   }
 
-  /** @internal: runs the quiesce hook and blocks device DMA. */
+  /** Runs the quiesce hook and blocks device DMA (the server does). @internal */
   async quiesce(): Promise<void> {
     if (this.quiesceCb) await this.quiesceCb();
     this.dma.quiesced = true;
   }
 
-  /** @internal */
+  /** Unblocks device DMA and runs the resume hook (the server does). @internal */
   resume(): void {
     if (!this.dma.quiesced) return;
     this.dma.quiesced = false;
     this.resumeCb?.();
   }
 
-  /** @internal: a reset for `reason` (migration state is left alone, see controller). */
+  /** A reset for `reason` (migration state is left alone, see controller); the server calls it. @internal */
   async reset(reason: ResetReason): Promise<void> {
     if (reason === 'flr') this.pci.reset();
     this.migration?.onDeviceReset();

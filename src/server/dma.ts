@@ -34,17 +34,23 @@ import { SortedMap, type SortedEntry } from '../util/sorted-map.js';
 /** How a mapping is reached. */
 export type DmaAccessMode = 'mmap' | 'file' | 'message';
 
+/** A DMA mapping as device code sees it (onMap / onUnmap). */
 export interface DmaMappingInfo {
+  /** Guest address. */
   iova: number;
+  /** Bytes. */
   size: number;
   /** 1 read, 2 write (DmaMapFlag bits). */
   prot: number;
+  /** How the server reaches it. */
   mode: DmaAccessMode;
   /** Offset into the descriptor's file. */
   fileOffset: number;
 }
 
+/** A DMA mapping as the server holds it (DmaSegment.mapping). */
 export interface DmaMapping extends DmaMappingInfo {
+  /** The descriptor (-1 for message DMA). */
   readonly fd: number;
   /** Exact view of the mapped bytes (mmap mode), empty once unmapped. */
   view: Buffer;
@@ -79,6 +85,7 @@ export interface MessageDma {
   dmaWrite(addr: number, data: Buffer): Promise<void>;
 }
 
+/** Limits on a client's DMA mappings (see RELIABILITY.md). */
 export interface DmaLimits {
   /** Most mappings at once (libvfio-user: EINVAL beyond). */
   maxMappings: number;
@@ -122,11 +129,13 @@ export const defaultDmaLimits: DmaLimits = {
 
 /** One piece of a translated range, inside a single mapping. */
 export interface DmaSegment {
+  /** The mapping this piece lies in. */
   mapping: DmaMapping;
   /** IOVA of this piece. */
   iova: number;
   /** Offset within the mapping. */
   offset: number;
+  /** Bytes. */
   length: number;
 }
 
@@ -147,6 +156,7 @@ function safeEnd(iova: number, size: number): number {
   return end;
 }
 
+/** The device's DMA into guest memory (VfioUserDevice.dma): read and write by guest address, with dirty pages logged. */
 export class DmaController {
   /** Keyed by iova, non-overlapping. */
   private maps = new SortedMap<DmaMapping>();
@@ -155,23 +165,33 @@ export class DmaController {
   unsealed: UnsealedPolicy = 'file';
   /** Set while a quiesce is in force: device DMA must wait. */
   quiesced = false;
+  /** Where dirty pages are reported (the server's dirty log). @internal */
   dirty: DirtySink | null = null;
+  /** DMA_READ/DMA_WRITE through the session, while a client is attached. @internal */
   messages: MessageDma | null = null;
+  /** The device's onMap callback (setupDma). @internal */
   onMap: ((m: DmaMappingInfo) => void) | null = null;
+  /** The device's onUnmap callback (setupDma). @internal */
   onUnmap: ((m: DmaMappingInfo) => void) | null = null;
   private warnedUnsealed = false;
   /** Where the controller reports noteworthy conditions. */
   log: (message: string) => void = () => {};
 
-  constructor(readonly limits: DmaLimits = defaultDmaLimits) {}
+  /** A controller with these limits. @internal */
+  constructor(
+    /** The mapping limits in force (setupDma, ServeOptions.dmaLimits). */
+    readonly limits: DmaLimits = defaultDmaLimits,
+  ) {}
 
   /** The mappings in IOVA order (a new array: O(n)). */
   get mappings(): readonly DmaMapping[] {
     return this.maps.values();
   }
+  /** Mappings in place. */
   get count(): number {
     return this.maps.size;
   }
+  /** Bytes mapped in all. */
   get totalSize(): number {
     return this.total;
   }

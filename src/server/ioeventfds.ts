@@ -4,8 +4,11 @@
 import { POLL_READABLE, native, requireNative, type PollHandle } from '../native/index.js';
 import { IoEventFdFlag, IoFdType } from '../protocol/constants.js';
 
+/** An ioeventfd a device offers (addIoEventFd): a region range whose writes signal it. */
 export interface IoEventFdSpec {
+  /** The region index. */
   region: number;
+  /** Offset in the region. */
   offset: number;
   /** Access size that triggers (0: any). */
   size: number;

@@ -4,6 +4,7 @@ import { EPOLL_ADD, EPOLL_DEL, POLL_READABLE, POLL_WRITABLE, type PollHandle, na
 import { Errno, IrqIndex, IrqInfoFlag, IrqSetFlag, PCI_NUM_IRQS, irqIndexNames } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 
+/** Called on MASK/UNMASK of vectors [start, start+count) of an interrupt index. */
 export type IrqStateCallback = (index: number, start: number, count: number, masked: boolean) => void;
 
 interface Vector {

@@ -36,33 +36,60 @@ export interface RegionSpec {
   size: number;
   /** Client may read / write (default both). */
   readable?: boolean;
+  /** Client may write (default true). */
   writable?: boolean;
   /** For BARs: memory or I/O space, 64-bit, prefetchable. */
   kind?: 'mem' | 'io';
+  /** A 64-bit BAR (takes two BAR slots). */
   is64?: boolean;
+  /** A prefetchable memory BAR. */
   prefetchable?: boolean;
   /**
    * Back the region with server memory the client can mmap.  With `sparse`,
    * only those areas are advertised as mappable.
    */
   memory?: boolean;
+  /** With `memory`: only these areas are mappable. */
   sparse?: SparseArea[];
   /** VFIO_REGION_INFO_CAP_TYPE for device-specific regions. */
-  type?: { type: number; subtype: number };
+  type?: {
+    /** VFIO_REGION_TYPE_*. */
+    type: number;
+    /** VFIO_REGION_SUBTYPE_*. */
+    subtype: number;
+  };
+  /** Callbacks serving REGION_READ / REGION_WRITE. */
   access?: RegionAccess;
 }
 
 /** A region as the server holds it (see {@link VfioUserDevice.region}). */
 export class Region {
+  /** The region index. */
   readonly index: number;
+  /** Bytes. */
   readonly size: number;
+  /** Client may read. */
   readonly readable: boolean;
+  /** Client may write. */
   readonly writable: boolean;
+  /** Memory or I/O space (BARs). */
   readonly kind: 'mem' | 'io';
+  /** A 64-bit BAR. */
   readonly is64: boolean;
+  /** A prefetchable BAR. */
   readonly prefetchable: boolean;
+  /** Its access callbacks. */
   readonly access: RegionAccess | undefined;
-  readonly type: { type: number; subtype: number } | undefined;
+  /** The region type capability, if any. */
+  readonly type:
+    | {
+        /** VFIO_REGION_TYPE_*. */
+        type: number;
+        /** VFIO_REGION_SUBTYPE_*. */
+        subtype: number;
+      }
+    | undefined;
+  /** The mappable areas (memory-backed regions). */
   readonly sparse: SparseArea[];
   /** The region's memory (memory-backed regions), exactly `size` bytes. */
   readonly memory: Buffer | null;
@@ -111,6 +138,7 @@ export class Region {
     return this.fd >= 0 && canPassFds;
   }
 
+  /** VFIO_REGION_INFO_FLAG_* as REGION_INFO reports them. */
   flags(canPassFds: boolean): number {
     if (this.size === 0) return 0;
     return (this.readable ? RegionFlag.READ : 0) | (this.writable ? RegionFlag.WRITE : 0) | (this.mappable(canPassFds) ? RegionFlag.MMAP : 0);

@@ -24,6 +24,7 @@ import { Session, type SessionOptions } from './session.js';
  * tracking memory: ENOMEM; one report: E2BIG).
  */
 export interface ServeOptions extends Partial<SessionOptions> {
+  /** 'native' (the default with the addon) or 'net'. */
   transport?: TransportKind;
   /** Socket file mode (default 0600). */
   mode?: number;
@@ -65,6 +66,7 @@ function sessionOptions(o: ServeOptions): SessionOptions {
 /** The events of a {@link VfioUserServer} and their listeners' arguments. */
 export interface ServerEvents {
   /** A client connected (its session; negotiation follows). */
+  /** @internal */
   session: [session: Session];
   /** The client went away and the device is cleaned up (see DeviceEvents.disconnected). */
   disconnected: [];
@@ -81,6 +83,7 @@ export interface ServerEvents {
  * SIGTERM.  Its events are listed in {@link ServerEvents}.
  */
 export class VfioUserServer extends EventEmitter<ServerEvents> {
+  /** The current client's session. @internal */
   session: Session | null = null;
   /** Clients served so far. */
   connections = 0;
@@ -93,6 +96,7 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
   private refusing = 0;
 
   private constructor(
+    /** The device served. */
     readonly device: VfioUserDevice,
     serveOpts: ServeOptions,
   ) {
@@ -133,6 +137,7 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
     return s;
   }
 
+  /** The socket path (null when serving an fd). */
   get path(): string | null {
     return this.listener?.path ?? null;
   }

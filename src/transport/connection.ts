@@ -61,6 +61,7 @@ export class RemoteError extends VfuError {
   readonly reason: string | null;
   /** What the request was for, in words ("SET migration state STOP"), when the caller said. */
   readonly what: string | null;
+  /** The peer refused `cmd` with `errno` (and `reason`, when it sent one); `what` says what it was for. */
   constructor(errno: number, cmd: number, reason: string | null = null, what: string | null = null) {
     const head = `the peer refused ${commandName(cmd)}${what ? ` (${what})` : ''}`;
     super(errno, reason ? `${head}: ${reason}` : head);

@@ -13,7 +13,7 @@
 //    it streams in (never buffered), so the stream stays in sync
 //    (libvfio-user leaves the body in the socket and parses it as headers);
 //  - descriptors belong to the message holding the last byte of the read that
-//    brought them (see native-notes.md).  They are counted as they arrive:
+//    brought them (see docs/native.md).  They are counted as they arrive:
 //    once a message in progress has brought more than the per-message
 //    limit, all of its descriptors are closed at once (and it is refused
 //    with EINVAL when it ends), and those arriving inside a body being

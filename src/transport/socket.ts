@@ -16,6 +16,7 @@ export interface EndpointLimits {
   maxFds: number;
 }
 
+/** 'native': the addon (descriptor passing); 'net': node:net (no descriptors). */
 export type TransportKind = 'native' | 'net';
 
 export function defaultTransport(): TransportKind {
