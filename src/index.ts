@@ -22,9 +22,9 @@ export { RemoteError } from './transport/connection.js';
 export type { RegionSpec, RegionAccess, SparseArea } from './server/regions.js';
 export type { DmaMappingInfo, DmaSegment } from './server/dma.js';
 
-export { PciConfigSpace, MsixTable, decodeConfigSpace, formatDescription } from './pci/index.js';
+export { PciConfigSpace, MsixTable } from './pci/index.js';
 
-export { MigrationController, type MigrationCallbacks, type PrecopyInfo } from './migration/controller.js';
+export { MigrationController, DeviceStateLostError, type MigrationCallbacks, type PrecopyInfo } from './migration/controller.js';
 export { deriveNextState, planPath, migrationFlags, type MigrationFeatures } from './migration/fsm.js';
 export { DirtyBitmap, DirtyLog, bitmapSize, type DirtyLogOptions, type LogRange } from './migration/dirty.js';
 
@@ -77,16 +77,15 @@ export { createNvme, NVME_VENDOR_ID, NVME_DEVICE_ID, NVME_CLASS_CODE, type NvmeO
 export { NvmeDriver, NvmeStatusError, type NvmeDriverOptions, type NvmeCompletion, type NvmeInfo } from './client/nvme/driver.js';
 
 // Types that the exports above take or return.
-export type { PciConfigOptions, PciHooks, PciEvent, HookFn, HookResult, CapabilityInfo, MsiState, BarInfo, RomInfo, BarSpec } from './pci/config-space.js';
+export type { PciConfigOptions, PciHooks, PciEvent, HookFn, BarKind, MsixControl, HookResult, CapabilityInfo, MsiState, BarInfo, RomInfo, BarSpec } from './pci/config-space.js';
 export type { ExpressOptions, ExtVendorOptions, MsiOptions, MsixOptions, PmOptions, Placement, VendorOptions } from './pci/config-space.js';
 export type { MsixEntry, MsixCapability } from './pci/msix.js';
-export type { PowerState } from './pci/constants.js';
-export type { PciDescription, DecodeOptions } from './pci/decode.js';
+export { PcieDeviceType, type PowerState, type PcieDeviceTypeId } from './pci/constants.js';
 export type { MigrationStats } from './migration/controller.js';
 export type { MigrationCaps, MigSizingCaps } from './protocol/capabilities.js';
 export type { HeaderFields } from './protocol/header.js';
 export type { DescribeOptions } from './protocol/describe.js';
-export type { RegionCap, SubRegion } from './protocol/messages/region.js';
+export type { SubRegion } from './protocol/messages/region.js';
 export type { TransportKind } from './transport/socket.js';
 export type { DmaController, DmaAccessMode, UnsealedPolicy, DmaMapping, DmaLimits } from './server/dma.js';
 export type { Region } from './server/regions.js';
@@ -94,7 +93,7 @@ export type { IoEventFdSpec } from './server/ioeventfds.js';
 export type { IrqStateCallback } from './server/irqs.js';
 export type { DmaMapRequest, DmaMappingRecord } from './client/client.js';
 export type { PhaseStats, RoundStats, GuestLayout, ProgressEvent, Phase } from './client/migrate.js';
-export type { Chunk } from './client/tcp-stream.js';
+export type { Chunk, PagePlacer } from './client/tcp-stream.js';
 export type { SampleDevice, SampleOptions } from './devices/sample.js';
 export type { GpioDevice, GpioOptions } from './devices/gpio.js';
 export type { BigStateDevice, BigStateOptions } from './devices/bigstate.js';

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createGpio } from '../src/devices/gpio.js';
 import { createSample } from '../src/devices/sample.js';
+import { PciRegion } from '../src/protocol/constants.js';
 import type { MigrationReport } from '../src/client/migrate.js';
 import type { VfioUserDevice } from '../src/server/device.js';
 import { cli, start } from './helpers/procs.js';
@@ -147,6 +148,19 @@ describe('vfu read / vfu write / vfu migrate, first contact', () => {
     const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
     assert.ok(all.includes(`downtime ${ms(report.downtimeMs)} ms`), 'the downtime');
     for (const p of report.phases) assert.ok(all.includes(`${p.phase}: ${ms(p.ms)} ms`), p.phase);
+  });
+
+  test('--discard-precopy-data: the stop-copy image alone restores the sample; --help gives the caveat', async () => {
+    const a = await served(createSample().device);
+    const bDev = createSample();
+    const b = await served(bDev.device);
+    const c = await a.connect();
+    await c.regionWrite(PciRegion.BAR1, 0x10, Buffer.from('precopy'));
+    c.close();
+    const report = JSON.parse(await ok('migrate', '--from', a.path, '--to', b.path, '--json', '--discard-precopy-data')) as MigrationReport;
+    assert.ok(report.preCopy);
+    assert.equal(bDev.bar1.subarray(0x10, 0x17).toString(), 'precopy');
+    assert.match(await ok('migrate', '--help'), /--discard-precopy-data[\s\S]*stop-copy image[\s\S]*loses that part/);
   });
 
   test('usage errors name the option and what to do', async () => {

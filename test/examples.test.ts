@@ -125,7 +125,7 @@ describe('examples, compiled and run from the packed tarball', () => {
     } catch (e) {
       assert.fail(`tsc: ${(e as { stdout?: string }).stdout ?? e}`);
     }
-    for (const f of ['my-device.js', 'serve.js', 'inspect.js', 'vmm-migrate.js']) assert.ok(existsSync(join(proj, 'dist', f)), f);
+    for (const f of ['my-device.js', 'serve.js', 'inspect.js', 'vmm-migrate.js', 'nvme.js']) assert.ok(existsSync(join(proj, 'dist', f)), f);
   });
 
   test('serve + inspect: one DMA transfer on a doorbell write, its interrupt, exit', async () => {
@@ -184,6 +184,14 @@ describe('examples, compiled and run from the packed tarball', () => {
     assert.equal(quiet.stderr, '');
     server.child.kill('SIGTERM');
     await finished(server);
+  });
+
+  test('nvme: a block written through the controller reads back and lands in the image', async () => {
+    const image = join(t.dir, 'disk.img');
+    const out = await finished(run('nvme.js', image));
+    assert.match(out, /vfio-user TypeScript NVMe: 32768 blocks of 512 bytes/);
+    assert.match(out, /read back: hello, block 0/);
+    assert.equal(readFileSync(image).subarray(0, 14).toString(), 'hello, block 0');
   });
 
   test('vmm-migrate: the device and the guest RAM move to the other server', async () => {

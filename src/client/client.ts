@@ -109,7 +109,7 @@ export interface RegionInfo {
   size: number;
   /** Offset of the region in its descriptor (for mmap). */
   offset: number;
-  /** The capabilities in the reply, decoded. */
+  /** The capabilities in the reply, decoded (sparse and type are above). @internal */
   caps: RegionCap[];
   /** The mappable areas (sparse mmap capability), or null when the whole region maps. */
   sparse:

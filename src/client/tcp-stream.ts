@@ -101,8 +101,10 @@ export class ChunkReader {
   private got = 0;
   private seq = 0;
 
+  /** A reader; with `placePages`, PAGES payloads land straight in guest memory. */
   constructor(private readonly placePages?: PagePlacer) {}
 
+  /** Feeds bytes in; returns the chunks they complete. */
   push(data: Buffer): Chunk[] {
     const out: Chunk[] = [];
     let at = 0;
@@ -239,6 +241,7 @@ export class TcpTarget implements MigrationTarget {
   /** Bytes written to the stream (headers included). */
   bytesSent = 0;
 
+  /** A target for `vfu receive` at `url` (tcp:// or tcps:// with `opts.tls`); it connects on begin(). */
   constructor(
     private readonly url: string,
     private readonly opts: TcpTargetOptions = {},

@@ -10,8 +10,11 @@ import { Errno, MigState, type MigStateId, PciRegion } from '../protocol/constan
 import { VfuError } from '../protocol/errors.js';
 import { VfioUserDevice } from '../server/device.js';
 
+/** Options of {@link createBigState}. */
 export interface BigStateOptions {
+  /** Device state size in MiB (default 64). */
   stateMib?: number;
+  /** MiB of it streamed in pre-copy. */
   precopyMib?: number;
   /** Generate the state (source); a destination starts zeroed. */
   seed?: number;
@@ -25,13 +28,17 @@ export interface BigStateOptions {
   verify?: boolean;
 }
 
+/** The bigstate device and its state. */
 export interface BigStateDevice {
+  /** The device to serve. */
   device: VfioUserDevice;
+  /** Its migration state. */
   state: Buffer;
   /** CRC-32 of the source state (what a destination must end up with). */
   readonly expectedCrc: number;
   /** Set on a destination once RESUMING -> STOP accepted the data. */
   receivedCrc: number | null;
+  /** Reads of the BAR0 counter. */
   bar0Reads: bigint;
 }
 
@@ -48,6 +55,7 @@ export function fillPseudoRandom(buf: Buffer, seed: number): void {
   for (let i = words.length * 4; i < buf.length; i++) buf[i] = i & 0xff;
 }
 
+/** The benchmark fixture: a device with a large, verifiable migration state (see the top of this file). */
 export function createBigState(o: BigStateOptions = {}): BigStateDevice {
   const size = Math.round((o.stateMib ?? 64) * 1024 * 1024);
   const pre = Math.min(size, Math.round((o.precopyMib ?? 0) * 1024 * 1024));

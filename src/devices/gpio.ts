@@ -7,16 +7,21 @@
 import { IrqIndex, PciRegion } from '../protocol/constants.js';
 import { VfioUserDevice } from '../server/device.js';
 
+/** The GPIO device and its pin counters. */
 export interface GpioDevice {
+  /** The device to serve. */
   device: VfioUserDevice;
+  /** How many times each of the 16 pins was pulsed. */
   pins: Int32Array;
 }
 
+/** Options of {@link createGpio}. */
 export interface GpioOptions {
   /** Whether BAR2 is in I/O space (the default, as the card has it) or memory space. */
   bar2?: 'io' | 'mem';
 }
 
+/** A PCI-IDIO-16 GPIO card (see the top of this file). */
 export function createGpio(opts: GpioOptions = {}): GpioDevice {
   const device = new VfioUserDevice({ name: 'gpio', pci: { vendorId: 0x494f, deviceId: 0x0dc8 } });
   const pins = new Int32Array(16);

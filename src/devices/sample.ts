@@ -22,20 +22,30 @@ const CHUNK = 1024;
 const CHUNKS = 4;
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
+/** The sample device and what tests observe of it. */
 export interface SampleDevice {
+  /** The device to serve. */
   device: VfioUserDevice;
   /** BAR1's memory (what the client may mmap). */
   bar1: Buffer;
   /** BAR0: the programmed absolute time. */
   readonly bar0: bigint;
   /** Outcome of the DMA checks run after each timer interrupt. */
-  dmaChecks: { ok: number; failed: number };
+  dmaChecks: {
+    /** Checks that read back what was written. */
+    ok: number;
+    /** Checks that did not. */
+    failed: number;
+  };
   /** Interrupts raised by the timer. */
   interrupts: number;
 }
 
+/** Options of {@link createSample}. */
 export interface SampleOptions {
+  /** Offer PRE_COPY (default true). */
   preCopy?: boolean;
+  /** Also expose the v1 migration region. */
   v1?: boolean;
   /** BAR1's size: whole pages, at least three (pages 0 and 2 are mmappable). */
   bar1Size?: number;

@@ -13,6 +13,7 @@ import { type MigrationFeatures, deriveNextState, isSavingState, migrationFlags,
  * where the walk had got to.
  */
 export class DeviceStateLostError extends VfuError {
+  /** The failure, with the errno to reply with. */
   constructor(errno: number, message?: string) {
     super(errno, message);
     this.name = 'DeviceStateLostError';
@@ -64,27 +65,43 @@ export interface MigrationCallbacks {
   stopCopySize?(): number;
 }
 
+/** Counters of a device's migrations. */
 export interface MigrationStats {
+  /** Stream bytes read (MIG_DATA_READ). */
   bytesRead: number;
+  /** Stream bytes written (MIG_DATA_WRITE). */
   bytesWritten: number;
+  /** FSM arcs taken. */
   transitions: number;
 }
 
+/**
+ * A device's migration state machine and stream (what setupMigration()
+ * returns and VfioUserDevice.migration holds): read its `state`.
+ */
 export class MigrationController {
+  /** The optional states the device implements. */
   readonly features: MigrationFeatures;
+  /** VFIO_MIGRATION_* flags (MigrationFlag). */
   readonly flags: number;
   private readonly table: number[][];
   private _state: MigStateId = MigState.RUNNING;
+  /** Counters. */
   readonly stats: MigrationStats = { bytesRead: 0, bytesWritten: 0, transitions: 0 };
   /** Observers of every state change (server bookkeeping, progress UIs). */
   onChange: ((from: MigStateId, to: MigStateId) => void) | null = null;
 
-  constructor(readonly callbacks: MigrationCallbacks) {
+  /** A state machine over the device's callbacks (setupMigration() makes it). */
+  constructor(
+    /** The device's callbacks. */
+    readonly callbacks: MigrationCallbacks,
+  ) {
     this.features = { preCopy: callbacks.features?.preCopy ?? false, p2p: callbacks.features?.p2p ?? false };
     this.flags = migrationFlags(this.features);
     this.table = deriveNextState(this.features);
   }
 
+  /** The current state (MigState). */
   get state(): MigStateId {
     return this._state;
   }
@@ -125,6 +142,7 @@ export class MigrationController {
     this.onChange?.(from, s);
   }
 
+  /** Whether the device is saving (PRE_COPY, PRE_COPY_P2P, STOP_COPY). */
   get saving(): boolean {
     return isSavingState(this._state);
   }
@@ -168,6 +186,7 @@ export class MigrationController {
     return b !== null && b.length === size ? b : null;
   }
 
+  /** Pre-copy sizing: only in PRE_COPY (EINVAL otherwise). */
   precopyInfo(): PrecopyInfo {
     if (this._state !== MigState.PRE_COPY && this._state !== MigState.PRE_COPY_P2P) {
       throw new VfuError(Errno.EINVAL, 'pre-copy info outside PRE_COPY');
@@ -175,6 +194,7 @@ export class MigrationController {
     return this.callbacks.precopyInfo?.() ?? { initialBytes: 0, dirtyBytes: 0 };
   }
 
+  /** The device's estimate of its stop-copy stream (0 without the callback). */
   stopCopySize(): number {
     return this.callbacks.stopCopySize?.() ?? 0;
   }

@@ -409,7 +409,9 @@ function convert(w: Uint32Array, owned: boolean, o: Uint32Array, nOut: number, t
 
 /** Dirty-page state of one logged IOVA range. */
 export class DirtyBitmap {
+  /** First address tracked. */
   readonly iova: number;
+  /** Bytes tracked. */
   readonly length: number;
   /** Tracking page size. */
   readonly pageSize: number;
@@ -417,6 +419,7 @@ export class DirtyBitmap {
   readonly pages: number;
   private readonly words: Uint32Array;
 
+  /** A clean bitmap over [iova, iova+length) at `pageSize` granularity. */
   constructor(iova: number, length: number, pageSize: number) {
     checkPageSize(pageSize);
     checkSpan(iova, length, 'logged range');
@@ -452,12 +455,14 @@ export class DirtyBitmap {
     else setRange(this.words, k0, k1);
   }
 
+  /** Marks every page dirty. */
   markAll(): void {
     this.words.fill(0xffffffff);
     const rem = this.pages % 32;
     if (rem !== 0) this.words[this.words.length - 1] = 0xffffffff >>> (32 - rem);
   }
 
+  /** Marks every page clean. */
   clear(): void {
     this.words.fill(0);
   }
@@ -536,6 +541,7 @@ export class DirtyBitmap {
   }
 }
 
+/** Options of a DirtyLog. */
 export interface DirtyLogOptions {
   /** Cap on the tracking bitmaps (ENOMEM beyond). Default DEFAULT_MAX_BITMAP_BYTES. */
   maxBitmapBytes?: number;
@@ -543,7 +549,9 @@ export interface DirtyLogOptions {
 
 /** An IOVA range to log. */
 export interface LogRange {
+  /** First address. */
   iova: number;
+  /** Bytes. */
   length: number;
 }
 
@@ -579,10 +587,12 @@ export class DirtyLog {
   /** Where reports are built (see reportBuffer). */
   private reportBuf: Buffer | null = null;
 
+  /** An inactive log. */
   constructor(opts: DirtyLogOptions = {}) {
     this.maxBitmapBytes = opts.maxBitmapBytes ?? DEFAULT_MAX_BITMAP_BYTES;
   }
 
+  /** Whether logging is on. */
   get active(): boolean {
     return this.tracking !== 0;
   }
@@ -659,6 +669,7 @@ export class DirtyLog {
     this.lastHit = undefined;
   }
 
+  /** Stops logging and drops the bitmaps. */
   stop(): void {
     this.maps = new SortedMap();
     this.bytes = 0;

@@ -10,7 +10,12 @@
 import { MigState, MigrationFlag, NUM_MIG_STATES } from '../protocol/constants.js';
 
 /** Optional migration features; STOP_COPY is mandatory and always present. */
-export type MigrationFeatures = { preCopy: boolean; p2p: boolean };
+export type MigrationFeatures = {
+  /** PRE_COPY (live migration with pre-copy rounds). */
+  preCopy: boolean;
+  /** The P2P states (RUNNING_P2P, PRE_COPY_P2P). */
+  p2p: boolean;
+};
 
 /** A directed arc [from, to] between two states (kernel numbering). */
 export type Arc = readonly [from: number, to: number];

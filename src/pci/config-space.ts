@@ -44,13 +44,19 @@ import {
 } from './constants.js';
 import { type MsixCapability, decodeMsixCapability } from './msix.js';
 
+/** What a config space is built from: the device's identity. */
 export interface PciConfigOptions {
+  /** PCI vendor id. */
   vendorId: number;
+  /** PCI device id. */
   deviceId: number;
+  /** Subsystem vendor id (default 0). */
   subsystemVendorId?: number;
+  /** Subsystem id (default 0). */
   subsystemId?: number;
   /** 24 bits: base class << 16 | subclass << 8 | programming interface. */
   classCode?: number;
+  /** Revision id (default 0). */
   revision?: number;
   /** 4 KiB PCI Express config space (with room for extended capabilities). */
   express?: boolean;
@@ -58,55 +64,85 @@ export interface PciConfigOptions {
   interruptPin?: 0 | 1 | 2 | 3 | 4;
 }
 
+/** A BAR's address space. */
 export type BarKind = 'mem' | 'io';
+/** How a BAR is declared (addRegion does it for BAR regions). */
 export interface BarSpec {
   /** Bytes of the region behind the BAR; 0 leaves the BAR unused. */
   size: number;
+  /** Memory or I/O space. */
   kind: BarKind;
+  /** A 64-bit memory BAR (uses the next BAR slot too). */
   is64?: boolean;
+  /** Prefetchable memory. */
   prefetchable?: boolean;
 }
+/** A BAR as the guest programmed it. */
 export interface BarInfo {
+  /** BAR index (0-5). */
   index: number;
+  /** Bytes of the region behind it. */
   size: number;
   /** What the BAR decodes: size rounded up to a power of two (16 B memory, 4 B I/O at least). */
   sizingSize: number;
+  /** Memory or I/O space. */
   kind: BarKind;
+  /** 64-bit BAR. */
   is64: boolean;
+  /** Prefetchable memory. */
   prefetchable: boolean;
   /** Address currently programmed (flag bits removed). */
   address: bigint;
 }
+/** The expansion ROM BAR as the guest programmed it. */
 export interface RomInfo {
+  /** Bytes of the ROM. */
   size: number;
+  /** What the BAR decodes (a power of two, at least 2 KiB). */
   sizingSize: number;
+  /** Address programmed. */
   address: number;
+  /** ROM decoding enabled. */
   enabled: boolean;
 }
 
+/** The MSI capability's state as the guest programmed it. */
 export interface MsiState {
+  /** MSI Enable. */
   enabled: boolean;
+  /** Message address. */
   address: bigint;
+  /** Message data. */
   data: number;
   /** Per-vector mask bits (0 without per-vector masking). */
   mask: number;
+  /** Pending bits (per-vector masking). */
   pending: number;
   /** Vectors the guest enabled (Multiple Message Enable). */
   vectorsEnabled: number;
   /** Vectors the device asks for (Multiple Message Capable). */
   vectorsCapable: number;
+  /** 64-bit message address. */
   is64: boolean;
+  /** Per-vector masking capable. */
   perVectorMask: boolean;
 }
+/** The MSI-X Message Control bits a device hears about. */
 export interface MsixControl {
+  /** MSI-X Enable. */
   enabled: boolean;
+  /** Function Mask. */
   functionMasked: boolean;
 }
+/** A capability placed in config space. */
 export interface CapabilityInfo {
+  /** Capability id (PCI_CAP_ID_* or PCI_EXT_CAP_ID_*). */
   id: number;
+  /** Offset in config space. */
   offset: number;
   /** Bytes the capability defines (placement reserves it rounded up to a dword). */
   length: number;
+  /** An extended (PCIe) capability. */
   extended: boolean;
   /** Guest writes anywhere in it are refused with EPERM. */
   readonly: boolean;
@@ -114,40 +150,63 @@ export interface CapabilityInfo {
 
 /** Where a capability goes: the first free dword-aligned spot unless given. */
 export interface Placement {
+  /** Config space offset (default: the next free one). */
   offset?: number;
 }
+/** Options of addPowerManagement(). */
 export interface PmOptions extends Placement {
+  /** D1 supported. */
   d1?: boolean;
+  /** D2 supported. */
   d2?: boolean;
   /** PME_Support: bit 0 D0, 1 D1, 2 D2, 3 D3hot, 4 D3cold. */
   pmeSupport?: number;
   /** State is kept across D3hot -> D0 (the default, as for most virtual devices). */
   noSoftReset?: boolean;
 }
+/** Options of addMsi(). */
 export interface MsiOptions extends Placement {
+  /** Vectors the device asks for (Multiple Message Capable). */
   vectors: 1 | 2 | 4 | 8 | 16 | 32;
+  /** 64-bit message address. */
   is64?: boolean;
+  /** Per-vector masking. */
   perVectorMask?: boolean;
 }
+/** Options of addMsix(): where the table and the PBA are. */
 export interface MsixOptions extends Placement {
   /** Vectors, 1..2048. */
   tableSize: number;
+  /** BAR holding the vector table. */
   tableBar: number;
+  /** Offset of the table in that BAR (8-byte aligned). */
   tableOffset: number;
+  /** BAR holding the Pending Bit Array. */
   pbaBar: number;
+  /** Offset of the PBA in that BAR (8-byte aligned). */
   pbaOffset: number;
 }
+/** Options of addExpress(). */
 export interface ExpressOptions extends Placement {
+  /** Device/port type (default: endpoint). */
   deviceType?: PcieDeviceTypeId;
+  /** Advertise Function Level Reset. */
   flrCapable?: boolean;
 }
+/** Options of addVendor(). */
 export interface VendorOptions extends Placement {
+  /** Guest writes to it are refused (EPERM). */
   readonly?: boolean;
 }
+/** Options of addExtVendor() (a PCIe vendor-specific extended capability). */
 export interface ExtVendorOptions extends Placement {
+  /** VSEC id. */
   vsecId: number;
+  /** VSEC revision. */
   vsecRev: number;
+  /** The capability's body after its header. */
   body: Buffer | Uint8Array;
+  /** Guest writes to it are refused (EPERM). */
   readonly?: boolean;
 }
 
@@ -163,11 +222,13 @@ export interface PciHooks {
   command?: (old: number, now: number) => HookResult;
   /** A BAR register was written; for a 64-bit BAR, index is the lower half. */
   bar?: (index: number, address: bigint) => HookResult;
+  /** The expansion ROM BAR was written. */
   rom?: (address: number, enabled: boolean) => HookResult;
   /** Any MSI register changed. */
   msi?: (state: MsiState) => HookResult;
   /** MSI-X Enable or Function Mask changed. */
   msix?: (state: MsixControl) => HookResult;
+  /** The power state changed (PMCSR). */
   powerState?: (old: PowerState, now: PowerState) => HookResult;
   /** The guest initiated a Function Level Reset: reset the device (and call reset() here). */
   flr?: () => HookResult;
@@ -243,8 +304,11 @@ function overlaps(a: number, aEnd: number, b: number, bEnd: number): boolean {
   return a < bEnd && b < aEnd;
 }
 
+/** A device's PCI config space (VfioUserDevice.pci): the type-0 header, BARs, capabilities, what the guest may write, and hooks on its writes. */
 export class PciConfigSpace {
+  /** 256 bytes, or 4096 for PCI Express. */
   readonly size: number;
+  /** A PCI Express config space. */
   readonly express: boolean;
   /** Guest-visible bytes. */
   private readonly config: Buffer;
@@ -275,6 +339,7 @@ export class PciConfigSpace {
   /** Where rejections of async hooks go (otherwise they are unhandled rejections). */
   onHookError: ((err: unknown, event: PciEvent) => void) | undefined;
 
+  /** A config space with this identity. */
   constructor(opts: PciConfigOptions) {
     this.express = opts.express === true;
     this.size = this.express ? PCIE_CFG_SIZE : PCI_CFG_SIZE;
@@ -332,6 +397,7 @@ export class PciConfigSpace {
 
   // ---- building -------------------------------------------------------
 
+  /** Declares BAR `index` (its size and kind). */
   setBar(index: number, spec: BarSpec): void {
     checkInt('BAR index', index, 0, PCI_NUM_BARS - 1);
     if (this.barUpper[index]) fail(Errno.EINVAL, `BAR${index} is the upper half of 64-bit BAR${index - 1}`);
@@ -381,6 +447,7 @@ export class PciConfigSpace {
     this.init8(Cfg.INT_PIN, checkInt('interruptPin', pin, 0, 4));
   }
 
+  /** Declares an expansion ROM of `size` bytes. */
   setRom(size: number): void {
     checkInt('ROM size', size, 0, MAX_ROM);
     this.romSize = size;
@@ -389,6 +456,7 @@ export class PciConfigSpace {
     this.mask(this.wmask, Cfg.ROM, 4, size === 0 ? 0 : (~(this.romSizing - 1) & ROM_ADDRESS_MASK) | ROM_ENABLE);
   }
 
+  /** Adds the power management capability; returns its offset. */
   addPowerManagement(opts: PmOptions = {}): number {
     if (this.pmOff !== undefined) fail(Errno.EEXIST, 'power management capability already present');
     const pme = checkInt('pmeSupport', opts.pmeSupport ?? 0, 0, 0x1f);
@@ -415,6 +483,7 @@ export class PciConfigSpace {
     return off;
   }
 
+  /** Adds the MSI capability; returns its offset. */
   addMsi(opts: MsiOptions): number {
     if (this.msiOff !== undefined) fail(Errno.EEXIST, 'MSI capability already present');
     const mmc = [1, 2, 4, 8, 16, 32].indexOf(opts.vectors);
@@ -453,6 +522,7 @@ export class PciConfigSpace {
     return off;
   }
 
+  /** Adds the MSI-X capability (the table and PBA live in the given BARs); returns its offset. */
   addMsix(opts: MsixOptions): number {
     if (this.msixOff !== undefined) fail(Errno.EEXIST, 'MSI-X capability already present');
     checkInt('MSI-X tableSize', opts.tableSize, 1, Msix.MAX_VECTORS);
@@ -477,6 +547,7 @@ export class PciConfigSpace {
     return off;
   }
 
+  /** Adds the PCI Express capability; returns its offset. */
   addExpress(opts: ExpressOptions = {}): number {
     if (this.expOff !== undefined) fail(Errno.EEXIST, 'PCI Express capability already present');
     const type = checkInt('deviceType', opts.deviceType ?? PcieDeviceType.ENDPOINT, 0, 0xf);
@@ -596,26 +667,32 @@ export class PciConfigSpace {
     for (const q of queue) q();
   }
 
+  /** Reads a byte. */
   read8(offset: number): number {
     this.checkRange(offset, 1);
     return this.config.readUInt8(offset);
   }
+  /** Reads a little-endian 16-bit word. */
   read16(offset: number): number {
     this.checkRange(offset, 2);
     return this.config.readUInt16LE(offset);
   }
+  /** Reads a little-endian 32-bit word. */
   read32(offset: number): number {
     this.checkRange(offset, 4);
     return this.config.readUInt32LE(offset);
   }
+  /** Writes a byte as the guest would (masks and hooks apply). */
   write8(offset: number, value: number): void {
     this.write(offset, Buffer.of(value & 0xff));
   }
+  /** Writes a 16-bit word as the guest would. */
   write16(offset: number, value: number): void {
     const b = Buffer.alloc(2);
     b.writeUInt16LE(value & 0xffff);
     this.write(offset, b);
   }
+  /** Writes a 32-bit word as the guest would. */
   write32(offset: number, value: number): void {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(value >>> 0);
@@ -717,21 +794,27 @@ export class PciConfigSpace {
 
   // ---- state for the server ---------------------------------------------
 
+  /** The COMMAND register. */
   get command(): number {
     return this.config.readUInt16LE(Cfg.COMMAND);
   }
+  /** The STATUS register. */
   get status(): number {
     return this.config.readUInt16LE(Cfg.STATUS);
   }
+  /** I/O space decoding enabled. */
   get commandIoEnabled(): boolean {
     return (this.command & PciCommand.IO) !== 0;
   }
+  /** Memory space decoding enabled. */
   get commandMemoryEnabled(): boolean {
     return (this.command & PciCommand.MEMORY) !== 0;
   }
+  /** Bus mastering (DMA) enabled. */
   get busMasterEnabled(): boolean {
     return (this.command & PciCommand.MASTER) !== 0;
   }
+  /** INTx disabled by the guest. */
   get intxDisabled(): boolean {
     return (this.command & PciCommand.INTX_DISABLE) !== 0;
   }
@@ -744,12 +827,14 @@ export class PciConfigSpace {
     return { index, size: b.size, sizingSize: b.sizingSize, kind: b.kind, is64: b.is64, prefetchable: b.prefetchable, address: this.barAddress(index) };
   }
 
+  /** The expansion ROM as programmed, if there is one. */
   rom(): RomInfo | undefined {
     if (this.romSize === 0) return undefined;
     const v = this.config.readUInt32LE(Cfg.ROM);
     return { size: this.romSize, sizingSize: this.romSizing, address: (v & ROM_ADDRESS_MASK) >>> 0, enabled: (v & ROM_ENABLE) !== 0 };
   }
 
+  /** The MSI state, with the MSI capability. */
   get msi(): MsiState | undefined {
     const off = this.msiOff;
     if (off === undefined) return undefined;
@@ -771,6 +856,7 @@ export class PciConfigSpace {
     };
   }
 
+  /** The MSI-X capability's fields, with it. */
   get msix(): MsixCapability | undefined {
     const off = this.msixOff;
     if (off === undefined) return undefined;
@@ -778,15 +864,18 @@ export class PciConfigSpace {
     return decodeMsixCapability(c.readUInt16LE(off + Msix.CONTROL), c.readUInt32LE(off + Msix.TABLE), c.readUInt32LE(off + Msix.PBA));
   }
 
+  /** The power state (D0-D3hot), with power management. */
   get powerState(): PowerState | undefined {
     if (this.pmOff === undefined) return undefined;
     return (this.config.readUInt16LE(this.pmOff + Pm.PMCSR) & Pm.CSR_STATE_MASK) as PowerState;
   }
 
+  /** Whether FLR is advertised. */
   get isFlrCapable(): boolean {
     return this.flrCapable;
   }
 
+  /** The capabilities placed, in order. */
   get capabilities(): CapabilityInfo[] {
     return this.caps
       .map(({ id, offset, length, extended, readonly }) => ({ id, offset, length, extended, readonly }))
@@ -799,7 +888,12 @@ export class PciConfigSpace {
   }
 
   /** Copies of the per-byte masks: bits the guest may write, bits it clears by writing 1. */
-  masks(): { wmask: Buffer; w1cmask: Buffer } {
+  masks(): {
+    /** Writable bits. */
+    wmask: Buffer;
+    /** Write-1-to-clear bits. */
+    w1cmask: Buffer;
+  } {
     return { wmask: Buffer.from(this.wmask), w1cmask: Buffer.from(this.w1cmask) };
   }
 

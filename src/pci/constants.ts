@@ -247,6 +247,7 @@ export const Pm = {
   CSR_DATA_SCALE_MASK: 0x3 << 13,
   CSR_PME_STATUS: 1 << 15,
 } as const;
+/** A power state: 0 D0 ... 3 D3hot. */
 export type PowerState = 0 | 1 | 2 | 3;
 export const powerStateNames = ['D0', 'D1', 'D2', 'D3hot'] as const;
 
@@ -371,7 +372,7 @@ export const Exp = {
   DEVCTL2_ARI: 1 << 5,
 } as const;
 
-/** Device/Port Type values of the PCI Express Capabilities register. */
+/** Device/Port Type values of the PCI Express Capabilities register. @enum */
 export const PcieDeviceType = {
   ENDPOINT: 0x0,
   LEGACY_ENDPOINT: 0x1,
@@ -383,6 +384,7 @@ export const PcieDeviceType = {
   RC_INTEGRATED_ENDPOINT: 0x9,
   RC_EVENT_COLLECTOR: 0xa,
 } as const;
+/** A PCIe device/port type (PcieDeviceType). */
 export type PcieDeviceTypeId = (typeof PcieDeviceType)[keyof typeof PcieDeviceType];
 const pcieTypeNames: Record<number, string> = {
   0x0: 'Endpoint',

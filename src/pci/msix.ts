@@ -5,8 +5,11 @@ import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import { Msix } from './constants.js';
 
+/** One MSI-X table entry. */
 export interface MsixEntry {
+  /** Message address. */
   address: bigint;
+  /** Message data. */
   data: number;
   /** The entry's own Mask bit (the function mask is separate). */
   masked: boolean;
@@ -14,12 +17,19 @@ export interface MsixEntry {
 
 /** The MSI-X capability's fields as a device and lspci see them. */
 export interface MsixCapability {
+  /** MSI-X Enable. */
   enabled: boolean;
+  /** Function Mask. */
   functionMasked: boolean;
+  /** Vectors. */
   tableSize: number;
+  /** BAR of the table. */
   tableBar: number;
+  /** Offset of the table in it. */
   tableOffset: number;
+  /** BAR of the Pending Bit Array. */
   pbaBar: number;
+  /** Offset of the PBA in it. */
   pbaOffset: number;
 }
 
@@ -40,7 +50,9 @@ function fail(errno: number, message: string): never {
   throw new VfuError(errno, message);
 }
 
+/** An MSI-X vector table and Pending Bit Array a device keeps in its BAR (serve its reads and writes from the BAR's access callbacks). */
 export class MsixTable {
+  /** Vectors in the table. */
   readonly vectors: number;
   private readonly table: Buffer;
   private readonly pba: Buffer;
@@ -48,6 +60,7 @@ export class MsixTable {
   /** A vector became unmasked: deliver it now if it is pending. */
   onUnmask: ((vector: number) => void) | undefined;
 
+  /** A table of `vectors` entries, all masked. */
   constructor(vectors: number) {
     if (!Number.isInteger(vectors) || vectors < 1 || vectors > Msix.MAX_VECTORS) {
       fail(Errno.EINVAL, `MSI-X vectors must be in [1, ${Msix.MAX_VECTORS}], got ${String(vectors)}`);
@@ -76,11 +89,13 @@ export class MsixTable {
     this.fnMasked = false;
   }
 
+  /** A guest read of the table. */
   readTable(offset: number, length: number): Buffer {
     this.checkAccess('table', this.table.length, offset, length);
     return Buffer.from(this.table.subarray(offset, offset + length));
   }
 
+  /** A guest write to the table. */
   writeTable(offset: number, data: Buffer | Uint8Array): void {
     this.checkAccess('table', this.table.length, offset, data.length);
     const first = Math.floor(offset / Msix.ENTRY_SIZE);
@@ -99,6 +114,7 @@ export class MsixTable {
     }
   }
 
+  /** A guest read of the PBA. */
   readPba(offset: number, length: number): Buffer {
     this.checkAccess('PBA', this.pba.length, offset, length);
     return Buffer.from(this.pba.subarray(offset, offset + length));
@@ -117,6 +133,7 @@ export class MsixTable {
       for (let v = 0; v < this.vectors; v++) if (!this.entryMasked(v)) this.onUnmask?.(v);
     }
   }
+  /** The Function Mask as last set. */
   get functionMasked(): boolean {
     return this.fnMasked;
   }
@@ -127,6 +144,7 @@ export class MsixTable {
     return functionMasked || this.entryMasked(v);
   }
 
+  /** Vector `v`'s entry. */
   entry(v: number): MsixEntry {
     this.checkVector(v);
     const at = v * Msix.ENTRY_SIZE;
@@ -135,14 +153,17 @@ export class MsixTable {
     return { address: (hi << 32n) | lo, data: this.table.readUInt32LE(at + Msix.ENTRY_DATA), masked: this.entryMasked(v) };
   }
 
+  /** Marks vector `v` pending. */
   setPending(v: number): void {
     this.checkVector(v);
     this.pba[v >> 3] = this.pba[v >> 3]! | (1 << (v & 7));
   }
+  /** Clears vector `v`'s pending bit. */
   clearPending(v: number): void {
     this.checkVector(v);
     this.pba[v >> 3] = this.pba[v >> 3]! & ~(1 << (v & 7));
   }
+  /** Whether vector `v` is pending. */
   isPending(v: number): boolean {
     this.checkVector(v);
     return (this.pba[v >> 3]! & (1 << (v & 7))) !== 0;
@@ -165,6 +186,7 @@ export class MsixTable {
     return Buffer.concat([this.table, this.pba, Buffer.of(this.fnMasked ? 1 : 0)]);
   }
 
+  /** Loads a snapshot() (migration). */
   restore(buf: Buffer | Uint8Array): void {
     const want = this.table.length + this.pba.length + 1;
     if (buf.length !== want) fail(Errno.EINVAL, `MSI-X snapshot has ${buf.length} bytes, expected ${want}`);

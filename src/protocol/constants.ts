@@ -3,6 +3,7 @@
 
 /** Protocol version we speak (libvfio-user's LIB_VFIO_USER_MAJOR/MINOR). */
 export const VERSION_MAJOR = 0;
+/** Minor protocol version we speak. */
 export const VERSION_MINOR = 2;
 
 /** vfio-user command numbers (the header's `command` field). @enum */
@@ -27,12 +28,15 @@ export const Command = {
   MIG_DATA_READ: 17,
   MIG_DATA_WRITE: 18,
 } as const;
+/** A command's name ("DMA_MAP", ...). */
 export type CommandName = keyof typeof Command;
+/** A command's number. */
 export type CommandId = (typeof Command)[CommandName];
 
 const commandNames = new Map<number, CommandName>(
   (Object.keys(Command) as CommandName[]).map((k) => [Command[k], k]),
 );
+/** A command's name, or `CMD_N` for an unknown one. */
 export function commandName(cmd: number): string {
   return commandNames.get(cmd) ?? `CMD_${cmd}`;
 }
@@ -46,12 +50,16 @@ export const HeaderFlag = {
   ERROR: 0x20,
 } as const;
 
+/** Bytes of the message header. */
 export const HEADER_SIZE = 16;
 
 /** Capability defaults from the spec. */
 export const DEFAULT_MAX_DATA_XFER_SIZE = 1024 * 1024;
+/** `max_msg_fds` when the peer does not say (the spec's default). */
 export const DEFAULT_MAX_MSG_FDS = 1;
+/** `max_dma_maps` when the peer does not say. */
 export const DEFAULT_MAX_DMA_MAPS = 65535;
+/** `pgsizes` when the peer does not say. */
 export const DEFAULT_PGSIZES = 4096;
 /** Linux caps descriptors per message at SCM_MAX_FD. */
 export const LINUX_MAX_FDS = 253;
@@ -71,6 +79,7 @@ export const PciRegion = {
   CONFIG: 7,
   VGA: 8,
 } as const;
+/** The standard PCI regions (BAR0-5, ROM, config, VGA). */
 export const PCI_NUM_REGIONS = 9;
 /** libvfio-user's index for the v1 migration region. */
 export const MIGR_REGION_V1_INDEX = 9;
@@ -82,11 +91,14 @@ export const RegionFlag = { READ: 1 << 0, WRITE: 1 << 1, MMAP: 1 << 2, CAPS: 1 <
 export const RegionCapId = { SPARSE_MMAP: 1, TYPE: 2 } as const;
 /** VFIO_REGION_TYPE_MIGRATION / SUBTYPE (v1, now "deprecated" in Linux). */
 export const REGION_TYPE_MIGRATION = 3;
+/** See REGION_TYPE_MIGRATION. */
 export const REGION_SUBTYPE_MIGRATION = 1;
 
 /** IRQ indexes (VFIO_PCI_*_IRQ_INDEX). @enum */
 export const IrqIndex = { INTX: 0, MSI: 1, MSIX: 2, ERR: 3, REQ: 4 } as const;
+/** The interrupt indexes (INTx, MSI, MSI-X, ERR, REQ). */
 export const PCI_NUM_IRQS = 5;
+/** Names of the interrupt indexes, by IrqIndex. */
 export const irqIndexNames = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'] as const;
 
 /** VFIO_IRQ_INFO_* @enum */
@@ -135,6 +147,7 @@ export const Feature = {
   /** Our vfio-user extension mirroring VFIO_MIG_GET_PRECOPY_INFO; see README. */
   MIG_PRECOPY_INFO: 0x8001,
 } as const;
+/** A DEVICE_FEATURE index's name, or `FEATURE_N`. */
 export function featureName(index: number): string {
   for (const [k, v] of Object.entries(Feature)) if (v === index) return k;
   return `FEATURE_${index}`;
@@ -154,9 +167,13 @@ export const MigState = {
   PRE_COPY: 6,
   PRE_COPY_P2P: 7,
 } as const;
+/** A migration state's name ("RUNNING", ...). */
 export type MigStateName = keyof typeof MigState;
+/** A migration state's number. */
 export type MigStateId = (typeof MigState)[MigStateName];
+/** The migration states (0-7). */
 export const NUM_MIG_STATES = 8;
+/** Names of the migration states, by MigState. */
 export const migStateNames: readonly MigStateName[] = [
   'ERROR',
   'STOP',
@@ -214,6 +231,7 @@ export const Errno = {
   ECONNREFUSED: 111,
 } as const;
 const errnoNames = new Map<number, string>(Object.entries(Errno).map(([k, v]) => [v, k]));
+/** An errno's name ("EINVAL"), or `errno N`. */
 export function errnoName(e: number): string {
   return errnoNames.get(e) ?? `errno ${e}`;
 }

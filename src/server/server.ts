@@ -130,7 +130,7 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
     return s;
   }
 
-  /** Serves an endpoint made elsewhere (tests, socket pairs). */
+  /** Serves an endpoint made elsewhere (tests, socket pairs). @internal */
   static fromEndpoint(device: VfioUserDevice, ep: Endpoint, opts: ServeOptions = {}): VfioUserServer {
     const s = new VfioUserServer(device, opts);
     s.incoming(ep);

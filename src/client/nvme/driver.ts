@@ -17,17 +17,23 @@ import type { VfioUserClient } from '../client.js';
 import { AdminOp, Cc, Cns, CQE_SIZE, Csts, Feature, IoOp, NVME_PAGE, NvmeReg, SQE_SIZE, Status } from '../../devices/nvme/constants.js';
 
 /** A completion as the host sees it. */
+/** A completion queue entry. */
 export interface NvmeCompletion {
+  /** Command id. */
   cid: number;
   /** Status field without the phase bit: (DNR << 14) | (SCT << 8) | SC. */
   status: number;
+  /** Command-specific dword 0. */
   dw0: number;
+  /** Submission queue head the controller reported. */
   sqHead: number;
 }
 
 /** A command that completed with an error status. */
 export class NvmeStatusError extends Error {
+  /** `what` completed with `status`. */
   constructor(
+    /** The status field (see NvmeCompletion.status). */
     readonly status: number,
     what: string,
   ) {
@@ -35,6 +41,7 @@ export class NvmeStatusError extends Error {
   }
 }
 
+/** Options of the NvmeDriver. */
 export interface NvmeDriverOptions {
   /** I/O queue pairs to create (default 2). */
   ioQueues?: number;
@@ -59,19 +66,27 @@ export interface NvmeDriverOptions {
 }
 
 /** What Identify told us. */
+/** What Identify told the driver. */
 export interface NvmeInfo {
+  /** Serial number. */
   serial: string;
+  /** Model number. */
   model: string;
+  /** Firmware revision. */
   firmware: string;
+  /** PCI vendor id (VID). */
   vendorId: number;
   /** Maximum transfer in bytes (Infinity when MDTS is 0). */
   maxTransfer: number;
   /** Namespace 1: blocks and block size. */
   blocks: number;
+  /** Logical block size in bytes. */
   blockSize: number;
   /** I/O queues granted by Set Features Number of Queues. */
   queuesGranted: number;
+  /** The VS register. */
   version: number;
+  /** The CAP register. */
   cap: bigint;
 }
 
@@ -108,10 +123,15 @@ function pages(bytes: number): number {
   return Math.ceil(bytes / NVME_PAGE) * NVME_PAGE;
 }
 
+/** A small NVMe host driver over a VfioUserClient (tests, benchmarks, tools). */
 export class NvmeDriver {
+  /** The client connected to the controller. */
   client: VfioUserClient;
+  /** Identify results, once started. */
   info!: NvmeInfo;
+  /** The I/O queue pairs. @internal */
   readonly queues: HostQueue[] = [];
+  /** The options in force. */
   readonly opts: Required<NvmeDriverOptions>;
   private readonly base: number;
   private readonly size: number;
@@ -182,12 +202,15 @@ export class NvmeDriver {
 
   // --------------------------------------------------------- registers
 
+  /** Reads a 32-bit controller register. */
   async readReg32(off: number): Promise<number> {
     return (await this.client.regionRead(0, off, 4)).readUInt32LE(0);
   }
+  /** Reads a 64-bit controller register. */
   async readReg64(off: number): Promise<bigint> {
     return (await this.client.regionRead(0, off, 8)).readBigUInt64LE(0);
   }
+  /** Writes a 32-bit controller register. */
   async writeReg32(off: number, v: number): Promise<void> {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(v >>> 0, 0);
@@ -443,6 +466,7 @@ export class NvmeDriver {
   /** An admin command returning data (Identify, Get Log Page): up to one page. */
   private scratch: number | null = null;
   private scratchBusy: Promise<void> = Promise.resolve();
+  /** An admin command that returns `bytes` of data. */
   async adminData(opcode: number, bytes: number, f: { nsid?: number; cdw10?: number; cdw11?: number; cdw12?: number; cdw13?: number }): Promise<Buffer> {
     if (bytes > 2 * NVME_PAGE) throw new VfuError(Errno.EINVAL, 'nvme: admin data larger than two pages');
     this.scratch ??= this.alloc(2 * NVME_PAGE);
@@ -459,14 +483,17 @@ export class NvmeDriver {
     }
   }
 
+  /** Identify (CNS `cns`). */
   identify(cns: number, nsid: number): Promise<Buffer> {
     return this.adminData(AdminOp.IDENTIFY, 4096, { nsid, cdw10: cns });
   }
 
+  /** Set Features; returns dword 0. */
   setFeatures(fid: number, cdw11: number): Promise<number> {
     return this.admin(AdminOp.SET_FEATURES, { cdw10: fid, cdw11 });
   }
 
+  /** Get Features; returns dword 0. */
   getFeatures(fid: number, cdw11 = 0, sel = 0): Promise<number> {
     return this.admin(AdminOp.GET_FEATURES, { cdw10: fid | (sel << 8), cdw11 });
   }
@@ -512,16 +539,19 @@ export class NvmeDriver {
     });
   }
 
+  /** Reads `blocks` blocks at `lba` into guest memory at `iova`, on I/O queue `qid`. */
   async read(qid: number, lba: number, blocks: number, iova: number): Promise<void> {
     const c = await this.rw(qid, IoOp.READ, lba, blocks, iova);
     if ((c.status & 0x7ff) !== Status.SUCCESS) throw new NvmeStatusError(c.status, `read of ${blocks} blocks at ${lba}`);
   }
 
+  /** Writes `blocks` blocks at `lba` from guest memory at `iova` (FUA optional). */
   async write(qid: number, lba: number, blocks: number, iova: number, opts: { fua?: boolean } = {}): Promise<void> {
     const c = await this.rw(qid, IoOp.WRITE, lba, blocks, iova, opts);
     if ((c.status & 0x7ff) !== Status.SUCCESS) throw new NvmeStatusError(c.status, `write of ${blocks} blocks at ${lba}`);
   }
 
+  /** Flush. */
   async flush(qid: number): Promise<void> {
     const sqe = Buffer.alloc(SQE_SIZE);
     sqe[0] = IoOp.FLUSH;
@@ -529,6 +559,7 @@ export class NvmeDriver {
     await this.checked(qid, sqe, 'flush');
   }
 
+  /** Write Zeroes (optionally deallocating). */
   async writeZeroes(qid: number, lba: number, blocks: number, opts: { deallocate?: boolean } = {}): Promise<void> {
     const sqe = Buffer.alloc(SQE_SIZE);
     sqe[0] = IoOp.WRITE_ZEROES;

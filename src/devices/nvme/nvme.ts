@@ -30,10 +30,12 @@ import { type NvmeGeometry, checkGeometry, geometryOf, loadState, saveState } fr
  * this writing.  Linux's nvme driver binds by class code, not by ID.
  */
 export const NVME_VENDOR_ID = 0xbeef;
+/** The controller's PCI device id (see NVME_VENDOR_ID). */
 export const NVME_DEVICE_ID = 0x4e56;
 /** Mass storage / Non-Volatile memory controller / NVM Express. */
 export const NVME_CLASS_CODE = 0x010802;
 
+/** Options of {@link createNvme}. */
 export interface NvmeOptions {
   /** The raw image file backing namespace 1. */
   image: string;
@@ -56,10 +58,15 @@ export interface NvmeOptions {
   v1?: boolean;
 }
 
+/** An NVMe controller ready to serve. */
 export interface NvmeDevice {
+  /** The device to serve. */
   device: VfioUserDevice;
+  /** The controller model (registers, queues, commands). @internal */
   controller: NvmeController;
+  /** The namespace's backing image. @internal */
   image: ImageFile;
+  /** Command counters. @internal */
   readonly stats: NvmeStats;
   /** Closes the image (after the server is closed). */
   close(): void;
@@ -107,6 +114,7 @@ function identityFor(path: string, vendorId: number): NvmeIdentity {
   };
 }
 
+/** An NVMe 1.4 controller with one namespace backed by a raw image file. */
 export function createNvme(opts: NvmeOptions): NvmeDevice {
   const queues = opts.queues ?? 4;
   if (!Number.isInteger(queues) || queues < 1 || queues > MAX_QUEUES) throw new VfuError(Errno.EINVAL, `nvme: --queues must be 1..${MAX_QUEUES}, got ${queues}`);
