@@ -85,7 +85,6 @@ export type { MigrationStats } from './migration/controller.js';
 export type { MigrationCaps, MigSizingCaps } from './protocol/capabilities.js';
 export type { HeaderFields } from './protocol/header.js';
 export type { DescribeOptions } from './protocol/describe.js';
-export type { SubRegion } from './protocol/messages/region.js';
 export type { TransportKind } from './transport/socket.js';
 export type { DmaController, DmaAccessMode, UnsealedPolicy, DmaMapping, DmaLimits } from './server/dma.js';
 export type { Region } from './server/regions.js';

@@ -475,7 +475,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return { index, flags: v.flags, count: v.count };
   }
 
-  /** DEVICE_GET_REGION_IO_FDS: the region's ioeventfd sub-regions and their descriptors (yours to close). */
+  /** DEVICE_GET_REGION_IO_FDS: the region's ioeventfd sub-regions and their descriptors (yours to close). @internal */
   async regionIoFds(index: number): Promise<{
       /** The sub-regions. */
       subRegions: SubRegion[];
