@@ -168,6 +168,7 @@ export interface MigrationReport {
   overlapped: boolean;
   /** Checksums after the destination reached RUNNING (the guest stays paused meanwhile; not in downtimeMs). */
   verifyMs: number;
+  /** The whole migration. */
   totalMs: number;
   /** Device state bytes moved. */
   deviceBytes: number;
@@ -261,7 +262,9 @@ export class MigrationError extends VfuError {
  * holds the rounds and rates as far as they went.
  */
 export class MigrationNotConvergedError extends MigrationError {
+  /** Pre-copy gave up (`why`); the report so far. */
   constructor(
+    /** The report up to the failure (rounds, predictions). */
     readonly report: MigrationReport,
     why: string,
   ) {
@@ -274,6 +277,7 @@ export class MigrationNotConvergedError extends MigrationError {
 export class LocalTarget implements MigrationTarget {
   readonly concurrent = true;
 
+  /** A destination reached through `client`; `stateChecksum` reads a checksum of its state. */
   constructor(
     /** The client connected to the destination server. */
     readonly client: VfioUserClient,
