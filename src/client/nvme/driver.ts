@@ -152,8 +152,9 @@ export class NvmeDriver {
   readonly interrupts: number[] = [];
   /** Statistics: doorbell writes issued. */
   doorbellWrites = 0;
-  /** Commands submitted, and completions matched to one of them. */
+  /** Commands submitted. */
   submitted = 0;
+  /** Completions matched to a submitted command. */
   completed = 0;
 
   private constructor(client: VfioUserClient, opts: NvmeDriverOptions) {
