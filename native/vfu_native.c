@@ -289,9 +289,9 @@ static void spare_open(void) {
  * /proc/net/unix name the socket by its path.  The umask is narrowed to
  * `mode` around bind: the kernel creates the file with exactly that mode
  * (it applies the umask before any default ACL, which can only narrow it),
- * so it is never reachable with a wider one; it is chmod()ed to exactly
- * `mode` (not through a symlink) before listen.  Until listen a client is
- * refused, as with any server. */
+ * so it is never reachable with a wider one; listen follows bind at once,
+ * then the file is chmod()ed to exactly `mode` (not through a symlink),
+ * which matters only where a default ACL made it narrower still. */
 static napi_value n_listen(napi_env env, napi_callback_info info) {
     napi_value argv[3];
     struct sockaddr_un addr;
@@ -314,17 +314,20 @@ static napi_value n_listen(napi_env env, napi_callback_info info) {
         close(fd);
         return throw_errno(env, "bind", err);
     }
-    if (chmod_socket_nofollow(addr.sun_path, (mode_t)mode) < 0) {
-        /* the name is no longer our socket: leave it to whoever took it */
-        err = errno;
-        close(fd);
-        return throw_errno(env, "chmod", err);
-    }
+    /* listen at once: the file exists from bind on, and a peer that connects
+     * once as soon as it appears (libvfio-user's samples/client does) must
+     * not find it refusing.  The umask already gave the file its mode. */
     if (listen(fd, backlog) < 0) {
         err = errno;
         close(fd);
         unlink(addr.sun_path);
         return throw_errno(env, "listen", err);
+    }
+    if (chmod_socket_nofollow(addr.sun_path, (mode_t)mode) < 0) {
+        /* the name is no longer our socket: leave it to whoever took it */
+        err = errno;
+        close(fd);
+        return throw_errno(env, "chmod", err);
     }
     spare_open();
     return make_int(env, fd);
