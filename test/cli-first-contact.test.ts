@@ -148,6 +148,8 @@ describe('vfu read / vfu write / vfu migrate, first contact', () => {
     const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
     assert.ok(all.includes(`downtime ${ms(report.downtimeMs)} ms`), 'the downtime');
     for (const p of report.phases) assert.ok(all.includes(`${p.phase}: ${ms(p.ms)} ms`), p.phase);
+    assert.ok(all.includes(`source stop copy ${ms(report.downtimeParts.sourceStopCopyMs)} ms`), 'the downtime parts');
+    assert.ok(all.includes(`destination running ${ms(report.downtimeParts.destinationRunningMs)} ms`), 'the downtime parts');
   });
 
   test('--discard-precopy-data: the stop-copy image alone restores the sample; --help gives the caveat', async () => {

@@ -165,10 +165,17 @@ export function migrationSvg(report: MigrationReport): string {
     xt(downFrom + report.downtimeMs) - xt(downFrom),
     h3 + 12,
     COLORS.downtime,
-    `downtime: ${ms(report.downtimeMs)} ms (source leaves PRE_COPY until the destination is RUNNING)`,
+    `downtime: ${ms(report.downtimeMs)} ms, from pausing the guest to resuming it: ${downtimeParts(report)}`,
     'fill-opacity="0.35" stroke="#e15759"',
   );
   svg.text(xt(downFrom), top3 - 10, `downtime ${ms(report.downtimeMs)} ms`, `fill="${COLORS.downtime}" font-weight="bold"`);
   svg.text(LEFT + PLOT_W, top3 + h3 + 40, `0 … ${ms(total)} ms`, 'text-anchor="end" fill="#555"');
   return svg.toString(top3 + h3 + 60);
+}
+
+/** The downtime's parts as `name ms` pairs ("source stop copy 1.234 ms, ..."). */
+function downtimeParts(report: MigrationReport): string {
+  return Object.entries(report.downtimeParts)
+    .map(([k, v]) => `${k.replace(/Ms$/, '').replace(/[A-Z]/g, (c) => ' ' + c.toLowerCase())} ${ms(v)} ms`)
+    .join(', ');
 }
