@@ -8,25 +8,14 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { NvmeDriver } from '../src/client/nvme/driver.js';
 import type { VfioUserClient } from '../src/client/client.js';
-import { AdminOp, Cns, Csts, Feature, IoOp, LogPage, NvmeReg, Status } from '../src/devices/nvme/constants.js';
+import { AdminOp, Cns, Csts, Feature, IoOp, LogPage, NvmeReg, Status, encodeSqe } from '../src/devices/nvme/constants.js';
 import { NVME_CLASS_CODE, NVME_VENDOR_ID, type NvmeDevice, createNvme } from '../src/devices/nvme/nvme.js';
 import { IrqIndex, PciRegion } from '../src/protocol/constants.js';
 import { type Served, serve, tempDir } from './helpers/server.js';
 
 const MiB = 1 << 20;
 
-function sqe(opcode: number, f: { nsid?: number; prp1?: number; prp2?: number; cdw10?: number; cdw11?: number; cdw12?: number; flags?: number } = {}): Buffer {
-  const b = Buffer.alloc(64);
-  b[0] = opcode;
-  b[1] = f.flags ?? 0;
-  b.writeUInt32LE(f.nsid ?? 0, 4);
-  b.writeBigUInt64LE(BigInt(f.prp1 ?? 0), 24);
-  b.writeBigUInt64LE(BigInt(f.prp2 ?? 0), 32);
-  b.writeUInt32LE((f.cdw10 ?? 0) >>> 0, 40);
-  b.writeUInt32LE((f.cdw11 ?? 0) >>> 0, 44);
-  b.writeUInt32LE((f.cdw12 ?? 0) >>> 0, 48);
-  return b;
-}
+const sqe = encodeSqe;
 
 function pattern(seed: number, n: number): Buffer {
   const b = Buffer.alloc(n);

@@ -14,7 +14,7 @@ import { native } from '../../native/index.js';
 import { Errno, IrqIndex } from '../../protocol/constants.js';
 import { VfuError } from '../../protocol/errors.js';
 import type { VfioUserClient } from '../client.js';
-import { AdminOp, Cc, Cns, CQE_SIZE, Csts, Feature, IoOp, NVME_PAGE, NvmeReg, SQE_SIZE, Status } from '../../devices/nvme/constants.js';
+import { AdminOp, Cc, Cns, CQE_SIZE, Csts, Feature, IoOp, NVME_PAGE, NvmeReg, SQE_SIZE, Status, encodeSqe } from '../../devices/nvme/constants.js';
 
 /** A completion as the host sees it. */
 /** A completion queue entry. */
@@ -452,15 +452,7 @@ export class NvmeDriver {
 
   /** An admin command with the given fields; resolves with dword 0. */
   async admin(opcode: number, f: { nsid?: number; prp1?: number; prp2?: number; cdw10?: number; cdw11?: number; cdw12?: number; cdw13?: number } = {}): Promise<number> {
-    const sqe = Buffer.alloc(SQE_SIZE);
-    sqe[0] = opcode;
-    sqe.writeUInt32LE(f.nsid ?? 0, 4);
-    sqe.writeBigUInt64LE(BigInt(f.prp1 ?? 0), 24);
-    sqe.writeBigUInt64LE(BigInt(f.prp2 ?? 0), 32);
-    sqe.writeUInt32LE((f.cdw10 ?? 0) >>> 0, 40);
-    sqe.writeUInt32LE((f.cdw11 ?? 0) >>> 0, 44);
-    sqe.writeUInt32LE((f.cdw12 ?? 0) >>> 0, 48);
-    sqe.writeUInt32LE((f.cdw13 ?? 0) >>> 0, 52);
+    const sqe = encodeSqe(opcode, f);
     return (await this.checked(0, sqe, `admin opcode 0x${opcode.toString(16)}`)).dw0;
   }
 

@@ -150,3 +150,31 @@ export const SQE_SIZE = 64;
 export const CQE_SIZE = 16;
 /** The only memory page size we support (CAP.MPSMIN = CAP.MPSMAX = 4 KiB). */
 export const NVME_PAGE = 4096;
+
+/** The fields of a submission queue entry that hosts set (the rest are zero). */
+export interface SqeFields {
+  /** Byte 1: fused operation and PSDT bits. */
+  flags?: number;
+  nsid?: number;
+  prp1?: number;
+  prp2?: number;
+  cdw10?: number;
+  cdw11?: number;
+  cdw12?: number;
+  cdw13?: number;
+}
+
+/** A 64-byte submission queue entry (the command identifier, bytes 2-3, is the submitter's to set). */
+export function encodeSqe(opcode: number, f: SqeFields = {}): Buffer {
+  const b = Buffer.alloc(SQE_SIZE);
+  b[0] = opcode;
+  b[1] = f.flags ?? 0;
+  b.writeUInt32LE(f.nsid ?? 0, 4);
+  b.writeBigUInt64LE(BigInt(f.prp1 ?? 0), 24);
+  b.writeBigUInt64LE(BigInt(f.prp2 ?? 0), 32);
+  b.writeUInt32LE((f.cdw10 ?? 0) >>> 0, 40);
+  b.writeUInt32LE((f.cdw11 ?? 0) >>> 0, 44);
+  b.writeUInt32LE((f.cdw12 ?? 0) >>> 0, 48);
+  b.writeUInt32LE((f.cdw13 ?? 0) >>> 0, 52);
+  return b;
+}
