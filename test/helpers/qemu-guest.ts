@@ -375,18 +375,20 @@ export function patternWord(byteOffset: number, seed: number): number {
   return (Math.imul(i, 0x9e3779b1) ^ Math.imul((seed + 1) >>> 0, 0x85ebca77)) >>> 0;
 }
 
-/** Checks that `len` bytes at `offset` of a file hold vfutest's pattern for `seed`; returns the first bad byte offset or -1. */
-export function checkPattern(file: string, offset: number, len: number, seed: number): number {
+/**
+ * Reads `len` bytes at `offset` of a file in 1 MiB pieces and returns the
+ * first offset `bad` finds wrong in a piece (or where the file ends), else -1.
+ */
+function scanFile(file: string, offset: number, len: number, bad: (buf: Buffer, got: number, at: number) => number): number {
   const fd = openSync(file, 'r');
   try {
     const buf = Buffer.alloc(1 << 20);
     for (let done = 0; done < len; ) {
       const n = Math.min(buf.length, len - done);
       const got = readSync(fd, buf, 0, n, offset + done);
+      const k = bad(buf, got, offset + done);
+      if (k >= 0) return offset + done + k;
       if (got !== n) return offset + done + got;
-      for (let k = 0; k < n; k += 4) {
-        if (buf.readUInt32LE(k) !== patternWord(offset + done + k, seed)) return offset + done + k;
-      }
       done += n;
     }
     return -1;
@@ -395,20 +397,18 @@ export function checkPattern(file: string, offset: number, len: number, seed: nu
   }
 }
 
+/** Checks that `len` bytes at `offset` of a file hold vfutest's pattern for `seed`; returns the first bad byte offset or -1. */
+export function checkPattern(file: string, offset: number, len: number, seed: number): number {
+  return scanFile(file, offset, len, (buf, got, at) => {
+    for (let k = 0; k + 4 <= got; k += 4) if (buf.readUInt32LE(k) !== patternWord(at + k, seed)) return k;
+    return -1;
+  });
+}
+
 /** The offset of the first nonzero byte in `len` bytes at `offset` of a file, or -1. */
 export function firstNonZero(file: string, offset: number, len: number): number {
-  const fd = openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(1 << 20);
-    for (let done = 0; done < len; ) {
-      const n = Math.min(buf.length, len - done);
-      const got = readSync(fd, buf, 0, n, offset + done);
-      for (let k = 0; k < got; k++) if (buf[k] !== 0) return offset + done + k;
-      if (got !== n) return offset + done + got;
-      done += n;
-    }
+  return scanFile(file, offset, len, (buf, got) => {
+    for (let k = 0; k < got; k++) if (buf[k] !== 0) return k;
     return -1;
-  } finally {
-    closeSync(fd);
-  }
+  });
 }
