@@ -77,6 +77,10 @@ export async function serveCommand(name: string, o: ServeCliOptions): Promise<vo
       })
     : await loadDeviceModule(name);
   const label = factory !== undefined ? name : device.name;
+  // Node builds process.stderr (and loads its stream code) on first use: do
+  // it now, not at the first log line, which may come in a migration's
+  // downtime (a device logging its RESUMING -> STOP, say: ~1 ms measured).
+  process.stderr.write('');
   const log = (msg: string): void => {
     if (o.verbose) process.stderr.write(`vfu[${process.pid}] ${label}: ${msg}\n`);
   };
