@@ -193,7 +193,10 @@ async function migrate(args: string[]): Promise<string> {
   });
   const same = src.memory.view(ram.iova, ram.size).equals(dst.memory.view(ram.iova, ram.size));
   const last = report.rounds[report.rounds.length - 1]!;
-  const baseline = copyBaseline(src.memory.view(ram.iova, ram.size), dst.memory.view(ram.iova, ram.size), lastRound, last.deviceBytes);
+  const from = src.memory.view(ram.iova, ram.size);
+  const to = dst.memory.view(ram.iova, ram.size);
+  const baseline = copyBaseline(from, to, lastRound, last.deviceBytes, false);
+  const coldBaseline = copyBaseline(from, to, lastRound, last.deviceBytes, true);
   src.close();
   dst.close();
   const phase = (p: string): string => (report.phases.find((x) => x.phase === p)?.ms ?? 0).toFixed(3);
@@ -201,7 +204,7 @@ async function migrate(args: string[]): Promise<string> {
     .map(([k, v]) => `part_${k.replace(/Ms$/, '')}=${v.toFixed(3)}`)
     .join(' ');
   return (
-    `mode=migrate downtime_ms=${report.downtimeMs.toFixed(3)} predicted_ms=${report.predictedDowntimeMs?.toFixed(3) ?? 'none'} baseline_ms=${baseline.toFixed(3)} ` +
+    `mode=migrate downtime_ms=${report.downtimeMs.toFixed(3)} predicted_ms=${report.predictedDowntimeMs?.toFixed(3) ?? 'none'} baseline_ms=${baseline.toFixed(3)} cold_baseline_ms=${coldBaseline.toFixed(3)} ` +
     `total_ms=${report.totalMs.toFixed(3)} rounds=${report.rounds.length} converged=${report.converged ? 1 : 0} ` +
     `stop_copy_ms=${phase('stop-copy')} resume_ms=${phase('resume')} ${parts} ` +
     `device_bytes=${report.deviceBytes} guest_bytes=${report.guestBytes} final_pages=${last.dirtyPages} final_device_bytes=${last.deviceBytes} ` +
@@ -217,14 +220,19 @@ async function migrate(args: string[]): Promise<string> {
  * set (the pages the guest wrote after the last round, page by page from
  * the source's guest memory into the destination's, both mapped memfds)
  * and the device's stop-copy data (that many bytes between two buffers),
- * copied the same way without the protocol.  The median of 5.
+ * copied the same way without the protocol.  The median of 5.  Each copy
+ * after the first finds those pages in the CPU's caches, as the window's
+ * did not; `cold` first evicts them (64 MiB written elsewhere), for a
+ * floor with caches as cold as the window's.
  */
-function copyBaseline(from: Buffer, to: Buffer, pages: number[], deviceBytes: number): number {
+function copyBaseline(from: Buffer, to: Buffer, pages: number[], deviceBytes: number, cold: boolean): number {
   const sorted = [...pages].sort((a, b) => a - b);
   const devA = Buffer.alloc(deviceBytes);
   const devB = Buffer.alloc(deviceBytes);
+  const evict = cold ? Buffer.alloc(64 << 20) : null;
   const times: number[] = [];
   for (let i = 0; i < 5; i++) {
+    evict?.fill(i + 1);
     const t0 = performance.now();
     for (const p of sorted) from.copy(to, p * 4096, p * 4096, p * 4096 + 4096);
     devA.copy(devB);
