@@ -544,6 +544,36 @@ static napi_value n_set_nonblocking(napi_env env, napi_callback_info info) {
     return make_int(env, 0);
 }
 
+/*
+ * raiseSendBuffer(fd, bytes) -> the socket's send buffer afterwards, as the
+ * kernel reports it (twice what was asked: it counts its own overhead), or
+ * -errno.  Never lowers it.  A stream socket's sender waits once the bytes in
+ * flight reach this size, so a message larger than it costs a wake-up (and,
+ * non-blocking, a poll and another sendmsg) for every buffer's worth; the
+ * kernel caps an unprivileged request at net.core.wmem_max.
+ */
+static napi_value n_raise_send_buffer(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int32_t fd, want;
+    int cur = 0, now = 0;
+    socklen_t len = sizeof(cur);
+    if (get_args(env, info, 2, argv) < 0 || get_i32(env, argv[0], &fd) < 0 || get_i32(env, argv[1], &want) < 0) {
+        return throw_last(env);
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cur, &len) < 0) return make_int(env, -errno);
+    if (want <= 0 || cur >= 2 * (int64_t)want) return make_int(env, cur);
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof(want)) < 0) return make_int(env, -errno);
+    len = sizeof(now);
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &now, &len) < 0) return make_int(env, -errno);
+    if (now < cur) {
+        /* a cap below the default (wmem_max < wmem_default): put it back */
+        int half = cur / 2;
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &half, sizeof(half));
+        now = cur;
+    }
+    return make_int(env, now);
+}
+
 /* isSocket(fd) -> 1 for a SOCK_STREAM AF_UNIX socket, 0 otherwise, -errno */
 static napi_value n_is_unix_stream(napi_env env, napi_callback_info info) {
     napi_value argv[1];
@@ -1359,6 +1389,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("dup", n_dup);
     EXPORT_FN("setNonBlocking", n_set_nonblocking);
     EXPORT_FN("isUnixStream", n_is_unix_stream);
+    EXPORT_FN("raiseSendBuffer", n_raise_send_buffer);
     EXPORT_FN("pollStart", n_poll_start);
     EXPORT_FN("pollUpdate", n_poll_update);
     EXPORT_FN("pollClose", n_poll_close);

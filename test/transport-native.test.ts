@@ -4,7 +4,7 @@
 // descriptor leaks.
 import { strict as assert } from 'node:assert';
 import { fstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { native as maybeNative } from '../src/native/index.js';
@@ -248,9 +248,37 @@ test('stable payloads queue by reference: intact across partial writes, with des
   receiver.close();
 });
 
+test('the send buffer holds the largest message: 1 MiB leaves in one sendmsg, nothing queued while the peer is not reading', async (t) => {
+  const [senderFd, rawReceiver] = native.socketpair();
+  const before = native.raiseSendBuffer(senderFd, 0);
+  assert.ok(before > 0, `SO_SNDBUF: ${before}`);
+  const sender = new NativeEndpoint(senderFd, LIMITS);
+  // The kernel doubles what is asked and caps the request at wmem_max.
+  const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+  const now = native.raiseSendBuffer(senderFd, 0);
+  assert.ok(now >= Math.max(before, 2 * Math.min(LIMITS.maxMessageSize, wmemMax)), `SO_SNDBUF ${before} -> ${now}`);
+  assert.equal(native.raiseSendBuffer(senderFd, 1000), now, 'never lowered');
+  assert.equal(native.raiseSendBuffer(-1, 1 << 20), -Errno.EBADF);
+  const memfd = native.memfdCreate('not-a-socket', 4096, true);
+  assert.equal(native.raiseSendBuffer(memfd, 1 << 20), -constants.errno.ENOTSOCK);
+  native.close(memfd);
+  const MSG = 1024 * 1024;
+  sender.send(header(1, Command.MIG_DATA_WRITE, HEADER_SIZE + MSG), pattern(MSG, 77), null, true);
+  if (wmemMax >= LIMITS.maxMessageSize) assert.equal(sender.sending, false, 'one sendmsg took the whole message');
+  else t.diagnostic(`net.core.wmem_max is ${wmemMax}: a 1 MiB message takes several sendmsg calls here`);
+  const receiver = new NativeEndpoint(rawReceiver, LIMITS);
+  const [f] = await new FrameQueue(receiver).count(1);
+  assert.ok(f!.payload.equals(pattern(MSG, 77)));
+  await sender.whenDrained();
+  sender.close();
+  receiver.close();
+});
+
 test('outbox: replies sent from inside callbacks keep their order with fd-carrying and large messages, across a full socket', async () => {
   const [serverFd, clientFd] = native.socketpair();
-  const server = new NativeEndpoint(serverFd, LIMITS);
+  // Limits below the default send buffer leave it as it is (never lowered):
+  // the first half's small replies alone fill it.
+  const server = new NativeEndpoint(serverFd, { maxMessageSize: 128 * 1024, maxFds: 8 });
   const memfd = native.memfdCreate('outbox', 4096, true);
   const N = 300;
   // Per request, from inside the server's callback: small replies (the

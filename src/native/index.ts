@@ -46,6 +46,13 @@ export interface NativeAddon {
   dup(fd: number): number;
   setNonBlocking(fd: number): number;
   isUnixStream(fd: number): number;
+  /**
+   * Raises a socket's send buffer (SO_SNDBUF) to hold `bytes`, never
+   * lowering it: what the kernel then reports (twice the bytes asked, up to
+   * twice net.core.wmem_max, which caps the request), or -errno.  `bytes` 0
+   * only reads it.
+   */
+  raiseSendBuffer(fd: number, bytes: number): number;
   /** `got`: the result of the receive-ahead read (pollSetIo), or null when none was made. */
   pollStart(fd: number, events: number, cb: (events: number, status: number, got: number | null) => void): PollHandle;
   pollUpdate(h: PollHandle, events: number): number;
