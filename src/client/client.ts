@@ -919,10 +919,14 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
    * MIG_DATA_WRITE.  `data` is sent by reference (no copy into the send
    * queue), so it must stay unchanged until the returned promise settles.
    */
-  async migDataWrite(data: Buffer): Promise<void> {
+  migDataWrite(data: Buffer): Promise<void> {
     const req = MigDataStruct.encode({ argsz: MigDataStruct.size + data.length, size: data.length });
-    this.noFds(await this.conn.request(Command.MIG_DATA_WRITE, req, { extra: data, extraStable: true }));
+    // The reply carries nothing we use: no copy of it (copyReply) per chunk.
+    return this.conn.request(Command.MIG_DATA_WRITE, req, { extra: data, extraStable: true }, this.emptyReply);
   }
+
+  /** Parses a reply whose payload is of no use: only descriptors, which it must not carry, are dropped. */
+  private readonly emptyReply = (f: Frame): void => this.dropFds(f);
 
   // ------------------------------------------------------------ lifecycle
 
