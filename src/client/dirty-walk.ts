@@ -292,7 +292,12 @@ export function warmUpWalk(pageSize: number): { walkPageMs: number; pageMs: numb
       for (let k = 0; k < n; k++) {
         const from = runs[2 * k]! * pageSize;
         const to = runs[2 * k + 1]! * pageSize;
-        range.bytes.copy(into, from, from, to);
+        // views and a copy, as deliver() and a local target make them; the
+        // runs reach the buffer's end too (Buffer#subarray takes another
+        // branch there: code compiled without it is thrown away when the
+        // full pass's last run gets there, and compiled again, maybe in
+        // the downtime window)
+        into.subarray(from, to).set(range.bytes.subarray(from, to));
         sent += (to - from) / pageSize;
       }
     }
