@@ -8,7 +8,9 @@
  *     (the replies JS gathers sent after it returns);
  *   - memfd_create with seals, mmap/munmap into external ArrayBuffers that
  *     are unmapped explicitly (and detached) or, failing that, when collected;
- *   - eventfd create/read/write, F_GET_SEALS, dup, close.
+ *   - eventfd create/read/write, F_GET_SEALS, dup, close;
+ *   - one bit-twiddling loop of dirty-page reports that JS runs at half the
+ *     speed (spreadBits8).
  *
  * Plain C against node_api.h and uv.h (N-API 8), no C++ and no wrappers, so
  * the same binary keeps working across Node releases.  Every function reports
@@ -45,6 +47,9 @@
 
 #include <node_api.h>
 #include <uv.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #ifndef MFD_CLOEXEC
 #include <linux/memfd.h>
@@ -1378,6 +1383,56 @@ static napi_value n_waitpid(napi_env env, napi_callback_info info) {
         }                                                                      \
     } while (0)
 
+/* ------------------------------------------------------------- dirty bits */
+
+/*
+ * spreadBits8(src, dst, words) -> words, or -EINVAL when src holds fewer
+ * than `words` u32 words or dst fewer than 32 * words bytes.  Every bit of
+ * src[0, 4 * words) bytes becomes a byte of dst: byte 8k+i is 0xff when bit i
+ * of source byte k is set, else 0 (a dirty bitmap refined by 8, as from
+ * 4 KiB tracking pages to 512-byte report pages, on a little-endian host).
+ */
+static napi_value n_spread_bits8(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    int64_t words;
+    uint8_t *src, *dst;
+    size_t slen, dlen, n;
+    if (get_args(env, info, 3, argv) < 0 || napi_get_value_int64(env, argv[2], &words) != napi_ok) {
+        return throw_errno(env, "spreadBits8: words", EINVAL);
+    }
+    if (get_bytes(env, argv[0], &src, &slen) < 0 || get_bytes(env, argv[1], &dst, &dlen) < 0) {
+        return throw_errno(env, "spreadBits8: buffers", EINVAL);
+    }
+    if (words < 0 || (uint64_t)words > slen / 4 || (uint64_t)words > dlen / 32) return make_int(env, -EINVAL);
+    n = (size_t)words * 4; /* source bytes */
+#ifdef __SSE2__
+    {
+        /* a source byte broadcast to 8 lanes, each lane keeping its own bit */
+        const __m128i bits = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+        for (size_t i = 0; i < n; i += 4) {
+            uint32_t v;
+            __m128i x, lo, hi;
+            memcpy(&v, src + i, 4);
+            x = _mm_cvtsi32_si128((int)v);
+            x = _mm_unpacklo_epi8(x, x);
+            x = _mm_unpacklo_epi16(x, x);
+            lo = _mm_unpacklo_epi32(x, x);
+            hi = _mm_unpackhi_epi32(x, x);
+            lo = _mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits);
+            hi = _mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits);
+            _mm_storeu_si128((__m128i *)(dst + 8 * i), lo);
+            _mm_storeu_si128((__m128i *)(dst + 8 * i + 16), hi);
+        }
+    }
+#else
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = src[i];
+        for (int j = 0; j < 8; j++) dst[8 * i + j] = (uint8_t)(0 - ((b >> j) & 1));
+    }
+#endif
+    return make_int(env, words);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("socketpair", n_socketpair);
     EXPORT_FN("listen", n_listen);
@@ -1409,6 +1464,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("epollCtl", n_epoll_ctl);
     EXPORT_FN("epollWait", n_epoll_wait);
     EXPORT_FN("waitpid", n_waitpid);
+    EXPORT_FN("spreadBits8", n_spread_bits8);
     return exports;
 }
 

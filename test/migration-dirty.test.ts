@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { Errno } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { DirtyBitmap, DirtyLog, bitmapSize } from '../src/migration/dirty.js';
+import { native } from '../src/native/index.js';
 
 class Model {
   readonly dirty: Uint8Array;
@@ -501,5 +502,57 @@ test('property: DirtyLog logging every mapping through maps and unmaps matches o
       assert.equal(log.dirtyCount(), n);
     }),
     { numRuns: 300 },
+  );
+});
+
+test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bit definition; short arrays are refused', (t) => {
+  if (native === null) return t.skip('no native addon: the JS loop alone is in use');
+  const n = native;
+  fc.assert(
+    fc.property(fc.uint32Array({ maxLength: 300 }), fc.integer({ min: 0, max: 3 }), (src, pad) => {
+      const dst = new Uint8Array(src.length * 32 + pad * 8).fill(0x5a);
+      assert.equal(n.spreadBits8(src, dst, src.length), src.length);
+      const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+      for (let k = 0; k < bytes.length * 8; k++) assert.equal(dst[k], (bytes[k >>> 3]! >>> (k & 7)) & 1 ? 0xff : 0, `byte ${k}`);
+      for (let k = src.length * 32; k < dst.length; k++) assert.equal(dst[k], 0x5a, 'nothing written past the end');
+    }),
+  );
+  const src = new Uint32Array(4).fill(0xffffffff);
+  assert.equal(n.spreadBits8(src, new Uint8Array(127), 4), -Errno.EINVAL, 'dst one byte short');
+  assert.equal(n.spreadBits8(src, new Uint8Array(160), 5), -Errno.EINVAL, 'src one word short');
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), -1), -Errno.EINVAL);
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 3), -Errno.EINVAL, 'views count from their own start');
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 2), 2);
+  const gone = new Uint32Array(new ArrayBuffer(64));
+  structuredClone(gone.buffer, { transfer: [gone.buffer] }); // detached: no memory left
+  assert.equal(n.spreadBits8(gone, new Uint8Array(512), 1), -Errno.EINVAL);
+});
+
+test('512 B reports of a 4 KiB-tracked range with random dirt, large enough for the addon\'s loop, at aligned and awkward starts', () => {
+  const t = 4096;
+  const pages = 70_000; // ~2200 words of tracked bits
+  const iova = 0x2_0000_0000;
+  const length = pages * t - 123;
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 64, maxLength: 64 }), fc.constantFrom(0, 0, 512, 3 * 512, 4096 + 7), (seed, skip) => {
+      const bm = new DirtyBitmap(iova, length, t);
+      const model = new Model(iova, length, t);
+      // a pseudo-random ~6% of pages, with runs, from the seed
+      let x = (seed[0]! | (seed[1]! << 8) | (seed[2]! << 16)) + 1;
+      for (let k = 0; k < pages; k++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        if ((x >>> 0) % 100 < seed[3]! % 12) {
+          bm.mark(iova + k * t, 1);
+          model.mark(iova + k * t, 1);
+        }
+      }
+      const want = model.report(iova + skip, length - skip, 512);
+      const got = Buffer.alloc(want.length, 0xff);
+      bm.report(iova + skip, length - skip, 512, got);
+      assert.ok(got.equals(want));
+    }),
+    { numRuns: 20 },
   );
 });

@@ -97,6 +97,12 @@ export interface NativeAddon {
   epollWait(epfd: number, out: Int32Array): number;
   /** [pid (0: still running, <0: -errno), exit code (-1 if none), signal]. */
   waitpid(pid: number, nohang: boolean): [number, number, number];
+  /**
+   * Each bit of the first 4 * `words` bytes of `src` becomes a byte of
+   * `dst` (0xff when set, else 0; byte 8k+i from bit i of byte k): a dirty
+   * bitmap refined by 8.  `words`, or -EINVAL when either array is short.
+   */
+  spreadBits8(src: Uint32Array, dst: ArrayBufferView, words: number): number;
 }
 
 /**
