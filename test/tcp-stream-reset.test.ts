@@ -44,7 +44,7 @@ function frame(type: number, payload: Buffer): Buffer {
 async function rig(tls: boolean, answerHello = true) {
   const seen: number[] = [];
   const onChunk = (sock: Socket): void => {
-    const r = new ChunkReader();
+    const r = new ChunkReader(undefined, tls); // over TLS the sender omits CRCs
     sock.on('data', (d: Buffer) => {
       for (const c of r.push(d)) {
         seen.push(c.type);
@@ -90,8 +90,8 @@ async function rig(tls: boolean, answerHello = true) {
     },
     /** Resets the sender's connection (RST). */
     reset: () => sender!.resetAndDestroy(),
-    /** The sender's socket (private): how much it has queued. */
-    queued: () => (target as unknown as { sock: Socket }).sock.writableLength,
+    /** How much the sender has queued (written, not yet taken by the kernel). */
+    queued: () => target.queuedBytes,
   };
 }
 

@@ -11,7 +11,7 @@ import { after, afterEach, describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { VfioUserClient } from '../src/client/client.js';
 import { MigrationError, migrate } from '../src/client/migrate.js';
-import { BrokenStreamError, ChunkReader, ChunkType, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
+import { BrokenStreamError, ChunkReader, ChunkType, FLAG_UNCHECKED, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
 import { createSample } from '../src/devices/sample.js';
 import { Errno, MigState } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
@@ -102,6 +102,23 @@ describe('ChunkReader', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  test('a chunk without CRC (UNCHECKED) is taken over TLS only; unknown flags and reserved bits never', () => {
+    const payload = Buffer.from('device bytes');
+    const unchecked = frame(ChunkType.DEVICE, payload);
+    unchecked.writeUInt8(FLAG_UNCHECKED, 5);
+    unchecked.writeUInt32LE(0, 12);
+    assert.throws(() => new ChunkReader().push(unchecked), /chunk 0: no CRC-32, which only a TLS stream may omit/);
+    assert.deepEqual(new ChunkReader(undefined, true).push(unchecked)[0]!.payload, payload);
+    const withCrc = Buffer.from(unchecked);
+    withCrc.writeUInt32LE(0x1234, 12); // UNCHECKED must carry a zero CRC field
+    assert.throws(() => new ChunkReader(undefined, true).push(withCrc), BrokenStreamError);
+    for (const [at, v] of [[5, 0x80], [6, 1], [7, 1]] as const) {
+      const bad = frame(ChunkType.DEVICE, payload);
+      bad.writeUInt8(v, at);
+      assert.throws(() => new ChunkReader(undefined, true).push(bad), /reserved header bits set/);
+    }
   });
 
   test('a chunk announcing more than 16 MiB is refused at its header', () => {

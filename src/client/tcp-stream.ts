@@ -3,9 +3,11 @@
 // on the destination host, which drives the destination server.  Framing
 // (see README, "Migration stream"): every chunk is a 16-byte header
 //
-//   u32 magic 'VFUM' | u8 type | u8[3] zero | u32 payload length | u32 CRC-32 of the payload
+//   u32 magic 'VFUM' | u8 type | u8 flags | u8[2] zero | u32 payload length | u32 CRC-32 of the payload
 //
-// followed by the payload.  Types: HELLO (JSON: stream version and guest
+// followed by the payload.  Flag 1 (UNCHECKED): no CRC (the field is zero),
+// which only a TLS stream may send (AES-GCM authenticates every byte), and
+// never for HELLO (so a receiver of version 1 refuses the version, not a CRC).  Types: HELLO (JSON: stream version and guest
 // layout), ACK (JSON: {ok} or {error}), DEVICE (device state bytes), PAGES
 // (u64 IOVA then the bytes), FINISH, RESULT (JSON), CHECKSUM (request or
 // JSON answer), ABORT (UTF-8 reason; either side).  A bad magic, type,
@@ -19,12 +21,15 @@ import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
+import { FdStream, dupSocketFd } from './stream-fd.js';
 import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
 /** First four bytes of every chunk ('VFUM' little-endian). */
 export const STREAM_MAGIC = 0x4d554656;
-/** Version carried in HELLO; the receiver refuses any other. */
-export const STREAM_VERSION = 1;
+/** Version carried in HELLO (2: chunks over TLS may omit their CRC). */
+export const STREAM_VERSION = 2;
+/** Versions a receiver accepts (a sender of version 1 always sends CRCs). */
+const ACCEPTED_VERSIONS: readonly unknown[] = [1, 2];
 /** Chunk types of the migration stream (see the README's table). @enum */
 export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8 } as const;
 const HDR = 16;
@@ -60,17 +65,23 @@ export class BrokenStreamError extends VfuError {
   }
 }
 
-/** The 16-byte header of a chunk carrying `payload`. */
+/** The 16-byte header of a chunk carrying `payload` (with its CRC-32). */
 export function encodeChunkHeader(type: number, payload: Buffer): Buffer {
   const h = Buffer.alloc(HDR);
-  writeHeader(h, type, payload.length, crc32(payload));
+  writeHeader(h, type, payload.length, crc32(payload), 0);
   return h;
 }
 
-function writeHeader(h: Buffer, type: number, length: number, crc: number): void {
+/**
+ * Header flag: the payload carries no CRC-32 (the CRC field is zero).  Only
+ * a TLS stream may omit it: AES-GCM authenticates every byte already.
+ */
+export const FLAG_UNCHECKED = 1;
+
+function writeHeader(h: Buffer, type: number, length: number, crc: number, flags: number): void {
   h.writeUInt32LE(STREAM_MAGIC, 0);
   h.writeUInt8(type, 4);
-  h.writeUInt8(0, 5);
+  h.writeUInt8(flags, 5);
   h.writeUInt16LE(0, 6);
   h.writeUInt32LE(length, 8);
   h.writeUInt32LE(crc, 12);
@@ -84,10 +95,12 @@ export type PagePlacer = (iova: number, length: number, seq: number) => Buffer;
 
 /**
  * Parses chunks out of a byte stream as it arrives; throws BrokenStreamError
- * on damage.  Each payload is copied once, into a buffer of its announced
+ * on damage.  Each payload is written once, into a buffer of its announced
  * length, or, for PAGES when a placer is given, straight into guest memory
  * (the CRC is checked when the chunk ends: a damaged stream is refused, and
- * the destination it was being written to is reset).
+ * the destination it was being written to is reset).  Bytes come in two
+ * ways: push() copies what a socket read, or the caller reads straight into
+ * want() and reports with wrote() (no copy).
  */
 export class ChunkReader {
   /** Header, then a PAGES chunk's IOVA. */
@@ -96,37 +109,59 @@ export class ChunkReader {
   private type = 0;
   private len = 0;
   private crc = 0;
+  private checked = true;
   private sum = 0;
   private body: Buffer | null = null;
   private got = 0;
   private seq = 0;
 
-  /** A reader; with `placePages`, PAGES payloads land straight in guest memory. */
-  constructor(private readonly placePages?: PagePlacer) {}
+  /**
+   * A reader; with `placePages`, PAGES payloads land straight in guest
+   * memory; with `uncheckedAllowed` (TLS), chunks may come without a CRC.
+   */
+  constructor(
+    private readonly placePages?: PagePlacer,
+    private readonly uncheckedAllowed = false,
+  ) {}
 
-  /** Feeds bytes in; returns the chunks they complete. */
+  /** Feeds bytes in (copied); returns the chunks they complete. */
   push(data: Buffer): Chunk[] {
     const out: Chunk[] = [];
-    let at = 0;
-    for (;;) {
-      if (this.body === null) {
-        if (at >= data.length) break;
-        at = this.fillHead(data, at);
-        continue;
-      }
-      if (this.got === this.body.length) {
-        out.push(this.complete());
-        continue;
-      }
-      if (at >= data.length) break;
-      const n = Math.min(this.body.length - this.got, data.length - at);
-      const piece = data.subarray(at, at + n);
-      piece.copy(this.body, this.got);
-      this.sum = crc32(piece, this.sum);
-      this.got += n;
+    for (let at = 0; at < data.length; ) {
+      const into = this.want();
+      const n = Math.min(into.length, data.length - at);
+      data.copy(into, 0, at, at + n);
       at += n;
+      const c = this.wrote(n);
+      if (c) out.push(c);
     }
     return out;
+  }
+
+  /** Where the next bytes go: exactly what the current part (header, IOVA, payload) still lacks, never empty. */
+  want(): Buffer {
+    if (this.body === null) return this.head.subarray(this.have, this.have < HDR ? HDR : HDR + 8);
+    return this.body.subarray(this.got);
+  }
+
+  /** `n` bytes were written at the start of the last want(); returns the chunk they complete, if any. */
+  wrote(n: number): Chunk | null {
+    if (this.body === null) {
+      this.have += n;
+      if (this.have === HDR) {
+        this.parseHeader();
+        if (!this.wantsIova()) this.startBody(Buffer.allocUnsafe(this.len), 0);
+      } else if (this.have === HDR + 8) {
+        const iova = this.head.readBigUInt64LE(HDR);
+        const length = this.len - 8;
+        if (iova > BigInt(Number.MAX_SAFE_INTEGER - length)) throw new BrokenStreamError(`chunk ${this.seq}: PAGES at 0x${iova.toString(16)}, beyond any guest memory`);
+        this.startBody(this.placePages!(Number(iova), length, this.seq), this.checked ? crc32(this.head.subarray(HDR, HDR + 8)) : 0);
+      }
+    } else {
+      if (this.checked) this.sum = crc32(this.body.subarray(this.got, this.got + n), this.sum);
+      this.got += n;
+    }
+    return this.body !== null && this.got === this.body.length ? this.complete() : null;
   }
 
   /** Bytes of an unfinished chunk (a stream cut mid-chunk leaves some). */
@@ -134,33 +169,18 @@ export class ChunkReader {
     return this.have + this.got;
   }
 
-  /** Takes header (then IOVA) bytes; sets up the payload's destination once they are all in. */
-  private fillHead(data: Buffer, at: number): number {
-    const want = this.have < HDR ? HDR : HDR + 8;
-    const n = Math.min(want - this.have, data.length - at);
-    data.copy(this.head, this.have, at, at + n);
-    this.have += n;
-    if (this.have < want) return at + n;
-    if (want === HDR) {
-      this.parseHeader();
-      if (!this.wantsIova()) this.startBody(Buffer.allocUnsafe(this.len), 0);
-    } else {
-      const iova = this.head.readBigUInt64LE(HDR);
-      const length = this.len - 8;
-      if (iova > BigInt(Number.MAX_SAFE_INTEGER - length)) throw new BrokenStreamError(`chunk ${this.seq}: PAGES at 0x${iova.toString(16)}, beyond any guest memory`);
-      this.startBody(this.placePages!(Number(iova), length, this.seq), crc32(this.head.subarray(HDR, HDR + 8)));
-    }
-    return at + n;
-  }
-
   private parseHeader(): void {
     const h = this.head;
     const magic = h.readUInt32LE(0);
     this.type = h.readUInt8(4);
+    const flags = h.readUInt8(5);
     this.len = h.readUInt32LE(8);
     this.crc = h.readUInt32LE(12);
     if (magic !== STREAM_MAGIC) throw new BrokenStreamError(`chunk ${this.seq}: bad magic 0x${magic.toString(16)}`);
     if (this.type < ChunkType.HELLO || this.type > ChunkType.ABORT) throw new BrokenStreamError(`chunk ${this.seq}: unknown type ${this.type}`);
+    if ((flags & ~FLAG_UNCHECKED) !== 0 || h.readUInt16LE(6) !== 0) throw new BrokenStreamError(`chunk ${this.seq}: reserved header bits set`);
+    this.checked = (flags & FLAG_UNCHECKED) === 0;
+    if (!this.checked && (!this.uncheckedAllowed || this.crc !== 0)) throw new BrokenStreamError(`chunk ${this.seq}: no CRC-32, which only a TLS stream may omit`);
     if (this.len > MAX_CHUNK) throw new BrokenStreamError(`chunk ${this.seq}: length ${this.len} too large`);
     if (this.wantsIova() && this.len < 8) throw new BrokenStreamError(`chunk ${this.seq}: PAGES of ${this.len} bytes, shorter than its IOVA`);
   }
@@ -177,7 +197,7 @@ export class ChunkReader {
 
   private complete(): Chunk {
     const seq = this.seq++;
-    if (this.sum !== this.crc) throw new BrokenStreamError(`chunk ${seq}: CRC mismatch`);
+    if (this.checked && this.sum !== this.crc) throw new BrokenStreamError(`chunk ${seq}: CRC mismatch`);
     const placed = this.wantsIova();
     const c: Chunk = placed ? { type: this.type, payload: Buffer.from(this.head.subarray(HDR, HDR + 8)), seq, placed: this.body! } : { type: this.type, payload: this.body!, seq };
     this.body = null;
@@ -232,6 +252,8 @@ class BufferPool {
 /** The sending side: a MigrationTarget that forwards everything over TCP or TLS. */
 export class TcpTarget implements MigrationTarget {
   private sock: Socket | null = null;
+  /** Plain TCP with the addon: every write goes through it (Node's socket only reads the answers). */
+  private io: FdStream | null = null;
   private readonly reader = new ChunkReader();
   private readonly events = new EventEmitter();
   private readonly pool = new BufferPool(PAGES_BUFFERS, HDR + 8 + PAGES_PER_CHUNK);
@@ -263,6 +285,8 @@ export class TcpTarget implements MigrationTarget {
       c.once('error', (e) => reject(tls ? tlsFailure(e, 'the TLS handshake with the receiver failed') : e));
     });
     s.setNoDelay(true);
+    const fd = tls ? null : dupSocketFd(s);
+    if (fd) this.io = new FdStream(fd.addon, fd.fd, null, (e) => this.fail(e));
     s.on('data', (d: Buffer) => this.onData(d));
     // a reset or a broken pipe is no TLS failure (EACCES): it stays what it is
     s.on('error', (e: NodeJS.ErrnoException) => this.fail(this.secure && e.syscall === undefined ? tlsFailure(e, 'the receiver') : e));
@@ -293,8 +317,22 @@ export class TcpTarget implements MigrationTarget {
     if (this.failure) return;
     this.failure = e;
     this.pool.fail(e);
+    this.io?.fail(e);
+    this.io?.close();
     this.events.emit('failed', e);
     this.sock?.destroy();
+  }
+
+  /** Bytes written but not yet taken by the kernel. @internal */
+  get queuedBytes(): number {
+    return this.io ? this.io.queued : (this.sock?.writableLength ?? 0);
+  }
+
+  /** A chunk's header: its CRC, or over TLS none (except HELLO's: see the top of the file). */
+  private header(h: Buffer, type: number, payload: Buffer): Buffer {
+    const unchecked = this.secure && type !== ChunkType.HELLO;
+    writeHeader(h, type, payload.length, unchecked ? 0 : crc32(payload), unchecked ? FLAG_UNCHECKED : 0);
+    return h;
   }
 
   /** Resolves when `s` drains, rejects when the stream fails first. */
@@ -316,9 +354,11 @@ export class TcpTarget implements MigrationTarget {
   private async send(type: number, payload: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     const s = this.sock!;
-    // both writes, whatever the first returns (it says "drain", not "lost")
-    const more = [s.write(encodeChunkHeader(type, payload)), s.write(payload)].every(Boolean);
+    const h = this.header(Buffer.alloc(HDR), type, payload);
     this.bytesSent += HDR + payload.length;
+    if (this.io) return this.io.write(h, payload);
+    // both writes, whatever the first returns (it says "drain", not "lost")
+    const more = [s.write(h), s.write(payload)].every(Boolean);
     if (!more) await this.drained(s);
   }
 
@@ -377,7 +417,9 @@ export class TcpTarget implements MigrationTarget {
   /**
    * Copies `data` into PAGES chunks of at most PAGES_PER_CHUNK bytes, each
    * one buffer (header, IOVA, bytes) written as soon as it is filled.  The
-   * copy is what the CRC covers: the guest may write its pages meanwhile.
+   * copy is what the CRC covers (the guest may write its pages meanwhile);
+   * over TLS there is no CRC, and the copy is what Node's TLS socket may
+   * still hold after we return.
    */
   async guestPages(iova: number, data: Buffer): Promise<void> {
     for (let o = 0; o < data.length; o += PAGES_PER_CHUNK) {
@@ -386,9 +428,16 @@ export class TcpTarget implements MigrationTarget {
       if (this.failure) throw this.failure;
       b.writeBigUInt64LE(BigInt(iova + o), HDR);
       data.copy(b, HDR + 8, o, o + n);
-      writeHeader(b, ChunkType.PAGES, 8 + n, crc32(b.subarray(HDR, HDR + 8 + n)));
+      this.header(b, ChunkType.PAGES, b.subarray(HDR, HDR + 8 + n));
       this.bytesSent += HDR + 8 + n;
-      this.sock!.write(b.subarray(0, HDR + 8 + n), () => this.pool.give(b));
+      if (this.io) {
+        this.io.write(b.subarray(0, HDR + 8 + n)).then(
+          () => this.pool.give(b),
+          () => {}, // the pool has failed too
+        );
+      } else {
+        this.sock!.write(b.subarray(0, HDR + 8 + n), () => this.pool.give(b));
+      }
     }
   }
 
@@ -423,6 +472,7 @@ export class TcpTarget implements MigrationTarget {
   /** Closes the connection (a migration in progress fails). */
   close(): void {
     this.failure ??= new BrokenStreamError('closed');
+    this.io?.close();
     const s = this.sock;
     if (!s || s.destroyed) return;
     s.end();
@@ -460,7 +510,8 @@ export interface ReceiveOptions {
  * them to the destination server through a client of its own.
  */
 export function receiveMigrations(host: string, port: number, opts: ReceiveOptions): Promise<Server> {
-  const server = opts.tls ? secureListener(opts) : createServer((sock) => new Reception(sock, opts));
+  // paused: with the addon, Reception reads the descriptor itself
+  const server = opts.tls ? secureListener(opts) : createServer({ pauseOnConnect: true }, (sock) => new Reception(sock, opts, false));
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
@@ -478,7 +529,7 @@ function secureListener(opts: ReceiveOptions): Server {
   const server = createTlsServer(secureServerDefaults(opts.tls!, (sock, identity) => psk.set(sock, identity)), (sock: TLSSocket) => {
     const reason = peerRefusal(sock, psk.get(sock), opts.tls!, opts.allowPeers);
     if (reason === null) {
-      new Reception(sock, opts);
+      new Reception(sock, opts, true);
       return;
     }
     opts.onRefused?.({ peer: peerOf(sock), reason });
@@ -490,6 +541,12 @@ function secureListener(opts: ReceiveOptions): Server {
     opts.onRefused?.({ peer: peerOf(sock), reason: tlsFailure(e, 'TLS handshake failed').message });
   });
   return server;
+}
+
+let dropped: Buffer | null = null;
+/** Where bytes read after a failure go (shared, never read). */
+function scratch(): Buffer {
+  return (dropped ??= Buffer.allocUnsafeSlow(64 * 1024));
 }
 
 /** A whole chunk in one buffer. */
@@ -511,14 +568,22 @@ function checkLayout(v: unknown): GuestLayout {
   return { ranges: l.ranges.map((r) => ({ iova: r.iova, size: r.size })), irqs: l.irqs.map((i) => ({ index: i.index, count: i.count })) };
 }
 
+/** Reads per readiness callback before yielding to the event loop. */
+const READ_BUDGET = 64;
+
 /**
  * One incoming migration stream and its state.  Chunks are applied in
  * order (the socket is paused while one is applied); guest pages are
  * written into the destination's memory as their bytes arrive, each chunk
- * checked against the layout the destination mapped.
+ * checked against the layout the destination mapped.  Over plain TCP with
+ * the addon, the bytes are read straight into where they go (no copy).
  */
 class Reception {
-  private readonly reader = new ChunkReader((iova, length, seq) => this.place(iova, length, seq));
+  private readonly reader: ChunkReader;
+  /** Plain TCP with the addon: reads go through it; Node's socket stays paused and only writes the answers. */
+  private readonly io: FdStream | null;
+  /** The reader refused the stream: what follows is dropped. */
+  private broken = false;
   private client: VfioUserClient | null = null;
   private target: LocalTarget | null = null;
   /** What the destination mapped (set once HELLO is applied). */
@@ -536,27 +601,87 @@ class Reception {
   constructor(
     private readonly sock: Socket,
     private readonly opts: ReceiveOptions,
+    secure: boolean,
   ) {
-    sock.on('data', (d: Buffer) => this.onData(d));
+    this.reader = new ChunkReader((iova, length, seq) => this.place(iova, length, seq), secure);
+    const fd = secure ? null : dupSocketFd(sock);
+    this.io = fd ? new FdStream(fd.addon, fd.fd, () => this.onReadable()) : null;
     sock.on('close', () => this.onClose());
     sock.on('error', () => {});
+    if (this.io) {
+      this.io.reading(true);
+    } else {
+      sock.on('data', (d: Buffer) => this.onData(d));
+      sock.resume();
+    }
   }
 
   private onData(d: Buffer): void {
-    if (this.failing) return; // failed: drain until the sender hangs up
+    if (this.failing || this.broken) return; // failed: drain until the sender hangs up
     let chunks: Chunk[];
     try {
       chunks = this.reader.push(d);
     } catch (e) {
-      this.chain = this.chain.then(() => this.fail(e as Error));
+      this.refuse(e as Error);
       return;
     }
+    this.applyInOrder(chunks);
+  }
+
+  /** The socket has bytes (addon): read them into where the reader wants them, until a chunk completes. */
+  private onReadable(): void {
+    const io = this.io!;
+    for (let i = 0; i < READ_BUDGET; i++) {
+      const drop = this.failing || this.broken;
+      let n: number;
+      try {
+        n = io.read(drop ? scratch() : this.reader.want());
+      } catch {
+        n = 0; // a reset ends the stream as a close does
+      }
+      if (n < 0) return;
+      if (n === 0) {
+        // the sender hung up: what we still write (ABORT) goes first
+        io.close();
+        this.sock.destroySoon();
+        this.onClose();
+        return;
+      }
+      if (drop) continue;
+      let c: Chunk | null;
+      try {
+        c = this.reader.wrote(n);
+      } catch (e) {
+        this.refuse(e as Error);
+        return;
+      }
+      if (c) {
+        this.applyInOrder([c]);
+        return;
+      }
+    }
+  }
+
+  /** The reader refused the stream: nothing more is parsed, and the migration fails. */
+  private refuse(e: Error): void {
+    this.broken = true;
+    this.chain = this.chain.then(() => this.fail(e));
+  }
+
+  /** Applies `chunks` in order, reading nothing more meanwhile (backpressure). */
+  private applyInOrder(chunks: Chunk[]): void {
     if (chunks.length === 0) return;
-    this.sock.pause(); // backpressure: apply in order before reading more
+    this.input(false);
     this.chain = this.chain
       .then(() => this.applyAll(chunks))
       .catch((e: Error) => this.fail(e))
-      .finally(() => this.sock.resume());
+      .finally(() => this.input(true));
+  }
+
+  private input(on: boolean): void {
+    if (this.io) this.io.reading(on);
+    else if (on) this.sock.resume();
+    else this.sock.pause();
   }
 
   private async applyAll(chunks: Chunk[]): Promise<void> {
@@ -591,7 +716,7 @@ class Reception {
     if (this.target) throw new BrokenStreamError(`chunk ${c.seq}: a second HELLO`);
     try {
       const hello = JSON.parse(c.payload.toString('utf8')) as { version?: unknown; layout?: unknown };
-      if (hello.version !== STREAM_VERSION) throw new VfuError(Errno.EPROTO, `stream version ${String(hello.version)} (this receiver speaks ${STREAM_VERSION})`);
+      if (!ACCEPTED_VERSIONS.includes(hello.version)) throw new VfuError(Errno.EPROTO, `stream version ${String(hello.version)} (this receiver speaks ${STREAM_VERSION})`);
       const layout = checkLayout(hello.layout);
       this.client = await this.opts.connectDestination();
       this.target = new LocalTarget(this.client, this.opts.checksum);
@@ -662,8 +787,11 @@ class Reception {
     this.end(false, why);
     if (tellSender) this.send(ChunkType.ABORT, Buffer.from(why.message));
     this.sock.end();
-    this.sock.resume();
-    setTimeout(() => this.sock.destroy(), 10_000).unref();
+    this.input(true);
+    setTimeout(() => {
+      this.io?.close();
+      this.sock.destroy();
+    }, 10_000).unref();
   }
 
   private end(ok: boolean, error?: Error): void {
