@@ -29,15 +29,17 @@ function appendOpt(append: string | undefined) {
 }
 
 /** The controller under test: `vfu serve nvme` on the image. */
-function startNvme(image: string, socket: string, lba: number): Promise<VfuServer> {
-  return startVfu(['nvme', '-v', '--image', image, '--lba', String(lba)], socket);
+function startNvme(image: string, socket: string, lba: number, shadow: boolean): Promise<VfuServer> {
+  return startVfu(['nvme', '-v', '--image', image, '--lba', String(lba), ...(shadow ? ['--shadow-doorbells'] : [])], socket);
 }
 
 // MSI-X with 2 vCPUs (two I/O queues, a vector each) and 512-byte blocks;
-// INTx with one vCPU and 4 KiB blocks
+// INTx with one vCPU and 4 KiB blocks; and with Doorbell Buffer Config
+// offered, which Linux then uses (shadow doorbells with EventIdx)
 for (const variant of [
-  { name: 'MSI-X, 2 I/O queues, 512-byte blocks', append: undefined, cpus: 2, lba: 512 },
-  { name: 'INTx (pci=nomsi), 4 KiB blocks', append: 'pci=nomsi', cpus: 1, lba: 4096 },
+  { name: 'MSI-X, 2 I/O queues, 512-byte blocks', append: undefined, cpus: 2, lba: 512, shadow: false },
+  { name: 'INTx (pci=nomsi), 4 KiB blocks', append: 'pci=nomsi', cpus: 1, lba: 4096, shadow: false },
+  { name: 'MSI-X, 2 I/O queues, shadow doorbells (--shadow-doorbells)', append: undefined, cpus: 2, lba: 512, shadow: true },
 ]) {
   describe(`a Linux guest under QEMU uses vfu serve nvme as a disk, ${variant.name}`, { skip: qemuSkip, timeout: 600_000 }, () => {
     const t = qemuSkip ? undefined : tempDir('vfu-qemu-nvme-');
@@ -71,7 +73,7 @@ for (const variant of [
       const fd = openSync(image, 'w');
       ftruncateSync(fd, IMAGE_BYTES);
       closeSync(fd);
-      server = await startNvme(image, join(t!.dir, 'nvme.sock'), variant.lba);
+      server = await startNvme(image, join(t!.dir, 'nvme.sock'), variant.lba, variant.shadow);
       await step(async () => {
         g = await QemuGuest.start({ socket: server!.socket, cpus: variant.cpus, ...appendOpt(variant.append) });
       });
@@ -102,6 +104,9 @@ for (const variant of [
           assert.doesNotMatch(irqs, /^msix?$/m, `no MSI or MSI-X with pci=nomsi:\n${irqs}`);
           assert.match(irqs, /IO-APIC.*nvme0q0/);
         }
+        // the guest turned the shadow doorbells on (Doorbell Buffer Config) exactly when offered
+        const dbbc = /nvme: shadow doorbells at/.test(server!.stderr());
+        assert.equal(dbbc, variant.shadow, variant.shadow ? 'the guest sent Doorbell Buffer Config' : 'no Doorbell Buffer Config without the option');
       }));
 
     it('O_DIRECT writes of a pattern read back in the guest and land in the image file', () =>

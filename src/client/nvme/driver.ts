@@ -10,6 +10,7 @@
 // with alloc().  CPU writes go through GuestMemory.write so that a live
 // migration sees them dirty.  attach() moves the driver to another client
 // (a migration destination) holding a copy of that memory.
+import { memoryBarrier } from '../../util/fence.js';
 import { native } from '../../native/index.js';
 import { Errno, IrqIndex } from '../../protocol/constants.js';
 import { VfuError } from '../../protocol/errors.js';
@@ -48,12 +49,16 @@ export interface NvmeDriverOptions {
   /** Entries per I/O queue (default 64; at most what CAP.MQES allows). */
   queueEntries?: number;
   /**
-   * How doorbells ring: 'posted' region writes (what QEMU does, default),
-   * or 'ioeventfd': the value goes to a shadow doorbell in memory and the
+   * How doorbells ring: 'posted' region writes (what QEMU does, default);
+   * 'ioeventfd': the value goes to a shadow doorbell in memory and the
    * device's ioeventfd is signalled (needs a controller offering Doorbell
-   * Buffer Config and ioeventfds).
+   * Buffer Config and ioeventfds); 'eventidx': shadow doorbells as Linux
+   * uses them, each I/O queue value stored in the shadow buffer and the
+   * doorbell written (posted) only when the value passes the EventIdx the
+   * controller published; the admin queue keeps its registers (needs
+   * Doorbell Buffer Config).
    */
-  doorbells?: 'posted' | 'ioeventfd';
+  doorbells?: 'posted' | 'ioeventfd' | 'eventidx';
   /** Guest address of the driver's memory (default 1 GiB). */
   memoryIova?: number;
   /** Bytes of data area for alloc() (default 8 MiB). */
@@ -152,6 +157,10 @@ export class NvmeDriver {
   readonly interrupts: number[] = [];
   /** Statistics: doorbell writes issued. */
   doorbellWrites = 0;
+  /** Statistics: doorbell values left in the shadow buffer without a register write (EventIdx mode). */
+  shadowOnly = 0;
+  /** Doorbell Buffer Config done (EventIdx mode). */
+  private eventIdxOn = false;
   /** Commands submitted. */
   submitted = 0;
   /** Completions matched to a submitted command. */
@@ -240,6 +249,7 @@ export class NvmeDriver {
     const cc = await this.readReg32(NvmeReg.CC);
     if (cc & Cc.EN) await this.writeReg32(NvmeReg.CC, cc & ~Cc.EN);
     await this.waitReady(false, timeoutMs);
+    this.eventIdxOn = false; // a disabled controller forgets its doorbell buffer
     for (const q of this.queues) this.resetQueue(q);
     const a = this.queues[0]!;
     await this.writeReg32(NvmeReg.AQA, ((ADMIN_ENTRIES - 1) << 16) | (ADMIN_ENTRIES - 1));
@@ -279,6 +289,7 @@ export class NvmeDriver {
       await this.admin(AdminOp.CREATE_SQ, { prp1: q.sqIova, cdw10: ((q.entries - 1) << 16) | q.qid, cdw11: (q.qid << 16) | 1 });
     }
     if (this.opts.doorbells === 'ioeventfd') await this.setupShadowDoorbells();
+    if (this.opts.doorbells === 'eventidx') await this.configureDoorbellBuffer();
   }
 
   private resetQueue(q: HostQueue): void {
@@ -294,9 +305,16 @@ export class NvmeDriver {
   private async setupShadowDoorbells(): Promise<void> {
     const n = native;
     if (n === null) throw new VfuError(Errno.ENOTSUP, 'nvme: ioeventfd doorbells need the native addon');
-    this.client.memory.write(this.shadowIova, Buffer.alloc(NVME_PAGE));
-    await this.admin(AdminOp.DOORBELL_BUFFER_CONFIG, { prp1: this.shadowIova, prp2: this.eventIdxIova });
+    await this.configureDoorbellBuffer();
     await this.fetchDoorbellFds();
+  }
+
+  /** Doorbell Buffer Config over zeroed shadow and EventIdx pages. */
+  private async configureDoorbellBuffer(): Promise<void> {
+    this.client.memory.write(this.shadowIova, Buffer.alloc(NVME_PAGE));
+    this.client.memory.write(this.eventIdxIova, Buffer.alloc(NVME_PAGE));
+    await this.admin(AdminOp.DOORBELL_BUFFER_CONFIG, { prp1: this.shadowIova, prp2: this.eventIdxIova });
+    this.eventIdxOn = true;
   }
 
   private async fetchDoorbellFds(): Promise<void> {
@@ -399,6 +417,10 @@ export class NvmeDriver {
   }
 
   private doorbell(index: number, value: number): void {
+    if (this.eventIdxOn && this.opts.doorbells === 'eventidx' && index >= 2 && !this.needEvent(index, value)) {
+      this.shadowOnly++;
+      return;
+    }
     this.doorbellWrites++;
     if (this.opts.doorbells === 'ioeventfd' && this.doorbellFds.length > 0) {
       const b = Buffer.alloc(4);
@@ -410,6 +432,20 @@ export class NvmeDriver {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(value, 0);
     this.client.regionWrite(0, NvmeReg.DOORBELLS + index * 4, b, { posted: true }).catch((e: unknown) => this.client.emit('error', e as Error));
+  }
+
+  /**
+   * EventIdx mode: stores `value` in the shadow doorbell, then says whether
+   * the controller asked to be told (its EventIdx lies in [old, value), in
+   * 16-bit arithmetic), as Linux's nvme_dbbuf_need_event does.
+   */
+  private needEvent(index: number, value: number): boolean {
+    const shadow = this.view(this.shadowIova + index * 4, 4);
+    const old = shadow.readUInt32LE(0);
+    shadow.writeUInt32LE(value, 0);
+    memoryBarrier(); // the controller's EventIdx is read after our store lands
+    const ei = this.view(this.eventIdxIova + index * 4, 4).readUInt32LE(0);
+    return ((value - ei - 1) & 0xffff) < ((value - old) & 0xffff);
   }
 
   /** Consumes the completions of queue `qid` and rings its head doorbell. */

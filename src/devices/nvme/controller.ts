@@ -9,6 +9,7 @@
 // each completion is posted when its command finishes, in that order.  A
 // drain (quiesce, controller reset, migration stop) stops fetching and
 // waits until nothing is in flight; held Async Event Requests do not count.
+import { memoryBarrier } from '../../util/fence.js';
 import { DmaMapFlag, Errno, IrqIndex } from '../../protocol/constants.js';
 import { VfuError, errnoOf } from '../../protocol/errors.js';
 import type { VfioUserDevice } from '../../server/device.js';
@@ -450,25 +451,26 @@ export class NvmeController {
     sq.fetching = true;
     let handedOff = false;
     try {
-      while (sq.head !== sq.tail && !sq.deleting && this.canFetch() && this.sqs[sq.id] === sq) {
-        const sqe = Buffer.allocUnsafe(SQE_SIZE);
-        const at = sq.base + sq.head * SQE_SIZE;
-        try {
-          this.device.dma.readSync(at, sqe);
-        } catch (e) {
-          if (errnoOf(e) === Errno.EAGAIN) {
-            // Reached by DMA messages: fetch this one asynchronously.
-            handedOff = true;
-            void this.fetchByMessage(sq, at);
+      do {
+        while (sq.head !== sq.tail && !sq.deleting && this.canFetch() && this.sqs[sq.id] === sq) {
+          const sqe = Buffer.allocUnsafe(SQE_SIZE);
+          const at = sq.base + sq.head * SQE_SIZE;
+          try {
+            this.device.dma.readSync(at, sqe);
+          } catch (e) {
+            if (errnoOf(e) === Errno.EAGAIN) {
+              // Reached by DMA messages: fetch this one asynchronously.
+              handedOff = true;
+              void this.fetchByMessage(sq, at);
+              return;
+            }
+            this.fatal(`SQ ${sq.id} entry at 0x${at.toString(16)} unreadable: ${(e as Error).message}`);
             return;
           }
-          this.fatal(`SQ ${sq.id} entry at 0x${at.toString(16)} unreadable: ${(e as Error).message}`);
-          return;
+          sq.head = (sq.head + 1) % sq.size;
+          this.start(sq, sqe);
         }
-        sq.head = (sq.head + 1) % sq.size;
-        this.start(sq, sqe);
-      }
-      this.updateEventIdx(sq);
+      } while (this.shadowSqTail(sq));
     } finally {
       if (!handedOff) sq.fetching = false;
     }
@@ -494,16 +496,87 @@ export class NvmeController {
     this.kick(sq);
   }
 
-  /** Shadow doorbells: tell the host the SQ tail we have seen. */
-  private updateEventIdx(sq: SubmissionQueue): void {
-    if (this.dbbuf === null) return;
+  // Shadow doorbells (Doorbell Buffer Config), as hosts use them (Linux's
+  // nvme_dbbuf_update_and_check_event): the host stores each new SQ tail
+  // and CQ head in the shadow buffer, then rings the doorbell register only
+  // when the value passes the EventIdx we published for that doorbell.  So
+  // the device must publish EventIdx and then read the shadow again: a
+  // value the host stored before it saw our EventIdx rang no doorbell.
+  // Linux keeps the admin queue on its registers, so only I/O queues use
+  // the shadow buffer here.
+
+  /** Whether queue `qid`'s doorbells are shadowed. */
+  private shadowed(qid: number): boolean {
+    return this.dbbuf !== null && qid !== 0;
+  }
+
+  /** Publishes EventIdx for doorbell `index`; false when the buffer is unwritable. */
+  private publishEventIdx(index: number, value: number): boolean {
     const b = Buffer.alloc(4);
-    b.writeUInt32LE(sq.tail, 0);
+    b.writeUInt32LE(value, 0);
     try {
-      this.device.dma.writeSync(this.dbbuf.eventIdx + sq.id * 2 * 4, b);
+      this.device.dma.writeSync(this.dbbuf!.eventIdx + index * 4, b);
     } catch {
-      /* reported when the shadow doorbell is read */
+      this.fatal('EventIdx buffer unwritable');
+      return false;
     }
+    // the shadow is read after this store lands (the host orders its side)
+    memoryBarrier();
+    return true;
+  }
+
+  /** The shadow doorbell `index` (the host's last value), or null when unreadable. */
+  private readShadow(index: number): number | null {
+    const b = Buffer.alloc(4);
+    try {
+      this.device.dma.readSync(this.dbbuf!.shadow + index * 4, b);
+    } catch {
+      this.fatal('shadow doorbell unreadable');
+      return null;
+    }
+    return b.readUInt32LE(0);
+  }
+
+  /**
+   * After fetching up to the tail: publishes the tail seen as EventIdx and
+   * takes a newer tail from the shadow buffer.  True when there is more to
+   * fetch.
+   */
+  private shadowSqTail(sq: SubmissionQueue): boolean {
+    if (this.dbbuf === null) return false;
+    // our own driver shadows the admin queue too; EventIdx is harmless there
+    if (!this.publishEventIdx(sq.id * 2, sq.tail) || !this.shadowed(sq.id)) return false;
+    const t = this.readShadow(sq.id * 2);
+    if (t === null || t === sq.tail || this.sqs[sq.id] !== sq) return false;
+    if (t >= sq.size) {
+      this.badDoorbell(1, `SQ ${sq.id} shadow tail ${t}`);
+      return false;
+    }
+    sq.tail = t;
+    return sq.head !== sq.tail && !sq.deleting && this.canFetch();
+  }
+
+  /**
+   * Learns a shadowed CQ's head from the shadow buffer, publishing each head
+   * learnt as EventIdx, until the two agree: the host then rings the head
+   * doorbell at its next step, which is when a full queue has room again.
+   */
+  private shadowCqHead(cq: CompletionQueue): void {
+    if (!this.shadowed(cq.id)) return;
+    for (let i = 0; i < 4; i++) {
+      if (!this.publishEventIdx(cq.id * 2 + 1, cq.head)) return;
+      const h = this.readShadow(cq.id * 2 + 1);
+      if (h === null || h === cq.head) return;
+      if (h >= cq.size) return this.badDoorbell(1, `CQ ${cq.id} shadow head ${h}`);
+      cq.head = h;
+    }
+  }
+
+  /** Whether `cq` has no free entry, after learning its head when it is shadowed. */
+  private cqFull(cq: CompletionQueue): boolean {
+    if ((cq.tail + 1) % cq.size !== cq.head) return false;
+    this.shadowCqHead(cq);
+    return (cq.tail + 1) % cq.size === cq.head;
   }
 
   // ------------------------------------------------------------- commands
@@ -586,7 +659,7 @@ export class NvmeController {
     if (cq === undefined) return;
     const dnr = status !== Status.SUCCESS && status !== Status.ABORTED_SQ_DELETED && status !== Status.ABORT_REQUESTED ? Status.DNR : 0;
     const entry: WaitingCqe = [dw0 >>> 0, (sq.head | (sq.id << 16)) >>> 0, (cid | (((status | dnr) & 0x7fff) << 17)) >>> 0];
-    if (cq.waiting.length > 0 || (cq.tail + 1) % cq.size === cq.head) {
+    if (cq.waiting.length > 0 || this.cqFull(cq)) {
       cq.waiting.push(entry);
       return;
     }
@@ -634,7 +707,7 @@ export class NvmeController {
   private flushWaiting(cq: CompletionQueue): void {
     let posted = false;
     let last: Promise<boolean> | null = null;
-    while (cq.waiting.length > 0 && (cq.tail + 1) % cq.size !== cq.head) {
+    while (cq.waiting.length > 0 && !this.cqFull(cq)) {
       const r = this.post(cq, cq.waiting.shift()!);
       if (r === false) break;
       if (r !== true) last = r;
@@ -716,7 +789,13 @@ export class NvmeController {
 
   /** Any completion the host has not consumed, on a queue with interrupts on. */
   private levelPending(): boolean {
-    return this.cqs.some((cq) => cq !== undefined && cq.ien && cq.head !== cq.tail);
+    return this.cqs.some((cq) => cq !== undefined && cq.ien && this.unconsumed(cq));
+  }
+
+  /** Whether the host has completions of `cq` to consume (a shadowed head is read first). */
+  private unconsumed(cq: CompletionQueue): boolean {
+    if (cq.head !== cq.tail) this.shadowCqHead(cq);
+    return cq.head !== cq.tail;
   }
 
   /**
@@ -742,7 +821,7 @@ export class NvmeController {
 
   /** Signals every vector with unconsumed completions (after a migration or resume). */
   resignalAll(): void {
-    for (const cq of this.cqs) if (cq !== undefined && cq.ien && cq.head !== cq.tail) this.signal(cq.iv);
+    for (const cq of this.cqs) if (cq !== undefined && cq.ien && this.unconsumed(cq)) this.signal(cq.iv);
   }
 
   // -------------------------------------------------------- async events
@@ -881,6 +960,7 @@ export class NvmeController {
           return Status.INVALID_FIELD;
         }
         this.dbbuf = { shadow, eventIdx };
+        this.device.log('debug', `nvme: shadow doorbells at 0x${shadow.toString(16)}, EventIdx at 0x${eventIdx.toString(16)}`);
         return Status.SUCCESS;
       }
       default:
