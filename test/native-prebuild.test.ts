@@ -4,10 +4,10 @@
 // builds nothing).  `vfu --version` names the transport and why.
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, utimesSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
-import { transportStatus } from '../src/native/index.js';
+import { type TransportStatus, transportStatus } from '../src/native/index.js';
 import { cli, root } from './helpers/procs.js';
 import { tempDir } from './helpers/server.js';
 
@@ -46,6 +46,43 @@ test('the addon in use: the prebuilt one unless a source build exists', () => {
   assert.match(v, new RegExp(`transport: native addon \\(${s.origin}: `));
   const net = execFileSync(process.execPath, [cli, '--version'], { encoding: 'utf8', env: { ...process.env, VFU_NO_NATIVE: '1' } });
   assert.match(net, /transport: node:net, no descriptor passing \(native addon not loaded: disabled by VFU_NO_NATIVE=1\)/);
+});
+
+test('a source build older than the C sources is not loaded: the prebuilt binary of those sources is, or node:net with the reason', async (t) => {
+  if (!existsSync(prebuilt) || info.source !== (await helpers()).sourceHash(root)) return t.skip('prebuilt binary stale (see above)');
+  // a package tree whose build/Release predates native/vfu_native.c (a pull
+  // that brought new C code, no rebuild): the old binary may lack functions
+  // the JavaScript calls, and was loaded anyway before
+  const pkg = tempDir('vfu-stale-build-');
+  try {
+    for (const f of ['package.json', 'binding.gyp', 'native/vfu_native.c', join('prebuilds', platform, 'vfio-user.node'), join('prebuilds', platform, 'BUILD.json')]) {
+      mkdirSync(dirname(join(pkg.dir, f)), { recursive: true });
+      copyFileSync(join(root, f), join(pkg.dir, f));
+    }
+    cpSync(join(root, 'dist', 'src'), join(pkg.dir, 'dist', 'src'), { recursive: true });
+    symlinkSync(join(root, 'node_modules'), join(pkg.dir, 'node_modules'));
+    const built = join(pkg.dir, 'build', 'Release', 'vfu_native.node');
+    mkdirSync(dirname(built), { recursive: true });
+    copyFileSync(prebuilt, built);
+    const old = new Date(Date.now() - 3_600_000);
+    utimesSync(built, old, old);
+    const status = (): TransportStatus =>
+      JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', `import { transportStatus } from ${JSON.stringify(join(pkg.dir, 'dist', 'src', 'native', 'index.js'))}; console.log(JSON.stringify(transportStatus()))`], { encoding: 'utf8' })) as TransportStatus;
+    const s1 = status();
+    assert.equal(s1.origin, 'prebuilt', JSON.stringify(s1));
+    assert.equal(s1.file, join(pkg.dir, 'prebuilds', platform, 'vfio-user.node'));
+    // without a prebuilt binary of these sources: node:net, saying why
+    rmSync(join(pkg.dir, 'prebuilds'), { recursive: true });
+    const s2 = status();
+    assert.equal(s2.transport, 'node:net');
+    assert.match(s2.reason ?? '', /older than native\/vfu_native\.c: rebuild it with `npm rebuild`/);
+    // a build newer than its sources is the one loaded
+    const now = new Date();
+    utimesSync(built, now, now);
+    assert.equal(status().origin, 'source build');
+  } finally {
+    pkg.cleanup();
+  }
 });
 
 test('npm run native:prebuild reproduces the committed binary byte for byte', async (t) => {

@@ -5,7 +5,7 @@
 // Node's net.Socket for whatever the protocol allows without descriptors, and
 // anything that needs one fails with NativeUnavailableError naming the addon.
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -135,11 +135,14 @@ function packageRoot(): string | null {
   return null;
 }
 
+/** The addon's sources, relative to the package root. */
+const SOURCES = ['binding.gyp', 'native/vfu_native.c'];
+
 /** SHA-256 over the addon's sources (as scripts/native-source.mjs computes it). */
 function sourceHash(root: string): string | null {
   try {
     const h = createHash('sha256');
-    for (const f of ['binding.gyp', 'native/vfu_native.c']) {
+    for (const f of SOURCES) {
       h.update(f + '\0');
       h.update(readFileSync(join(root, f)));
     }
@@ -163,6 +166,20 @@ function prebuildMatches(root: string, file: string): boolean {
   }
 }
 
+/**
+ * A source build older than the sources (a pull or checkout brought other
+ * C code, and nothing rebuilt it) may lack what the JavaScript calls: it
+ * is not loaded (a rebuild, `npm rebuild`, brings it back).
+ */
+function sourceBuildStale(root: string, file: string): boolean {
+  try {
+    const built = statSync(file).mtimeMs;
+    return SOURCES.some((f) => statSync(join(root, f)).mtimeMs > built);
+  } catch {
+    return false;
+  }
+}
+
 function load(): NativeAddon | null {
   if (process.env.VFU_NO_NATIVE === '1') {
     loadError = new Error('disabled by VFU_NO_NATIVE=1');
@@ -181,6 +198,15 @@ function load(): NativeAddon | null {
   } catch {
     loadError = new Error(`no source build (build/Release) and no prebuilt binary for ${process.platform}-${process.arch}`);
     return null;
+  }
+  if (!file.includes(`${sep}prebuilds${sep}`) && sourceBuildStale(root, file)) {
+    // the prebuilt binary, when it was built from these sources
+    const pre = join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'vfio-user.node');
+    if (!existsSync(pre) || !prebuildMatches(root, pre)) {
+      loadError = new Error('the source build (build/Release) is older than native/vfu_native.c: rebuild it with `npm rebuild`');
+      return null;
+    }
+    file = pre;
   }
   if (file.includes(`${sep}prebuilds${sep}`) && !prebuildMatches(root, file)) {
     loadError = new Error('the prebuilt binary was built from other sources and there is no source build');
