@@ -493,11 +493,29 @@ async function bareTcpOnce(mib: number): Promise<Fields> {
 }
 
 /**
+ * The cross-host downtime's same-run baseline: `bytes` (the final dirty
+ * set and the device's stop-copy data) sent over a bare stream of the same
+ * kind (`kind`: tcp, x509 or psk) between two Node processes, connected
+ * beforehand, timed from the first write to the peer's one-byte answer
+ * (one round trip, as FINISH has); the median of 5.
+ */
+async function burstOnce(kind: string, bytes: number): Promise<string> {
+  const peer = join(here, 'tcp-peer.js');
+  const fx = join(root, 'test', 'fixtures', 'tls');
+  const echo = await startUntil(pinned([process.execPath, peer, 'echo', kind, fx]), /port=(\d+)/);
+  try {
+    return parseLine(await output(pinned([process.execPath, peer, 'burst', kind, fx, echo.match[1]!, String(bytes), '5'])))['ms']!;
+  } finally {
+    echo.proc.kill();
+  }
+}
+
+/**
  * One cross-host migration on loopback: two fresh `vfu serve sample`,
  * `vfu receive` (port 0) and `vfu migrate --to URL --guest-mib N --json`.
  * gbps is pre-copy round 0 (every guest page) from the report.
  */
-async function crossHostOnce(ctx: Ctx, scheme: string, receiverArgs: string[], senderArgs: string[], mib: number): Promise<Fields> {
+async function crossHostOnce(ctx: Ctx, kind: string, scheme: string, receiverArgs: string[], senderArgs: string[], mib: number): Promise<Fields> {
   const serve = (name: string): Promise<Server> => startServer(ctx.dir, name, pinned([process.execPath, cli, 'serve', 'sample', '--socket-path']));
   const a = await serve('xa');
   const b = await serve('xb');
@@ -505,11 +523,19 @@ async function crossHostOnce(ctx: Ctx, scheme: string, receiverArgs: string[], s
     const recv = await startUntil(pinned([process.execPath, cli, 'receive', '--listen', `${scheme}://127.0.0.1:0`, '--to', b.path, ...receiverArgs]), /listening on (tcps?:\/\/[^\s,]+)/);
     try {
       const out = await output(pinned([process.execPath, cli, 'migrate', '--from', a.path, '--to', recv.match[1]!, '--guest-mib', String(mib), '--json', '-q', ...senderArgs]));
-      const r = JSON.parse(out) as { rounds: { guestBytes: number; ms: number }[]; downtimeMs: number; downtimeParts: Record<string, number> };
+      const r = JSON.parse(out) as {
+        rounds: { guestBytes: number; ms: number }[];
+        phases: { phase: string; deviceBytes: number; guestBytes: number }[];
+        downtimeMs: number;
+        downtimeParts: Record<string, number>;
+      };
       const r0 = r.rounds[0]!;
       await recv.done;
       const parts = Object.fromEntries(PARTS.map(([k]) => [`part_${k}`, String(r.downtimeParts[`${k}Ms`] ?? NaN)]));
-      return { gbps: String(r0.guestBytes / r0.ms / 1e6), downtime_ms: String(r.downtimeMs), ...parts };
+      const sc = r.phases.find((p) => p.phase === 'stop-copy')!;
+      const finalBytes = sc.deviceBytes + sc.guestBytes;
+      const baseline = await burstOnce(kind, finalBytes);
+      return { gbps: String(r0.guestBytes / r0.ms / 1e6), downtime_ms: String(r.downtimeMs), final_bytes: String(finalBytes), baseline_ms: baseline, ...parts };
     } finally {
       recv.proc.kill();
     }
@@ -529,23 +555,27 @@ async function stream(ctx: Ctx): Promise<void> {
   const fx = (n: string): string => join(root, 'test', 'fixtures', 'tls', n);
   const x509 = (who: string): string[] => ['--tls-cert', fx(`${who}.pem`), '--tls-key', fx(`${who}.key`), '--tls-ca', fx('ca.pem')];
   const psk = ['--tls-psk-file', fx('source.psk')];
-  const variants: [label: string, scheme: string, receiver: string[], sender: string[]][] = [
-    ['plain TCP', 'tcp', [], []],
-    ['TLS 1.3 (AES-128-GCM), mutual X.509', 'tcps', x509('receiver'), x509('source')],
-    ['TLS 1.3 (AES-128-GCM), PSK', 'tcps', psk, psk],
+  const variants: [label: string, kind: string, scheme: string, receiver: string[], sender: string[]][] = [
+    ['plain TCP', 'tcp', 'tcp', [], []],
+    ['TLS 1.3 (AES-128-GCM), mutual X.509', 'x509', 'tcps', x509('receiver'), x509('source')],
+    ['TLS 1.3 (AES-128-GCM), PSK', 'psk', 'tcps', psk, psk],
   ];
   const bare = num(await medianRun(RUNS, 'gbps', () => bareTcpOnce(STREAM_GUEST_MIB)), 'gbps');
   ctx.rows.push({ name: `bare TCP stream between two Node processes on loopback, ${STREAM_GUEST_MIB} MiB in 1 MiB writes (ceiling)`, value: bare, unit: 'GB/s' });
   let plain = NaN;
-  for (const [label, scheme, rArgs, sArgs] of variants) {
-    const f = await medianRun(RUNS, 'gbps', () => crossHostOnce(ctx, scheme, rArgs, sArgs, STREAM_GUEST_MIB));
+  for (const [label, kind, scheme, rArgs, sArgs] of variants) {
+    const f = await medianRun(RUNS, 'gbps', () => crossHostOnce(ctx, kind, scheme, rArgs, sArgs, STREAM_GUEST_MIB));
     const gbps = num(f, 'gbps');
     if (scheme === 'tcp') plain = gbps;
     const want = scheme === 'tcp' ? 1 : 0.5;
     const row: BenchRow = { name: `cross-host migration on loopback, ${STREAM_GUEST_MIB} MiB guest RAM, pre-copy of every page: ${label}`, value: gbps, unit: 'GB/s' };
     ctx.rows.push({ ...(scheme === 'tcp' ? vs(row, 'bare TCP stream', bare, 'higher') : vs(row, 'plain TCP', plain, 'higher')), target: `≥ ${want} GB/s`, met: gbps >= want });
     const parts = PARTS.map(([k, l]) => `${l} ${num(f, `part_${k}`).toFixed(2)}`).join(' + ');
-    ctx.rows.push({ name: `cross-host migration downtime, ${label} (ms: ${parts})`, value: num(f, 'downtime_ms'), unit: 'ms' });
+    // the downtime against its own run's baseline (issue #14: at most 1.5 x + 0.5 ms)
+    const floor = num(f, 'baseline_ms');
+    const limit = 1.5 * floor + 0.5;
+    const down: BenchRow = { name: `cross-host migration downtime, ${label} (ms: ${parts})`, value: num(f, 'downtime_ms'), unit: 'ms', target: `≤ 1.5 x baseline + 0.5 ms = ${limit.toFixed(2)} ms`, met: num(f, 'downtime_ms') <= limit };
+    ctx.rows.push(vs(down, `baseline: ${num(f, 'final_bytes')} B final data over a bare ${kind === 'tcp' ? 'TCP' : 'TLS'} stream + answer`, floor, 'lower'));
   }
 }
 

@@ -11,7 +11,8 @@ import { after, afterEach, describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { VfioUserClient } from '../src/client/client.js';
 import { MigrationError, migrate } from '../src/client/migrate.js';
-import { BrokenStreamError, ChunkReader, ChunkType, FLAG_UNCHECKED, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
+import { crc32c } from '../src/client/stream-crc.js';
+import { BrokenStreamError, ChunkReader, ChunkType, FLAG_CRC32C, FLAG_UNCHECKED, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
 import { createSample } from '../src/devices/sample.js';
 import { Errno, MigState } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
@@ -114,11 +115,29 @@ describe('ChunkReader', () => {
     const withCrc = Buffer.from(unchecked);
     withCrc.writeUInt32LE(0x1234, 12); // UNCHECKED must carry a zero CRC field
     assert.throws(() => new ChunkReader(undefined, true).push(withCrc), BrokenStreamError);
-    for (const [at, v] of [[5, 0x80], [6, 1], [7, 1]] as const) {
+    for (const [at, v] of [[5, 0x80], [5, FLAG_UNCHECKED | FLAG_CRC32C], [6, 1], [7, 1]] as const) {
       const bad = frame(ChunkType.DEVICE, payload);
       bad.writeUInt8(v, at);
       assert.throws(() => new ChunkReader(undefined, true).push(bad), /reserved header bits set/);
     }
+  });
+
+  test('a chunk with a CRC-32C (flag CRC32C) is checked against it, on any stream; one damaged byte is refused', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 1, maxLength: 20_000 }), fc.nat(), fc.integer({ min: 1, max: 255 }), (data, pos, flip) => {
+        const payload = Buffer.from(data);
+        const wire = Buffer.concat([Buffer.alloc(16), payload]);
+        wire.writeUInt32LE(0x4d554656, 0);
+        wire.writeUInt8(ChunkType.DEVICE, 4);
+        wire.writeUInt8(FLAG_CRC32C, 5);
+        wire.writeUInt32LE(payload.length, 8);
+        wire.writeUInt32LE(crc32c(payload), 12);
+        for (const tls of [false, true]) assert.deepEqual(new ChunkReader(undefined, tls).push(wire)[0]!.payload, payload);
+        wire[16 + (pos % payload.length)]! ^= flip;
+        assert.throws(() => new ChunkReader().push(wire), /CRC mismatch/);
+      }),
+      { numRuns: 100 },
+    );
   });
 
   test('a chunk announcing more than 16 MiB is refused at its header', () => {

@@ -74,6 +74,12 @@ export interface MigrationTarget {
   /** Optional: a checksum of the destination device's state for verification. */
   checksum?(): Promise<string>;
   /**
+   * Optional: resolves once the destination has applied everything sent so
+   * far (a stream holds data in flight).  Called at the end of each pre-copy
+   * step, so that data is not waited for with the guest paused.
+   */
+  drain?(): Promise<void>;
+  /**
    * deviceData and guestPages may be called while the other is pending: the
    * device's stop-copy data then overlaps the final pages.
    */
@@ -644,8 +650,10 @@ class Migration {
     const bitmaps = round === 0 ? await this.reports() : [];
     const g0 = performance.now();
     const [dirtyPages, guestBytes] = await this.sendPages(bitmaps, round === 0);
+    await this.target.drain?.();
     this.model.guest.add(guestBytes, performance.now() - g0);
     const deviceBytes = await this.sendDevice(false);
+    if (deviceBytes > 0) await this.target.drain?.();
     this.lastRoundDevice = deviceBytes;
 
     // expect as much dirtied again as was just sent, and what the device said it has left

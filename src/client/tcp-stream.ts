@@ -6,11 +6,14 @@
 //   u32 magic 'VFUM' | u8 type | u8 flags | u8[2] zero | u32 payload length | u32 CRC-32 of the payload
 //
 // followed by the payload.  Flag 1 (UNCHECKED): no CRC (the field is zero),
-// which only a TLS stream may send (AES-GCM authenticates every byte), and
-// never for HELLO (so a receiver of version 1 refuses the version, not a CRC).  Types: HELLO (JSON: stream version and guest
+// which only a TLS stream may send (AES-GCM authenticates every byte); flag 2
+// (CRC32C): the field is a CRC-32C (what a sender with the addon computes
+// while it copies).  HELLO has neither (so a receiver of version 1 refuses
+// the version, not a CRC).  Types: HELLO (JSON: stream version and guest
 // layout), ACK (JSON: {ok} or {error}), DEVICE (device state bytes), PAGES
 // (u64 IOVA then the bytes), FINISH, RESULT (JSON), CHECKSUM (request or
-// JSON answer), ABORT (UTF-8 reason; either side).  A bad magic, type,
+// JSON answer), ABORT (UTF-8 reason; either side), SYNC (request, or the
+// answer once everything before it is applied).  A bad magic, type,
 // length or CRC is a broken stream: the receiver resets the destination,
 // tells the sender why (ABORT) and says which chunk.
 import { EventEmitter } from 'node:events';
@@ -21,6 +24,7 @@ import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
+import { copyCrc32c, crc32c } from './stream-crc.js';
 import { FdStream, dupSocketFd } from './stream-fd.js';
 import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
@@ -31,7 +35,7 @@ export const STREAM_VERSION = 2;
 /** Versions a receiver accepts (a sender of version 1 always sends CRCs). */
 const ACCEPTED_VERSIONS: readonly unknown[] = [1, 2];
 /** Chunk types of the migration stream (see the README's table). @enum */
-export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8 } as const;
+export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8, SYNC: 9 } as const;
 const HDR = 16;
 /** Largest payload accepted in one chunk. */
 export const MAX_CHUNK = 16 * 1024 * 1024;
@@ -77,6 +81,8 @@ export function encodeChunkHeader(type: number, payload: Buffer): Buffer {
  * a TLS stream may omit it: AES-GCM authenticates every byte already.
  */
 export const FLAG_UNCHECKED = 1;
+/** Header flag: the CRC field is a CRC-32C (Castagnoli), not a CRC-32. */
+export const FLAG_CRC32C = 2;
 
 function writeHeader(h: Buffer, type: number, length: number, crc: number, flags: number): void {
   h.writeUInt32LE(STREAM_MAGIC, 0);
@@ -109,7 +115,8 @@ export class ChunkReader {
   private type = 0;
   private len = 0;
   private crc = 0;
-  private checked = true;
+  /** The payload's checksum: 0 none (UNCHECKED), 1 CRC-32, 2 CRC-32C. */
+  private alg = 1;
   private sum = 0;
   private body: Buffer | null = null;
   private got = 0;
@@ -155,13 +162,17 @@ export class ChunkReader {
         const iova = this.head.readBigUInt64LE(HDR);
         const length = this.len - 8;
         if (iova > BigInt(Number.MAX_SAFE_INTEGER - length)) throw new BrokenStreamError(`chunk ${this.seq}: PAGES at 0x${iova.toString(16)}, beyond any guest memory`);
-        this.startBody(this.placePages!(Number(iova), length, this.seq), this.checked ? crc32(this.head.subarray(HDR, HDR + 8)) : 0);
+        this.startBody(this.placePages!(Number(iova), length, this.seq), this.checksum(this.head.subarray(HDR, HDR + 8), 0));
       }
     } else {
-      if (this.checked) this.sum = crc32(this.body.subarray(this.got, this.got + n), this.sum);
+      this.sum = this.checksum(this.body.subarray(this.got, this.got + n), this.sum);
       this.got += n;
     }
     return this.body !== null && this.got === this.body.length ? this.complete() : null;
+  }
+
+  private checksum(b: Buffer, sum: number): number {
+    return this.alg === 1 ? crc32(b, sum) : this.alg === 2 ? crc32c(b, sum) : 0;
   }
 
   /** Bytes of an unfinished chunk (a stream cut mid-chunk leaves some). */
@@ -177,10 +188,10 @@ export class ChunkReader {
     this.len = h.readUInt32LE(8);
     this.crc = h.readUInt32LE(12);
     if (magic !== STREAM_MAGIC) throw new BrokenStreamError(`chunk ${this.seq}: bad magic 0x${magic.toString(16)}`);
-    if (this.type < ChunkType.HELLO || this.type > ChunkType.ABORT) throw new BrokenStreamError(`chunk ${this.seq}: unknown type ${this.type}`);
-    if ((flags & ~FLAG_UNCHECKED) !== 0 || h.readUInt16LE(6) !== 0) throw new BrokenStreamError(`chunk ${this.seq}: reserved header bits set`);
-    this.checked = (flags & FLAG_UNCHECKED) === 0;
-    if (!this.checked && (!this.uncheckedAllowed || this.crc !== 0)) throw new BrokenStreamError(`chunk ${this.seq}: no CRC-32, which only a TLS stream may omit`);
+    if (this.type < ChunkType.HELLO || this.type > ChunkType.SYNC) throw new BrokenStreamError(`chunk ${this.seq}: unknown type ${this.type}`);
+    if ((flags !== 0 && flags !== FLAG_UNCHECKED && flags !== FLAG_CRC32C) || h.readUInt16LE(6) !== 0) throw new BrokenStreamError(`chunk ${this.seq}: reserved header bits set`);
+    this.alg = flags === FLAG_UNCHECKED ? 0 : flags === FLAG_CRC32C ? 2 : 1;
+    if (this.alg === 0 && (!this.uncheckedAllowed || this.crc !== 0)) throw new BrokenStreamError(`chunk ${this.seq}: no CRC-32, which only a TLS stream may omit`);
     if (this.len > MAX_CHUNK) throw new BrokenStreamError(`chunk ${this.seq}: length ${this.len} too large`);
     if (this.wantsIova() && this.len < 8) throw new BrokenStreamError(`chunk ${this.seq}: PAGES of ${this.len} bytes, shorter than its IOVA`);
   }
@@ -197,7 +208,7 @@ export class ChunkReader {
 
   private complete(): Chunk {
     const seq = this.seq++;
-    if (this.checked && this.sum !== this.crc) throw new BrokenStreamError(`chunk ${seq}: CRC mismatch`);
+    if (this.alg !== 0 && this.sum !== this.crc) throw new BrokenStreamError(`chunk ${seq}: CRC mismatch`);
     const placed = this.wantsIova();
     const c: Chunk = placed ? { type: this.type, payload: Buffer.from(this.head.subarray(HDR, HDR + 8)), seq, placed: this.body! } : { type: this.type, payload: this.body!, seq };
     this.body = null;
@@ -328,10 +339,15 @@ export class TcpTarget implements MigrationTarget {
     return this.io ? this.io.queued : (this.sock?.writableLength ?? 0);
   }
 
-  /** A chunk's header: its CRC, or over TLS none (except HELLO's: see the top of the file). */
-  private header(h: Buffer, type: number, payload: Buffer): Buffer {
-    const unchecked = this.secure && type !== ChunkType.HELLO;
-    writeHeader(h, type, payload.length, unchecked ? 0 : crc32(payload), unchecked ? FLAG_UNCHECKED : 0);
+  /**
+   * A chunk's header: over TLS no CRC, over plain TCP with the addon a
+   * CRC-32C, else a CRC-32; HELLO always a CRC-32 (see the top of the file).
+   * `sum`: the payload's CRC-32C when the caller has it already.
+   */
+  private header(h: Buffer, type: number, payload: Buffer, sum?: number): Buffer {
+    const flags = type === ChunkType.HELLO ? 0 : this.secure ? FLAG_UNCHECKED : this.io ? FLAG_CRC32C : 0;
+    const crc = flags === FLAG_UNCHECKED ? 0 : flags === FLAG_CRC32C ? (sum ?? crc32c(payload)) : crc32(payload);
+    writeHeader(h, type, payload.length, crc, flags);
     return h;
   }
 
@@ -427,8 +443,10 @@ export class TcpTarget implements MigrationTarget {
       const b = await this.pool.take();
       if (this.failure) throw this.failure;
       b.writeBigUInt64LE(BigInt(iova + o), HDR);
-      data.copy(b, HDR + 8, o, o + n);
-      this.header(b, ChunkType.PAGES, b.subarray(HDR, HDR + 8 + n));
+      const src = data.subarray(o, o + n);
+      // with the addon the copy and its CRC-32C are one pass over guest memory
+      const sum = this.io ? copyCrc32c(b, HDR + 8, src, crc32c(b.subarray(HDR, HDR + 8))) : (src.copy(b, HDR + 8), undefined);
+      this.header(b, ChunkType.PAGES, b.subarray(HDR, HDR + 8 + n), sum);
       this.bytesSent += HDR + 8 + n;
       if (this.io) {
         this.io.write(b.subarray(0, HDR + 8 + n)).then(
@@ -454,6 +472,15 @@ export class TcpTarget implements MigrationTarget {
     if (typeof runningMs !== 'number') return;
     const total = performance.now() - t0;
     return { stopMs: Math.max(0, total - runningMs), runningMs: Math.min(runningMs, total) };
+  }
+
+  /**
+   * A SYNC round trip: resolves once the receiver has applied everything
+   * sent before it, so no pre-copy data is still in flight (in socket
+   * buffers, or being applied) when the guest is paused.
+   */
+  async drain(): Promise<void> {
+    this.check(await this.ask(ChunkType.SYNC, Buffer.alloc(0), ChunkType.SYNC));
   }
 
   async checksum(): Promise<string> {
@@ -703,6 +730,9 @@ class Reception {
         return this.pages(c);
       case ChunkType.CHECKSUM:
         return this.checksum();
+      case ChunkType.SYNC:
+        this.reply(ChunkType.SYNC, { ok: true });
+        return Promise.resolve();
       case ChunkType.FINISH:
         return this.finish();
       case ChunkType.ABORT:

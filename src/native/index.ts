@@ -103,6 +103,10 @@ export interface NativeAddon {
    * bitmap refined by 8.  `words`, or -EINVAL when either array is short.
    */
   spreadBits8(src: Uint32Array, dst: ArrayBufferView, words: number): number;
+  /** CRC-32C of `buf` continuing `crc` (0 to start). */
+  crc32c(buf: Uint8Array, crc: number): number;
+  /** Copies `src` to dst[at, +src.length) and returns the CRC-32C of the copy, continuing `crc`. */
+  copyCrc32c(dst: Uint8Array, at: number, src: Uint8Array, crc: number): number;
 }
 
 /**
