@@ -364,10 +364,27 @@ function shiftOut(x: Uint32Array, m0: number, o: Uint32Array, nOut: number, fold
   const ws = Math.floor(m0 / 32);
   const sh = m0 % 32;
   const nw = Math.ceil(nOut / 32);
-  const at = (j: number) => (sh === 0 ? x[ws + j]! : ((x[ws + j]! >>> sh) | (x[ws + j + 1]! << (32 - sh))) >>> 0);
-  let cur = at(0);
+  // One plain loop per case (a closure choosing per word ran at ~0.2 GB/s).
+  if (sh === 0) {
+    if (!foldNext) o.set(x.subarray(ws, ws + nw));
+    else {
+      let cur = x[ws]!;
+      for (let j = 0; j < nw; j++) {
+        const nxt = x[ws + j + 1]!;
+        o[j] = cur | (cur >>> 1) | (nxt << 31);
+        cur = nxt;
+      }
+    }
+    return nw;
+  }
+  const back = 32 - sh;
+  let lo = x[ws]!;
+  let hi = x[ws + 1]!;
+  let cur = (lo >>> sh) | (hi << back);
   for (let j = 0; j < nw; j++) {
-    const nxt = at(j + 1);
+    lo = hi;
+    hi = x[ws + j + 2]!;
+    const nxt = (lo >>> sh) | (hi << back);
     o[j] = foldNext ? cur | (cur >>> 1) | (nxt << 31) : cur;
     cur = nxt;
   }
