@@ -1535,31 +1535,47 @@ static napi_value n_copy_crc32c(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------- dirty bits */
 
+/* Byte b as 8 bytes, byte i 0xff when bit i of b is set, else 0: the bits
+ * multiplied into their own bytes, each made 0x80 when not zero, then 0xff. */
+static inline uint64_t spread_byte(uint64_t b) {
+    uint64_t t = (b * 0x0101010101010101ULL) & 0x8040201008040201ULL;
+    return (((t + 0x7f7f7f7f7f7f7f7fULL) & 0x8080808080808080ULL) >> 7) * 0xff;
+}
+
 /*
- * spreadBits8(src, dst, words) -> words, or -EINVAL when src holds fewer
- * than `words` u32 words or dst fewer than 32 * words bytes.  Every bit of
- * src[0, 4 * words) bytes becomes a byte of dst: byte 8k+i is 0xff when bit i
- * of source byte k is set, else 0 (a dirty bitmap refined by 8, as from
- * 4 KiB tracking pages to 512-byte report pages, on a little-endian host).
+ * spreadBits8(src, dst, n, shift, fold) -> n, or -EINVAL when dst holds
+ * fewer than 8n bytes or shift is not in [0, 8).  Let E be src's bits with
+ * each repeated 8 times (bit q of E is bit q/8 of src; src's bytes past its
+ * end read as 0): dst's first n little-endian 64-bit words get E's bits from
+ * `shift` on, each OR-ed with the next one when `fold`.  A dirty bitmap
+ * refined by 8 (4 KiB tracking pages, 512-byte report pages), the report
+ * starting `shift` pages into a tracked page, straddling two when `fold`.
  */
 static napi_value n_spread_bits8(napi_env env, napi_callback_info info) {
-    napi_value argv[3];
-    int64_t words;
+    napi_value argv[5];
+    int64_t n64;
+    int32_t shift;
+    bool fold;
     uint8_t *src, *dst;
-    size_t slen, dlen, n;
-    if (get_args(env, info, 3, argv) < 0 || napi_get_value_int64(env, argv[2], &words) != napi_ok) {
-        return throw_errno(env, "spreadBits8: words", EINVAL);
+    size_t slen, dlen, n, i = 0;
+    uint64_t x0, x1, x2;
+    if (get_args(env, info, 5, argv) < 0 || napi_get_value_int64(env, argv[2], &n64) != napi_ok ||
+        get_i32(env, argv[3], &shift) < 0 || napi_get_value_bool(env, argv[4], &fold) != napi_ok) {
+        return throw_errno(env, "spreadBits8: arguments", EINVAL);
     }
     if (get_bytes(env, argv[0], &src, &slen) < 0 || get_bytes(env, argv[1], &dst, &dlen) < 0) {
         return throw_errno(env, "spreadBits8: buffers", EINVAL);
     }
-    if (words < 0 || (uint64_t)words > slen / 4 || (uint64_t)words > dlen / 32) return make_int(env, -EINVAL);
-    n = (size_t)words * 4; /* source bytes */
+    if (n64 < 0 || (uint64_t)n64 > dlen / 8 || shift < 0 || shift > 7) return make_int(env, -EINVAL);
+    n = (size_t)n64;
+#define SRC_BYTE(k) ((k) < slen ? (uint64_t)src[k] : 0)
 #ifdef __SSE2__
-    {
-        /* a source byte broadcast to 8 lanes, each lane keeping its own bit */
+    if (shift == 0 && !fold) {
+        /* the common case, 16 bytes a store: a source byte broadcast to 8
+         * lanes, each lane keeping its own bit */
         const __m128i bits = _mm_set1_epi64x((long long)0x8040201008040201ULL);
-        for (size_t i = 0; i < n; i += 4) {
+        size_t whole = n < slen ? n : slen;
+        for (; i + 4 <= whole; i += 4) {
             uint32_t v;
             __m128i x, lo, hi;
             memcpy(&v, src + i, 4);
@@ -1574,13 +1590,22 @@ static napi_value n_spread_bits8(napi_env env, napi_callback_info info) {
             _mm_storeu_si128((__m128i *)(dst + 8 * i + 16), hi);
         }
     }
-#else
-    for (size_t i = 0; i < n; i++) {
-        uint8_t b = src[i];
-        for (int j = 0; j < 8; j++) dst[8 * i + j] = (uint8_t)(0 - ((b >> j) & 1));
-    }
 #endif
-    return make_int(env, words);
+    x0 = spread_byte(SRC_BYTE(i));
+    x1 = spread_byte(SRC_BYTE(i + 1));
+    for (; i < n; i++) {
+        uint64_t y = shift ? (x0 >> shift) | (x1 << (64 - shift)) : x0;
+        x2 = spread_byte(SRC_BYTE(i + 2));
+        if (fold) {
+            uint64_t next = shift ? (x1 >> shift) | (x2 << (64 - shift)) : x1;
+            y |= (y >> 1) | (next << 63);
+        }
+        memcpy(dst + 8 * i, &y, 8);
+        x0 = x1;
+        x1 = x2;
+    }
+#undef SRC_BYTE
+    return make_int(env, n64);
 }
 
 static napi_value init(napi_env env, napi_value exports) {

@@ -505,27 +505,42 @@ test('property: DirtyLog logging every mapping through maps and unmaps matches o
   );
 });
 
-test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bit definition; short arrays are refused', (t) => {
+test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bit definition at every shift, folded or not; bad arguments are refused', (t) => {
   if (native === null) return t.skip('no native addon: the JS loop alone is in use');
   const n = native;
   fc.assert(
-    fc.property(fc.uint32Array({ maxLength: 300 }), fc.integer({ min: 0, max: 3 }), (src, pad) => {
-      const dst = new Uint8Array(src.length * 32 + pad * 8).fill(0x5a);
-      assert.equal(n.spreadBits8(src, dst, src.length), src.length);
-      const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-      for (let k = 0; k < bytes.length * 8; k++) assert.equal(dst[k], (bytes[k >>> 3]! >>> (k & 7)) & 1 ? 0xff : 0, `byte ${k}`);
-      for (let k = src.length * 32; k < dst.length; k++) assert.equal(dst[k], 0x5a, 'nothing written past the end');
-    }),
+    fc.property(
+      fc.uint32Array({ maxLength: 80 }),
+      fc.integer({ min: 0, max: 330 }),
+      fc.integer({ min: 0, max: 7 }),
+      fc.boolean(),
+      (src, words, shift, fold) => {
+        const dst = new Uint8Array(words * 8 + 8).fill(0x5a);
+        assert.equal(n.spreadBits8(src, dst, words, shift, fold), words);
+        const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+        // bit q of the expansion: source bit floor(q / 8), zero past the end
+        const e = (q: number): number => ((q >>> 6) < bytes.length ? (bytes[q >>> 6]! >>> ((q >>> 3) & 7)) & 1 : 0);
+        for (let k = 0; k < words * 64; k++) {
+          const want = e(k + shift) | (fold ? e(k + shift + 1) : 0);
+          assert.equal((dst[k >>> 3]! >>> (k & 7)) & 1, want, `bit ${k}`);
+        }
+        for (let k = words * 8; k < dst.length; k++) assert.equal(dst[k], 0x5a, 'nothing written past n words');
+      },
+    ),
   );
   const src = new Uint32Array(4).fill(0xffffffff);
-  assert.equal(n.spreadBits8(src, new Uint8Array(127), 4), -Errno.EINVAL, 'dst one byte short');
-  assert.equal(n.spreadBits8(src, new Uint8Array(160), 5), -Errno.EINVAL, 'src one word short');
-  assert.equal(n.spreadBits8(src, new Uint8Array(128), -1), -Errno.EINVAL);
-  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 3), -Errno.EINVAL, 'views count from their own start');
-  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 2), 2);
+  assert.equal(n.spreadBits8(src, new Uint8Array(127), 16, 0, false), -Errno.EINVAL, 'dst one byte short');
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), -1, 0, false), -Errno.EINVAL);
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), 16, 8, false), -Errno.EINVAL, 'shift past a byte');
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), 16, -1, true), -Errno.EINVAL);
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 12, 0, false), -Errno.EINVAL, 'views count from their own start');
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 11, 0, false), 11);
   const gone = new Uint32Array(new ArrayBuffer(64));
-  structuredClone(gone.buffer, { transfer: [gone.buffer] }); // detached: no memory left
-  assert.equal(n.spreadBits8(gone, new Uint8Array(512), 1), -Errno.EINVAL);
+  structuredClone(gone.buffer, { transfer: [gone.buffer] }); // detached: read as empty
+  const out = new Uint8Array(64).fill(1);
+  assert.equal(n.spreadBits8(gone, out, 8, 0, false), 8);
+  assert.ok(out.every((b) => b === 0));
+  assert.equal(n.spreadBits8(src, gone, 1, 0, false), -Errno.EINVAL);
 });
 
 test('512 B reports of a 4 KiB-tracked range with random dirt, large enough for the addon\'s loop, at aligned and awkward starts', () => {

@@ -98,11 +98,13 @@ export interface NativeAddon {
   /** [pid (0: still running, <0: -errno), exit code (-1 if none), signal]. */
   waitpid(pid: number, nohang: boolean): [number, number, number];
   /**
-   * Each bit of the first 4 * `words` bytes of `src` becomes a byte of
-   * `dst` (0xff when set, else 0; byte 8k+i from bit i of byte k): a dirty
-   * bitmap refined by 8.  `words`, or -EINVAL when either array is short.
+   * A dirty bitmap refined by 8 (4 KiB tracking pages to 512-byte report
+   * pages): with E the bits of `src` each repeated 8 times (its bytes past
+   * its end reading as 0), the first `n` little-endian 64-bit words of `dst`
+   * get E's bits from `shift` (0-7) on, each OR-ed with the next one when
+   * `fold`.  `n`, or -EINVAL when `dst` is shorter or `shift` is out of range.
    */
-  spreadBits8(src: Uint32Array, dst: ArrayBufferView, words: number): number;
+  spreadBits8(src: Uint32Array, dst: ArrayBufferView, n: number, shift: number, fold: boolean): number;
   /** CRC-32C of `buf` continuing `crc` (0 to start). */
   crc32c(buf: Uint8Array, crc: number): number;
   /** Copies `src` to dst[at, +src.length) and returns the CRC-32C of the copy, continuing `crc`. */
