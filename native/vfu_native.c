@@ -1542,69 +1542,102 @@ static inline uint64_t spread_byte(uint64_t b) {
     return (((t + 0x7f7f7f7f7f7f7f7fULL) & 0x8080808080808080ULL) >> 7) * 0xff;
 }
 
+/* Source byte k of a bitmap whose bits from `bits` on read as 0. */
+static inline uint64_t bits_byte(const uint8_t *src, size_t slen, uint64_t bits, uint64_t k) {
+    if (k >= slen || k * 8 >= bits) return 0;
+    if (k * 8 + 8 <= bits) return src[k];
+    return src[k] & ((1u << (bits - k * 8)) - 1);
+}
+
+/* spread_byte of every byte, for the loops (a load is cheaper than the
+ * arithmetic); filled once per process. */
+static uint64_t spread_lut[256];
+static pthread_once_t spread_once = PTHREAD_ONCE_INIT;
+static void spread_lut_fill(void) {
+    for (unsigned b = 0; b < 256; b++) spread_lut[b] = spread_byte(b);
+}
+
+/* The refinement loop from output word i on, for one value of `fold` (the
+ * compiler makes a copy of each without the test per word); source bytes
+ * below base + 2 + `fast` are read without tests, then through bits_byte.
+ * (x << 1) << (63 - sh) is x << (64 - sh) without the undefined shift by 64
+ * when sh is 0. */
+static inline void spread_run(uint8_t *dst, size_t i, size_t n, const uint8_t *src, size_t slen, uint64_t bits,
+                              uint64_t base, unsigned sh, bool fold, size_t fast) {
+    uint64_t x1 = spread_lut[bits_byte(src, slen, bits, base + i + 1)];
+    /* y: output word i before the fold; each turn makes the next one */
+    uint64_t y = (spread_lut[bits_byte(src, slen, bits, base + i)] >> sh) | ((x1 << 1) << (63 - sh));
+    for (; i < n; i++) {
+        uint64_t x2 = spread_lut[i < fast ? src[base + i + 2] : bits_byte(src, slen, bits, base + i + 2)];
+        uint64_t next = (x1 >> sh) | ((x2 << 1) << (63 - sh));
+        uint64_t z = fold ? y | (y >> 1) | (next << 63) : y;
+        memcpy(dst + 8 * i, &z, 8);
+        x1 = x2;
+        y = next;
+    }
+}
+
 /*
- * spreadBits8(src, dst, n, shift, fold) -> n, or -EINVAL when dst holds
- * fewer than 8n bytes or shift is not in [0, 8).  Let E be src's bits with
- * each repeated 8 times (bit q of E is bit q/8 of src; src's bytes past its
- * end read as 0): dst's first n little-endian 64-bit words get E's bits from
- * `shift` on, each OR-ed with the next one when `fold`.  A dirty bitmap
- * refined by 8 (4 KiB tracking pages, 512-byte report pages), the report
- * starting `shift` pages into a tracked page, straddling two when `fold`.
+ * spreadBits8(src, dst, n, shift, fold, bits) -> n, or -EINVAL when dst
+ * holds fewer than 8n bytes or shift is negative.  Let E be the first
+ * `bits` bits of src (later ones, and bytes past its end, reading as 0),
+ * each repeated 8 times: bit q of E is bit q/8 of src.  dst's first n
+ * little-endian 64-bit words get E's bits from `shift` on, each OR-ed with
+ * the next one when `fold`.  That is a dirty bitmap refined by 8 (4 KiB
+ * tracking pages to 512-byte report pages) for a report starting `shift`
+ * report pages into the tracked range and ending before tracked page
+ * `bits`, its pages straddling two tracked pages when `fold`.
  */
 static napi_value n_spread_bits8(napi_env env, napi_callback_info info) {
-    napi_value argv[5];
-    int64_t n64;
-    int32_t shift;
+    napi_value argv[6];
+    int64_t n64, shift64, bits64;
     bool fold;
     uint8_t *src, *dst;
     size_t slen, dlen, n, i = 0;
-    uint64_t x0, x1, x2;
-    if (get_args(env, info, 5, argv) < 0 || napi_get_value_int64(env, argv[2], &n64) != napi_ok ||
-        get_i32(env, argv[3], &shift) < 0 || napi_get_value_bool(env, argv[4], &fold) != napi_ok) {
+    uint64_t base, bits;
+    unsigned sh;
+    if (get_args(env, info, 6, argv) < 0 || napi_get_value_int64(env, argv[2], &n64) != napi_ok ||
+        napi_get_value_int64(env, argv[3], &shift64) != napi_ok || napi_get_value_bool(env, argv[4], &fold) != napi_ok ||
+        napi_get_value_int64(env, argv[5], &bits64) != napi_ok) {
         return throw_errno(env, "spreadBits8: arguments", EINVAL);
     }
     if (get_bytes(env, argv[0], &src, &slen) < 0 || get_bytes(env, argv[1], &dst, &dlen) < 0) {
         return throw_errno(env, "spreadBits8: buffers", EINVAL);
     }
-    if (n64 < 0 || (uint64_t)n64 > dlen / 8 || shift < 0 || shift > 7) return make_int(env, -EINVAL);
+    if (n64 < 0 || (uint64_t)n64 > dlen / 8 || shift64 < 0) return make_int(env, -EINVAL);
     n = (size_t)n64;
-#define SRC_BYTE(k) ((k) < slen ? (uint64_t)src[k] : 0)
+    base = (uint64_t)shift64 / 64; /* source byte of dst's first word */
+    sh = (unsigned)((uint64_t)shift64 % 64);
+    bits = bits64 < 0 ? 0 : (uint64_t)bits64;
+    if (bits > (uint64_t)slen * 8) bits = (uint64_t)slen * 8;
 #ifdef __SSE2__
-    if (shift == 0 && !fold) {
+    if (sh == 0 && !fold) {
         /* the common case, 16 bytes a store: a source byte broadcast to 8
          * lanes, each lane keeping its own bit */
-        const __m128i bits = _mm_set1_epi64x((long long)0x8040201008040201ULL);
-        size_t whole = n < slen ? n : slen;
-        for (; i + 4 <= whole; i += 4) {
+        const __m128i lanes = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+        for (; i + 4 <= n && (base + i + 4) * 8 <= bits; i += 4) {
             uint32_t v;
             __m128i x, lo, hi;
-            memcpy(&v, src + i, 4);
+            memcpy(&v, src + base + i, 4);
             x = _mm_cvtsi32_si128((int)v);
             x = _mm_unpacklo_epi8(x, x);
             x = _mm_unpacklo_epi16(x, x);
             lo = _mm_unpacklo_epi32(x, x);
             hi = _mm_unpackhi_epi32(x, x);
-            lo = _mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits);
-            hi = _mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits);
+            lo = _mm_cmpeq_epi8(_mm_and_si128(lo, lanes), lanes);
+            hi = _mm_cmpeq_epi8(_mm_and_si128(hi, lanes), lanes);
             _mm_storeu_si128((__m128i *)(dst + 8 * i), lo);
             _mm_storeu_si128((__m128i *)(dst + 8 * i + 16), hi);
         }
     }
 #endif
-    x0 = spread_byte(SRC_BYTE(i));
-    x1 = spread_byte(SRC_BYTE(i + 1));
-    for (; i < n; i++) {
-        uint64_t y = shift ? (x0 >> shift) | (x1 << (64 - shift)) : x0;
-        x2 = spread_byte(SRC_BYTE(i + 2));
-        if (fold) {
-            uint64_t next = shift ? (x1 >> shift) | (x2 << (64 - shift)) : x1;
-            y |= (y >> 1) | (next << 63);
-        }
-        memcpy(dst + 8 * i, &y, 8);
-        x0 = x1;
-        x1 = x2;
+    {
+        uint64_t whole = bits / 8; /* source bytes below `bits` */
+        size_t fast = whole > base + 2 ? (size_t)(whole - base - 2) : 0;
+        pthread_once(&spread_once, spread_lut_fill);
+        if (fold) spread_run(dst, i, n, src, slen, bits, base, sh, true, fast);
+        else spread_run(dst, i, n, src, slen, bits, base, sh, false, fast);
     }
-#undef SRC_BYTE
     return make_int(env, n64);
 }
 

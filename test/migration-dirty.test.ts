@@ -505,21 +505,25 @@ test('property: DirtyLog logging every mapping through maps and unmaps matches o
   );
 });
 
-test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bit definition at every shift, folded or not; bad arguments are refused', (t) => {
+test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bit definition at every shift and end, folded or not; bad arguments are refused', (t) => {
   if (native === null) return t.skip('no native addon: the JS loop alone is in use');
   const n = native;
   fc.assert(
     fc.property(
       fc.uint32Array({ maxLength: 80 }),
       fc.integer({ min: 0, max: 330 }),
-      fc.integer({ min: 0, max: 7 }),
+      fc.oneof(fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 3000 })),
       fc.boolean(),
-      (src, words, shift, fold) => {
+      fc.oneof(fc.constant(2 ** 40), fc.integer({ min: -1, max: 2700 })),
+      (src, words, shift, fold, bits) => {
         const dst = new Uint8Array(words * 8 + 8).fill(0x5a);
-        assert.equal(n.spreadBits8(src, dst, words, shift, fold), words);
+        assert.equal(n.spreadBits8(src, dst, words, shift, fold, bits), words);
         const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-        // bit q of the expansion: source bit floor(q / 8), zero past the end
-        const e = (q: number): number => ((q >>> 6) < bytes.length ? (bytes[q >>> 6]! >>> ((q >>> 3) & 7)) & 1 : 0);
+        // bit q of the expansion: source bit floor(q / 8), zero from `bits` on and past the end
+        const e = (q: number): number => {
+          const j = Math.floor(q / 8);
+          return j < bits && j >>> 3 < bytes.length ? (bytes[j >>> 3]! >>> (j & 7)) & 1 : 0;
+        };
         for (let k = 0; k < words * 64; k++) {
           const want = e(k + shift) | (fold ? e(k + shift + 1) : 0);
           assert.equal((dst[k >>> 3]! >>> (k & 7)) & 1, want, `bit ${k}`);
@@ -527,20 +531,21 @@ test('the addon\'s spreadBits8 (4 KiB -> 512 B refinement) matches the bit-by-bi
         for (let k = words * 8; k < dst.length; k++) assert.equal(dst[k], 0x5a, 'nothing written past n words');
       },
     ),
+    { numRuns: 300 },
   );
   const src = new Uint32Array(4).fill(0xffffffff);
-  assert.equal(n.spreadBits8(src, new Uint8Array(127), 16, 0, false), -Errno.EINVAL, 'dst one byte short');
-  assert.equal(n.spreadBits8(src, new Uint8Array(128), -1, 0, false), -Errno.EINVAL);
-  assert.equal(n.spreadBits8(src, new Uint8Array(128), 16, 8, false), -Errno.EINVAL, 'shift past a byte');
-  assert.equal(n.spreadBits8(src, new Uint8Array(128), 16, -1, true), -Errno.EINVAL);
-  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 12, 0, false), -Errno.EINVAL, 'views count from their own start');
-  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 11, 0, false), 11);
+  const all = 2 ** 40;
+  assert.equal(n.spreadBits8(src, new Uint8Array(127), 16, 0, false, all), -Errno.EINVAL, 'dst one byte short');
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), -1, 0, false, all), -Errno.EINVAL);
+  assert.equal(n.spreadBits8(src, new Uint8Array(128), 16, -1, true, all), -Errno.EINVAL, 'negative shift');
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 12, 0, false, all), -Errno.EINVAL, 'views count from their own start');
+  assert.equal(n.spreadBits8(src.subarray(1), new Float64Array(16).subarray(5), 11, 0, false, all), 11);
   const gone = new Uint32Array(new ArrayBuffer(64));
   structuredClone(gone.buffer, { transfer: [gone.buffer] }); // detached: read as empty
   const out = new Uint8Array(64).fill(1);
-  assert.equal(n.spreadBits8(gone, out, 8, 0, false), 8);
+  assert.equal(n.spreadBits8(gone, out, 8, 0, false, all), 8);
   assert.ok(out.every((b) => b === 0));
-  assert.equal(n.spreadBits8(src, gone, 1, 0, false), -Errno.EINVAL);
+  assert.equal(n.spreadBits8(src, gone, 1, 0, false, all), -Errno.EINVAL);
 });
 
 test('512 B reports of a 4 KiB-tracked range with random dirt, large enough for the addon\'s loop, at aligned and awkward starts', () => {

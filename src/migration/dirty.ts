@@ -150,29 +150,8 @@ function spreadLut(d: number): Uint32Array {
  */
 const SPREAD8 = new Float64Array(spreadLut(8).buffer.slice(0));
 
-/**
- * Output words (64-bit) from which refining by 8 is handed to the addon,
- * when loaded: its loop runs at 2-3x the JS one (16 MiB out in ~0.6 ms
- * against ~1.6), a gain that pays for the call's fixed cost from a few
- * words on.  Its bytes are little-endian words, as ours on such a host.
- */
-const NATIVE_SPREAD_MIN_WORDS = 256;
-const spreadNative = LITTLE_ENDIAN && native !== null ? native.spreadBits8.bind(native) : null;
-
-/**
- * The addon's refinement by 8 into all of `o` (even length), from bit
- * `shift` of the expansion, folding each bit with the next when `fold`:
- * false when it is not loaded or `o` is too small for it to pay.
- */
-function spread8Native(src: Uint32Array, o: Uint32Array | Float64Array, shift: number, fold: boolean): boolean {
-  const n = o.byteLength / 8;
-  return spreadNative !== null && n >= NATIVE_SPREAD_MIN_WORDS && spreadNative(src, o, n, shift, fold) === n;
-}
-
 /** dst[4i..4i+3] = SPREAD8 of the four bytes of src[i], for i < n. */
 function spread8(src: Uint32Array, dst: Float64Array, n: number): void {
-  // dst is exactly 4n words, src at least n
-  if (spread8Native(src, dst, 0, false)) return;
   for (let i = 0, o = 0; i < n; i++, o += 4) {
     const v = src[i]!;
     dst[o] = SPREAD8[v & 0xff]!;
@@ -434,16 +413,45 @@ function convert(w: Uint32Array, owned: boolean, o: Uint32Array, nOut: number, t
     const m0 = Math.floor(r / p) % d;
     const e = r % p;
     if (m0 === 0 && e === 0) written = expand(w, o, d, nw);
-    // the words past nw it writes are cleared below
-    else if (d === 8 && spread8Native(w, o, m0, e !== 0)) written = nw;
     else {
       const x = new Uint32Array(Math.ceil((m0 + nOut + 1) / 32) + 2);
       expand(w, x, d, x.length);
       written = shiftOut(x, m0, o, nOut, e !== 0);
     }
   }
+  finish(o, written, nOut);
+}
+
+/** Zeroes o past the `written` words a converter wrote, and past bit nOut. */
+function finish(o: Uint32Array, written: number, nOut: number): void {
   o.fill(0, written);
   if (nOut % 32 !== 0) o[Math.floor(nOut / 32)]! &= 0xffffffff >>> (32 - (nOut % 32));
+}
+
+/**
+ * Output words (64-bit) from which refining by 8 is handed to the addon,
+ * when loaded: its loop runs at 2-3x the JS one (16 MiB out in ~0.6 ms
+ * against ~1.6), a gain that pays for the call's fixed cost from a few
+ * words on.  Its bytes are little-endian words, as ours on such a host.
+ */
+const NATIVE_REFINE8_MIN_WORDS = 256;
+const spreadBits8 = LITTLE_ENDIAN && native !== null ? native.spreadBits8.bind(native) : null;
+
+/**
+ * convert() for report pages 8 to a tracked page (4 KiB tracking, 512-byte
+ * reports), by the addon straight from the tracking bitmap `words` (tracked
+ * bits [b0, b1) hold the report): no window copy, whose fresh pages cost
+ * more than the conversion itself.  False when the addon is not loaded or
+ * the report is too small for it to pay; o is then untouched.
+ */
+function refine8(words: Uint32Array, o: Uint32Array, nOut: number, p: number, r: number, b0: number, b1: number): boolean {
+  const n = o.length / 2;
+  if (spreadBits8 === null || n < NATIVE_REFINE8_MIN_WORDS) return false;
+  // report page n lies in tracked page floor((m0+n)/8) of the window, and
+  // also touches the next one when the report does not start on a page
+  if (spreadBits8(words, o, n, 8 * b0 + (Math.floor(r / p) % 8), r % p !== 0, b1) !== n) return false;
+  finish(o, Math.ceil(nOut / 32), nOut);
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -539,13 +547,15 @@ export class DirtyBitmap {
     const t = this.pageSize;
     const b0 = Math.floor(r / t);
     const b1 = Math.ceil((r + length) / t);
-    const { w, owned } = this.window(b0, b1);
 
     // Write straight into the caller's buffer when it can be viewed as u32s.
     const at = out.byteOffset + outOffset;
     const direct = LITTLE_ENDIAN && at % 4 === 0;
     const o = direct ? new Uint32Array(out.buffer, at, outBytes / 4) : new Uint32Array(outBytes / 4);
-    convert(w, owned, o, nOut, t, pageSize, r);
+    if (t !== pageSize * 8 || !refine8(this.words, o, nOut, pageSize, r, b0, b1)) {
+      const { w, owned } = this.window(b0, b1);
+      convert(w, owned, o, nOut, t, pageSize, r);
+    }
     if (!direct) {
       if (LITTLE_ENDIAN) out.set(new Uint8Array(o.buffer, 0, outBytes), outOffset);
       else for (let i = 0; i < o.length; i++) out.writeUInt32LE(o[i]!, outOffset + i * 4);

@@ -99,12 +99,13 @@ export interface NativeAddon {
   waitpid(pid: number, nohang: boolean): [number, number, number];
   /**
    * A dirty bitmap refined by 8 (4 KiB tracking pages to 512-byte report
-   * pages): with E the bits of `src` each repeated 8 times (its bytes past
-   * its end reading as 0), the first `n` little-endian 64-bit words of `dst`
-   * get E's bits from `shift` (0-7) on, each OR-ed with the next one when
-   * `fold`.  `n`, or -EINVAL when `dst` is shorter or `shift` is out of range.
+   * pages): with E the first `bits` bits of `src` (later ones, and bytes past
+   * its end, reading as 0) each repeated 8 times, the first `n`
+   * little-endian 64-bit words of `dst` get E's bits from `shift` on, each
+   * OR-ed with the next one when `fold`.  `n`, or -EINVAL when `dst` is
+   * shorter or `shift` negative.
    */
-  spreadBits8(src: Uint32Array, dst: ArrayBufferView, n: number, shift: number, fold: boolean): number;
+  spreadBits8(src: Uint32Array, dst: ArrayBufferView, n: number, shift: number, fold: boolean, bits: number): number;
   /** CRC-32C of `buf` continuing `crc` (0 to start). */
   crc32c(buf: Uint8Array, crc: number): number;
   /** Copies `src` to dst[at, +src.length) and returns the CRC-32C of the copy, continuing `crc`. */
