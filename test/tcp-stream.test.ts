@@ -212,6 +212,25 @@ describe('migration over loopback TCP', () => {
     await s.close();
   });
 
+  test('scattered pages, packed many to a send buffer, with SYNCs between: each SYNC answers once every page before it is in place', async () => {
+    const size = 8 * MiB;
+    const s = await setup(size);
+    const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);
+    cleanups.push(() => target.close());
+    await target.begin({ ranges: [{ iova: 0x100000, size }], irqs: [] });
+    const want = Buffer.alloc(size);
+    for (let i = 0; i < 1500; i++) {
+      const at = ((i * 769) % 2048) * 4096;
+      const data = randomBytes(Math.min(4096 * (1 + (i % 3)), size - at));
+      data.copy(want, at);
+      await target.guestPages(0x100000 + at, data);
+      if (i % 300 === 299) {
+        await target.drain();
+        assert.ok(s.dst()!.memory.view(0x100000, size).equals(want), `after SYNC ${(i + 1) / 300}: the destination holds every page sent`);
+      }
+    }
+  });
+
   test("the receiver's refusal reaches the sender at once, with its reason; both ends roll back", async () => {
     const s = await setup(4 * MiB, { dstRejectsData: true });
     const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);

@@ -268,6 +268,10 @@ export class TcpTarget implements MigrationTarget {
   private readonly reader = new ChunkReader();
   private readonly events = new EventEmitter();
   private readonly pool = new BufferPool(PAGES_BUFFERS, HDR + 8 + PAGES_PER_CHUNK);
+  /** The send buffer PAGES chunks are being packed into, and how full it is. */
+  private packing: Buffer | null = null;
+  private packed = 0;
+  private flushSoon = false;
   private failure: Error | null = null;
   private heard = false;
   private secure = false;
@@ -369,6 +373,7 @@ export class TcpTarget implements MigrationTarget {
 
   private async send(type: number, payload: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
+    this.flushPages(); // pages packed before this chunk go before it
     const s = this.sock!;
     const h = this.header(Buffer.alloc(HDR), type, payload);
     this.bytesSent += HDR + payload.length;
@@ -431,31 +436,59 @@ export class TcpTarget implements MigrationTarget {
   }
 
   /**
-   * Copies `data` into PAGES chunks of at most PAGES_PER_CHUNK bytes, each
-   * one buffer (header, IOVA, bytes) written as soon as it is filled.  The
+   * Copies `data` into PAGES chunks of at most PAGES_PER_CHUNK bytes.  The
    * copy is what the CRC covers (the guest may write its pages meanwhile);
    * over TLS there is no CRC, and the copy is what Node's TLS socket may
-   * still hold after we return.
+   * still hold after we return.  Chunks are packed into the send buffers
+   * (scattered pages: many chunks to a buffer, one system call); a buffer
+   * goes out once full, before any other chunk, or when the event loop
+   * next turns.
    */
   async guestPages(iova: number, data: Buffer): Promise<void> {
     for (let o = 0; o < data.length; o += PAGES_PER_CHUNK) {
       const n = Math.min(PAGES_PER_CHUNK, data.length - o);
-      const b = await this.pool.take();
+      const need = HDR + 8 + n;
+      if (this.packing && this.packed + need > this.packing.length) this.flushPages();
+      if (!this.packing) {
+        const b = await this.pool.take();
+        this.packing = b;
+        this.packed = 0;
+      }
       if (this.failure) throw this.failure;
-      b.writeBigUInt64LE(BigInt(iova + o), HDR);
+      const b = this.packing;
+      const at = this.packed;
+      b.writeBigUInt64LE(BigInt(iova + o), at + HDR);
       const src = data.subarray(o, o + n);
       // with the addon the copy and its CRC-32C are one pass over guest memory
-      const sum = this.io ? copyCrc32c(b, HDR + 8, src, crc32c(b.subarray(HDR, HDR + 8))) : (src.copy(b, HDR + 8), undefined);
-      this.header(b, ChunkType.PAGES, b.subarray(HDR, HDR + 8 + n), sum);
-      this.bytesSent += HDR + 8 + n;
-      if (this.io) {
-        this.io.write(b.subarray(0, HDR + 8 + n)).then(
-          () => this.pool.give(b),
-          () => {}, // the pool has failed too
-        );
-      } else {
-        this.sock!.write(b.subarray(0, HDR + 8 + n), () => this.pool.give(b));
-      }
+      const sum = this.io ? copyCrc32c(b, at + HDR + 8, src, crc32c(b.subarray(at + HDR, at + HDR + 8))) : (src.copy(b, at + HDR + 8), undefined);
+      this.header(b.subarray(at, at + HDR), ChunkType.PAGES, b.subarray(at + HDR, at + need), sum);
+      this.packed += need;
+      this.bytesSent += need;
+      if (this.packed === b.length) this.flushPages();
+    }
+    if (this.packing && !this.flushSoon) {
+      this.flushSoon = true;
+      setImmediate(() => {
+        this.flushSoon = false;
+        this.flushPages();
+      });
+    }
+  }
+
+  /** Writes the send buffer being packed, if any; it returns to the pool once written. */
+  private flushPages(): void {
+    const b = this.packing;
+    if (!b) return;
+    this.packing = null;
+    if (this.failure) return; // the pool has failed too
+    const bytes = b.subarray(0, this.packed);
+    if (this.io) {
+      this.io.write(bytes).then(
+        () => this.pool.give(b),
+        () => {}, // the pool has failed too
+      );
+    } else {
+      this.sock!.write(bytes, () => this.pool.give(b));
     }
   }
 
@@ -571,7 +604,7 @@ function secureListener(opts: ReceiveOptions): Server {
 }
 
 let dropped: Buffer | null = null;
-/** Where bytes read after a failure go (shared, never read). */
+/** Where small reads are staged and bytes read after a failure go (shared: each read is consumed at once). */
 function scratch(): Buffer {
   return (dropped ??= Buffer.allocUnsafeSlow(64 * 1024));
 }
@@ -597,6 +630,8 @@ function checkLayout(v: unknown): GuestLayout {
 
 /** Reads per readiness callback before yielding to the event loop. */
 const READ_BUDGET = 64;
+/** Payload bytes still wanted from which a read goes straight into the payload's place. */
+const DIRECT_MIN = 16 * 1024;
 
 /**
  * One incoming migration stream and its state.  Chunks are applied in
@@ -611,6 +646,8 @@ class Reception {
   private readonly io: FdStream | null;
   /** The reader refused the stream: what follows is dropped. */
   private broken = false;
+  /** Batches of chunks being applied (in the chain). */
+  private applying = 0;
   private client: VfioUserClient | null = null;
   private target: LocalTarget | null = null;
   /** What the destination mapped (set once HELLO is applied). */
@@ -652,7 +689,7 @@ class Reception {
       this.refuse(e as Error);
       return;
     }
-    this.applyInOrder(chunks);
+    this.take(chunks);
   }
 
   /** The socket has bytes (addon): read them into where the reader wants them, until a chunk completes. */
@@ -660,9 +697,14 @@ class Reception {
     const io = this.io!;
     for (let i = 0; i < READ_BUDGET; i++) {
       const drop = this.failing || this.broken;
+      // a large payload is read straight into its place; headers and small
+      // chunks (scattered pages) come many to a read, through a staging buffer
+      const want = drop ? null : this.reader.want();
+      const direct = want !== null && want.length >= DIRECT_MIN;
+      const into = direct ? want : scratch();
       let n: number;
       try {
-        n = io.read(drop ? scratch() : this.reader.want());
+        n = io.read(into);
       } catch {
         n = 0; // a reset ends the stream as a close does
       }
@@ -675,18 +717,33 @@ class Reception {
         return;
       }
       if (drop) continue;
-      let c: Chunk | null;
+      let chunks: Chunk[];
       try {
-        c = this.reader.wrote(n);
+        if (direct) {
+          const c = this.reader.wrote(n);
+          chunks = c ? [c] : [];
+        } else {
+          chunks = this.reader.push(into.subarray(0, n));
+        }
       } catch (e) {
         this.refuse(e as Error);
         return;
       }
-      if (c) {
-        this.applyInOrder([c]);
-        return;
-      }
+      if (this.take(chunks)) return;
     }
+  }
+
+  /**
+   * Completed chunks: leading PAGES (in place already) are counted at once
+   * when nothing is being applied; the rest is applied in order, reading
+   * paused meanwhile.  True when reading was paused.
+   */
+  private take(chunks: Chunk[]): boolean {
+    let k = 0;
+    if (!this.applying) while (k < chunks.length && chunks[k]!.type === ChunkType.PAGES) this.countPages(chunks[k++]!);
+    if (k === chunks.length) return false;
+    this.applyInOrder(k === 0 ? chunks : chunks.slice(k));
+    return true;
   }
 
   /** The reader refused the stream: nothing more is parsed, and the migration fails. */
@@ -699,10 +756,14 @@ class Reception {
   private applyInOrder(chunks: Chunk[]): void {
     if (chunks.length === 0) return;
     this.input(false);
+    this.applying++;
     this.chain = this.chain
       .then(() => this.applyAll(chunks))
       .catch((e: Error) => this.fail(e))
-      .finally(() => this.input(true));
+      .finally(() => {
+        this.applying--;
+        this.input(true);
+      });
   }
 
   private input(on: boolean): void {
@@ -767,6 +828,10 @@ class Reception {
 
   /** A PAGES chunk ended: its bytes are already in place (see place()). */
   private async pages(c: Chunk): Promise<void> {
+    this.countPages(c);
+  }
+
+  private countPages(c: Chunk): void {
     if (!c.placed) throw new BrokenStreamError(`chunk ${c.seq}: PAGES not placed`);
     this.guestBytes += c.placed.length;
     this.opts.onProgress?.({ deviceBytes: this.deviceBytes, guestBytes: this.guestBytes });
