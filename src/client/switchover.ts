@@ -16,7 +16,11 @@ export interface TransferRates {
   deviceBytesPerMs: number;
   /** A DEVICE_FEATURE round trip (state changes, sizing queries): the median seen. */
   roundTripMs: number;
-  /** The dirty report(s) of the whole guest: the median seen. */
+  /**
+   * The dirty report(s) of the whole guest: the quickest seen (a slower one
+   * met other work, a collection or code run for the first time, which the
+   * window does not repeat).
+   */
   dirtyReportMs: number;
   /** How fast the guest (and device) dirtied memory between the last two syncs. */
   dirtyBytesPerMs: number;
@@ -78,7 +82,12 @@ export class SwitchoverModel {
   }
 
   get dirtyReportMs(): number {
-    return median(this.reports);
+    return this.reports.length === 0 ? 0 : Math.min(...this.reports);
+  }
+
+  /** How many dirty report timings were taken. */
+  get reportsTimed(): number {
+    return this.reports.length;
   }
 
   rates(): TransferRates {
