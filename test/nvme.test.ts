@@ -582,6 +582,29 @@ describe('nvme controller lifecycle', () => {
       }
       // some values went to the shadow buffer only: the test exercised it
       assert.ok(d.shadowOnly > 0, `${d.doorbellWrites} doorbell writes, ${d.shadowOnly} values in the shadow only`);
+      // A tail beyond the queue in the shadow buffer (the host's memory,
+      // untrusted): an invalid doorbell error event, the value ignored, the
+      // controller healthy.
+      const ctrl = nvme.controller;
+      const shadow = ctrl.dbbuf!.shadow;
+      const word = (v: number): Buffer => Buffer.from(Uint32Array.of(v).buffer);
+      await d.getLogPage(LogPage.ERROR, 64); // error events unmasked
+      const sq1 = ctrl.sqs[1]!;
+      const tail = sq1.tail;
+      const aer = d.asyncEvent();
+      d.store(shadow + 2 * 4, word(5000)); // SQ 1 tail
+      await d.writeReg32(NvmeReg.DOORBELLS + 2 * 4, tail); // rung with the tail it has: the shadow is read after
+      const ev = await aer;
+      assert.deepEqual([ev.dw0 & 7, (ev.dw0 >> 8) & 0xff], [0, 1], 'error event: invalid doorbell write value');
+      assert.equal(sq1.tail, tail, 'the bad tail ignored');
+      d.store(shadow + 2 * 4, word(tail));
+      const b = d.alloc(4096); // I/O carries on
+      d.store(b, pattern(7, 4096));
+      await d.write(1, 0, 8, b);
+      d.store(b, Buffer.alloc(4096));
+      await d.read(2, 0, 8, b);
+      assert.deepEqual(d.view(b, 4096), pattern(7, 4096));
+      assert.equal((await d.readReg32(NvmeReg.CSTS)) & Csts.CFS, 0, 'no controller fatal status');
       d.close();
     } finally {
       await served.close();

@@ -600,15 +600,11 @@ class Migration {
 
   /** Syncs the dirty pages (they become pending) and predicts the downtime of switching over now. */
   private async decide(): Promise<Decision> {
-    const bitmaps = await this.model.report(() => this.reports());
-    let dirtyPages = 0;
-    this.walks.forEach((w, i) => (dirtyPages += w.collect(bitmaps[i]!)));
+    let dirtyPages = this.collect(await this.model.report(() => this.reports()));
     if (this.model.reportsTimed < 2 && this.logging) {
       // a second report: one timing alone may have met a collection or
       // other work (its bits are kept like the first's)
-      const again = await this.model.report(() => this.reports());
-      dirtyPages = 0;
-      this.walks.forEach((w, i) => (dirtyPages += w.collect(again[i]!)));
+      dirtyPages = this.collect(await this.model.report(() => this.reports()));
     }
     const now = performance.now();
     this.model.dirtyBytesPerMs = (dirtyPages * this.pageSize) / Math.max(1e-3, now - this.lastSync);
@@ -621,6 +617,13 @@ class Migration {
     r.rates = this.model.rates();
     const small = this.opts.convergeBytes !== undefined && dirtyPages * this.pageSize + deviceLeft <= this.opts.convergeBytes;
     return { dirtyPages, deviceLeft, predicted, switchOver: initialDone && (predicted <= this.maxDowntimeMs || small) };
+  }
+
+  /** Takes the reports' dirty pages (and the host's) as pending; returns how many are pending. */
+  private collect(bitmaps: (Buffer | null)[]): number {
+    let pending = 0;
+    this.walks.forEach((w, i) => (pending += w.collect(bitmaps[i] ?? null)));
+    return pending;
   }
 
   /**

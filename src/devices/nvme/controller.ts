@@ -419,15 +419,8 @@ export class NvmeController {
   shadowNotify(index: number): void {
     this.stats.doorbells++;
     if (this.dbbuf === null) return;
-    let v: number;
-    try {
-      const b = Buffer.alloc(4);
-      this.device.dma.readSync(this.dbbuf.shadow + index * 4, b);
-      v = b.readUInt32LE(0);
-    } catch {
-      return this.fatal('shadow doorbell unreadable');
-    }
-    this.doorbell(index, v);
+    const v = this.readShadow(index);
+    if (v !== null) this.doorbell(index, v);
   }
 
   private badDoorbell(info: number, what: string): void {
@@ -505,6 +498,9 @@ export class NvmeController {
   // Linux keeps the admin queue on its registers, so only I/O queues use
   // the shadow buffer here.
 
+  /** The word the shadow doorbell and EventIdx accesses go through. */
+  private readonly dbWord = Buffer.alloc(4);
+
   /** Whether queue `qid`'s doorbells are shadowed. */
   private shadowed(qid: number): boolean {
     return this.dbbuf !== null && qid !== 0;
@@ -512,7 +508,7 @@ export class NvmeController {
 
   /** Publishes EventIdx for doorbell `index`; false when the buffer is unwritable. */
   private publishEventIdx(index: number, value: number): boolean {
-    const b = Buffer.alloc(4);
+    const b = this.dbWord;
     b.writeUInt32LE(value, 0);
     try {
       this.device.dma.writeSync(this.dbbuf!.eventIdx + index * 4, b);
@@ -527,7 +523,7 @@ export class NvmeController {
 
   /** The shadow doorbell `index` (the host's last value), or null when unreadable. */
   private readShadow(index: number): number | null {
-    const b = Buffer.alloc(4);
+    const b = this.dbWord;
     try {
       this.device.dma.readSync(this.dbbuf!.shadow + index * 4, b);
     } catch {
@@ -873,38 +869,37 @@ export class NvmeController {
   }
 
   /** Copies `data` to the host through the command's PRPs. */
-  private async toHost(sqe: Buffer, data: Buffer): Promise<number> {
-    const spans = await this.spans(sqe, data.length);
+  private toHost(sqe: Buffer, data: Buffer): Promise<number> {
+    return this.throughPrps(sqe, data, true);
+  }
+
+  /** Reads `length` bytes from the host through the command's PRPs. */
+  private async fromHost(sqe: Buffer, length: number): Promise<Buffer | number> {
+    const out = Buffer.alloc(length);
+    const status = await this.throughPrps(sqe, out, false);
+    return status === Status.SUCCESS ? out : status;
+  }
+
+  /**
+   * Moves `buf` to the host (`toHost`) or fills it from the host through the
+   * command's PRPs; every span is checked before the first byte moves.
+   */
+  private async throughPrps(sqe: Buffer, buf: Buffer, toHost: boolean): Promise<number> {
+    const spans = await this.spans(sqe, buf.length);
     if (typeof spans === 'number') return spans;
+    const dma = this.device.dma;
     try {
+      for (const s of spans) dma.translate(s.iova, s.length, toHost ? PROT_WRITE : PROT_READ);
       let o = 0;
-      for (const s of spans) this.device.dma.translate(s.iova, s.length, PROT_WRITE);
       for (const s of spans) {
-        await this.device.dma.write(s.iova, data.subarray(o, o + s.length));
+        const part = buf.subarray(o, o + s.length);
+        await (toHost ? dma.write(s.iova, part) : dma.read(s.iova, part));
         o += s.length;
       }
     } catch {
       return Status.DATA_TRANSFER_ERROR;
     }
     return Status.SUCCESS;
-  }
-
-  /** Reads `length` bytes from the host through the command's PRPs. */
-  private async fromHost(sqe: Buffer, length: number): Promise<Buffer | number> {
-    const spans = await this.spans(sqe, length);
-    if (typeof spans === 'number') return spans;
-    const out = Buffer.alloc(length);
-    try {
-      let o = 0;
-      for (const s of spans) this.device.dma.translate(s.iova, s.length, PROT_READ);
-      for (const s of spans) {
-        await this.device.dma.read(s.iova, out.subarray(o, o + s.length));
-        o += s.length;
-      }
-    } catch {
-      return Status.DATA_TRANSFER_ERROR;
-    }
-    return out;
   }
 
   // ---------------------------------------------------------------- admin
