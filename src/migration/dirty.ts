@@ -435,8 +435,8 @@ function finish(o: Uint32Array, written: number, nOut: number): void {
  * words on.  Its bytes are little-endian words, as ours on such a host.
  */
 const NATIVE_REFINE8_MIN_WORDS = 256;
-// (an addon without it, built from older sources, leaves the JS loops on)
-const spreadBits8 = LITTLE_ENDIAN && typeof native?.spreadBits8 === 'function' ? native.spreadBits8.bind(native) : null;
+// (the JS loops without the addon; the loader refuses an addon lacking it)
+const spreadBits8 = LITTLE_ENDIAN && native !== null ? native.spreadBits8.bind(native) : null;
 
 /**
  * convert() for report pages 8 to a tracked page (4 KiB tracking, 512-byte

@@ -219,15 +219,33 @@ function load(): NativeAddon | null {
     loadError = new Error('the prebuilt binary was built from other sources and there is no source build');
     return null;
   }
+  let addon: NativeAddon;
   try {
-    const addon = require(file) as NativeAddon;
-    loadedFrom = file;
-    return addon;
+    addon = require(file) as NativeAddon;
   } catch (e) {
     loadError = e as Error;
     return null;
   }
+  // Whatever slipped past the checks above (a build touched after its
+  // sources changed, say): an addon without every call is not used at all,
+  // so no caller has to ask whether a call exists.
+  const missing = (Object.keys(ADDON_CALLS) as (keyof NativeAddon)[]).filter((k) => typeof addon[k] !== 'function');
+  if (missing.length > 0) {
+    loadError = new Error(`the addon at ${file} lacks ${missing.join(', ')} (built from older sources): rebuild it with \`npm rebuild\``);
+    return null;
+  }
+  loadedFrom = file;
+  return addon;
 }
+
+/** Every call of NativeAddon (the compiler keeps this list complete). */
+const ADDON_CALLS = {
+  socketpair: true, listen: true, accept: true, connect: true, sendmsg: true, recvmsg: true, close: true, dup: true,
+  setNonBlocking: true, isUnixStream: true, raiseSendBuffer: true, pollStart: true, pollUpdate: true, pollClose: true,
+  pollRef: true, pollSetIo: true, memfdCreate: true, getSeals: true, mmap: true, munmap: true, liveMappings: true,
+  pageSize: true, eventfd: true, eventfdRead: true, eventfdWrite: true, isEventfd: true, epollCreate: true,
+  epollCtl: true, epollWait: true, waitpid: true, spreadBits8: true, crc32c: true, copyCrc32c: true,
+} satisfies Record<keyof NativeAddon, true>;
 
 /** The addon, or null when it could not be loaded. */
 export const native: NativeAddon | null = load();

@@ -127,9 +127,8 @@ export class NativeEndpoint implements Endpoint {
 
   /** Lets a message of up to `maxMessageSize` (capped) leave in one sendmsg. */
   private sizeSendBuffer(maxMessageSize: number): void {
-    // best effort: a socket that refuses (or an addon built from older
-    // sources, without the call) keeps its default, only slower
-    if (typeof this.n.raiseSendBuffer === 'function') this.n.raiseSendBuffer(this.fd, Math.min(maxMessageSize, SEND_BUFFER_MAX));
+    // best effort: a socket that refuses keeps its default, only slower
+    this.n.raiseSendBuffer(this.fd, Math.min(maxMessageSize, SEND_BUFFER_MAX));
   }
 
   /**
