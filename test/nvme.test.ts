@@ -642,3 +642,93 @@ describe('nvme controller lifecycle', () => {
     }
   });
 });
+
+describe('nvme driver', () => {
+  it("reads a completion's phase tag and command id in one load: a controller write landing between the driver's reads never pairs the new phase with the previous lap's command id", async () => {
+    // The bench's ioeventfd row stopped now and then on "completion for
+    // unknown command", or silently completed the wrong command: dword 3
+    // was read with Buffer.readUInt32LE, byte by byte (the command id's low
+    // byte first, the phase tag's byte last), so the controller's store of
+    // the next entry landing in between gave the previous lap's command id
+    // under the new phase.  Here the controller does not fetch, and the
+    // test posts each completion itself, before every access the driver
+    // makes to the completion queue in turn (each access a point where the
+    // other process's store can land).
+    const t = tempDir('vfu-nvme-');
+    const nvme = createNvme({ image: join(t.dir, 'd.img'), size: 8 * MiB, queues: 1 });
+    const served = await serve(nvme.device);
+    try {
+      const client = await served.connect();
+      const errors: Error[] = [];
+      client.on('error', (e: Error) => errors.push(e));
+      const d = await NvmeDriver.open(client, { ioQueues: 1, queueEntries: 8 });
+      nvme.controller.running = false; // commands stay in the SQ: completions come from the test
+      const q = d.queues[1]!;
+      const realView = d.view.bind(d);
+      const entry = (cid: number, phase: number): Buffer => {
+        const e = Buffer.alloc(16);
+        e.writeUInt32LE((1 << 16) | 0, 8); // SQ 1, head 0
+        e.writeUInt32LE(cid | (phase << 16), 12);
+        return e;
+      };
+      const post = (slot: number, e: Buffer): void => void e.copy(realView(q.cqIova + slot * 16, 16));
+      const bufs = [d.alloc(4096), d.alloc(4096)];
+      let lands = -1; // the entry lands before the driver's access number `lands` to the CQ
+      let accesses = 0;
+      let pendingLand: (() => void) | null = null;
+      d.view = (iova: number, length: number): Buffer => {
+        const v = realView(iova, length);
+        if (iova !== q.cqIova) return v;
+        return new Proxy(v, {
+          get(target, key) {
+            if (accesses++ === lands && pendingLand !== null) {
+              pendingLand();
+              pendingLand = null;
+            }
+            return Reflect.get(target, key, target);
+          },
+        });
+      };
+      for (lands = 0; ; lands++) {
+        let doneA = false;
+        let doneB = false;
+        const before = new Set(q.pending.keys());
+        const a = d.read(1, 0, 8, bufs[0]!).then(() => void (doneA = true));
+        const b = d.read(1, 8, 8, bufs[1]!).then(() => void (doneB = true));
+        const [cidA, cidB] = [...q.pending.keys()].filter((c) => !before.has(c));
+        assert.ok(cidA !== undefined && cidB !== undefined && cidA !== cidB);
+        // The slot at the head holds the previous lap's entry, for B (outstanding: the silent case).
+        const slot = q.cqHead;
+        const phase = q.phase;
+        post(slot, entry(cidB, phase ^ 1));
+        accesses = 0;
+        pendingLand = () => post(slot, entry(cidA, phase));
+        d.reap(1);
+        const landedInside = pendingLand === null;
+        if (!landedInside) {
+          pendingLand();
+          pendingLand = null;
+          d.reap(1);
+        }
+        await new Promise((r) => setImmediate(r)); // the completions' promise callbacks have run
+        assert.deepEqual(errors, [], `landing before access ${lands}`);
+        assert.equal(doneB, false, `landing before access ${lands}: B completed with A's entry`);
+        assert.equal(doneA, true, `landing before access ${lands}: A not completed`);
+        await a;
+        // B completes properly in the next slot
+        const next = q.cqHead;
+        post(next, entry(cidB, q.phase));
+        d.reap(1);
+        await b;
+        assert.ok(doneA && doneB && q.pending.size === 0);
+        if (!landedInside) break; // every access of the driver's has been a landing point
+      }
+      assert.ok(lands >= 1);
+      d.close();
+    } finally {
+      await served.close();
+      nvme.close();
+      t.cleanup();
+    }
+  });
+});

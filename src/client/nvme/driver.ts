@@ -10,7 +10,7 @@
 // with alloc().  CPU writes go through GuestMemory.write so that a live
 // migration sees them dirty.  attach() moves the driver to another client
 // (a migration destination) holding a copy of that memory.
-import { memoryBarrier } from '../../util/fence.js';
+import { loadShared32, memoryBarrier } from '../../util/fence.js';
 import { native } from '../../native/index.js';
 import { Errno, IrqIndex } from '../../protocol/constants.js';
 import { VfuError } from '../../protocol/errors.js';
@@ -444,7 +444,7 @@ export class NvmeDriver {
     const old = shadow.readUInt32LE(0);
     shadow.writeUInt32LE(value, 0);
     memoryBarrier(); // the controller's EventIdx is read after our store lands
-    const ei = this.view(this.eventIdxIova + index * 4, 4).readUInt32LE(0);
+    const ei = loadShared32(this.view(this.eventIdxIova + index * 4, 4), 0);
     return ((value - ei - 1) & 0xffff) < ((value - old) & 0xffff);
   }
 
@@ -456,7 +456,9 @@ export class NvmeDriver {
     const cq = this.view(q.cqIova, q.entries * CQE_SIZE);
     for (;;) {
       const at = q.cqHead * CQE_SIZE;
-      const dw3 = cq.readUInt32LE(at + 12);
+      // Command id, phase tag and status share dword 3: one load takes them
+      // together; the rest of the entry is read after it.
+      const dw3 = loadShared32(cq, at + 12);
       if (((dw3 >>> 16) & 1) !== q.phase) break;
       const c: NvmeCompletion = { cid: dw3 & 0xffff, status: (dw3 >>> 17) & 0x7fff, dw0: cq.readUInt32LE(at), sqHead: cq.readUInt16LE(at + 8) };
       q.cqHead = (q.cqHead + 1) % q.entries;
