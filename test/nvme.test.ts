@@ -643,7 +643,51 @@ describe('nvme controller lifecycle', () => {
   });
 });
 
-describe('nvme driver', () => {
+describe('nvme completion entries (controller and driver)', () => {
+  it('posts a completion with its phase tag last: the entry under the tag the slot holds, then the byte carrying the new tag (shared memory and DMA messages)', async () => {
+    for (const shared of [true, false]) {
+      const t = tempDir('vfu-nvme-');
+      const nvme = createNvme({ image: join(t.dir, 'd.img'), size: 8 * MiB, queues: 1 });
+      const served = await serve(nvme.device);
+      try {
+        const client = await served.connect();
+        if (!shared) client.memory.add(0x4000_0000, 16 * MiB, { shared: false });
+        const d = await NvmeDriver.open(client, { ioQueues: 1, queueEntries: 4, dataBytes: 1 * MiB });
+        const q = d.queues[1]!;
+        const writes: { off: number; bytes: Buffer }[] = [];
+        const dma = nvme.device.dma;
+        const inCq = (iova: number): boolean => iova >= q.cqIova && iova < q.cqIova + 4 * 16;
+        const writeSync = dma.writeSync.bind(dma);
+        const write = dma.write.bind(dma);
+        dma.writeSync = (iova: number, data: Buffer): void => {
+          writeSync(iova, data);
+          if (inCq(iova)) writes.push({ off: iova - q.cqIova, bytes: Buffer.from(data) });
+        };
+        dma.write = async (iova: number, data: Buffer): Promise<void> => {
+          await write(iova, data);
+          if (inCq(iova)) writes.push({ off: iova - q.cqIova, bytes: Buffer.from(data) });
+        };
+        const b = d.alloc(4096);
+        for (let i = 0; i < 6; i++) await d.read(1, i * 8, 8, b); // 6 completions: the 4-entry CQ wraps
+        assert.equal(writes.length, 12, `${shared ? 'shared' : 'messages'}: two writes per completion`);
+        for (let i = 0; i < 6; i++) {
+          const slot = i % 4;
+          const phase = i < 4 ? 1 : 0;
+          const [entry, tag] = [writes[2 * i]!, writes[2 * i + 1]!];
+          const what = `${shared ? 'shared' : 'messages'}, completion ${i}`;
+          assert.deepEqual([entry.off, entry.bytes.length, (entry.bytes[14]! & 1) ^ 1], [slot * 16, 16, phase], `${what}: the entry first, under the old tag`);
+          assert.deepEqual([tag.off, tag.bytes.length, tag.bytes[0]], [slot * 16 + 14, 1, entry.bytes[14]! ^ 1], `${what}: then the tag's byte alone`);
+          if (i >= 2) assert.equal(d.view(q.cqIova + slot * 16 + 14, 1)[0]! & 1, phase, `${what}: the slot carries the new tag`); // its last lap
+        }
+        d.close();
+      } finally {
+        await served.close();
+        nvme.close();
+        t.cleanup();
+      }
+    }
+  });
+
   it("reads a completion's phase tag and command id in one load: a controller write landing between the driver's reads never pairs the new phase with the previous lap's command id", async () => {
     // The bench's ioeventfd row stopped now and then on "completion for
     // unknown command", or silently completed the wrong command: dword 3

@@ -665,30 +665,44 @@ export class NvmeController {
   }
 
   private readonly cqe = Buffer.alloc(CQE_SIZE);
+  /** The byte of a completion entry holding its phase tag (and status bits 0-6). */
+  private readonly cqeTag = Buffer.alloc(1);
 
   /**
-   * Writes a completion entry; by DMA message the entry must have landed
-   * before the interrupt, so the result is then a promise.
+   * Writes a completion entry, its phase tag last: the whole entry under the
+   * tag the slot holds now (the host skips it), a fence, then the one byte
+   * that carries the new tag.  A host that sees the tag then sees the rest,
+   * whatever order a copy stores 16 bytes in (Linux reads the status word,
+   * then dma_rmb(), then the entry).  By DMA message the entry must have
+   * landed before the interrupt, so the result is then a promise.
    */
   private post(cq: CompletionQueue, e: WaitingCqe): boolean | Promise<boolean> {
     const b = this.cqe;
     b.writeUInt32LE(e[0], 0);
     b.writeUInt32LE(0, 4);
     b.writeUInt32LE(e[1], 8);
-    b.writeUInt32LE((e[2] | (cq.phase << 16)) >>> 0, 12);
+    b.writeUInt32LE((e[2] | ((cq.phase ^ 1) << 16)) >>> 0, 12);
+    const tag = this.cqeTag;
+    tag[0] = b[14]! ^ 1;
     const at = cq.base + cq.tail * CQE_SIZE;
     let pending: Promise<boolean> | null = null;
     try {
       this.device.dma.writeSync(at, b);
+      memoryBarrier();
+      this.device.dma.writeSync(at + 14, tag);
     } catch (err) {
       if (errnoOf(err) === Errno.EAGAIN) {
-        pending = this.device.dma.write(at, Buffer.from(b)).then(
-          () => true,
-          (x: unknown) => {
-            this.fatal(`CQ ${cq.id} write failed: ${(x as Error).message}`);
-            return false;
-          },
-        );
+        const [entry, last] = [Buffer.from(b), Buffer.from(tag)];
+        pending = this.device.dma
+          .write(at, entry)
+          .then(() => this.device.dma.write(at + 14, last))
+          .then(
+            () => true,
+            (x: unknown) => {
+              this.fatal(`CQ ${cq.id} write failed: ${(x as Error).message}`);
+              return false;
+            },
+          );
       } else {
         this.fatal(`CQ ${cq.id} entry at 0x${at.toString(16)} unwritable: ${(err as Error).message}`);
         return false;
