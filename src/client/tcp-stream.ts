@@ -45,6 +45,10 @@ export const MAX_CHUNK = 16 * 1024 * 1024;
  * in cache-friendly steps while the socket writes the previous ones.
  */
 const PAGES_PER_CHUNK = 1 << 20;
+/** TLS: runs of guest pages from this size on are written from guest memory (see pagesInPlace). */
+const TLS_DIRECT_MIN = 256 * 1024;
+/** TLS: a chunk up to this size goes in one write with its header. */
+const SMALL_WRITE = 64 * 1024;
 /** Send buffers of PAGES chunks in flight (bounds the sender's memory). */
 const PAGES_BUFFERS = 4;
 
@@ -234,6 +238,12 @@ export interface TcpTargetOptions {
   tls?: ConnectionOptions;
 }
 
+/** A write waiting for the TLS socket, and what to call once it has left. */
+interface TlsWrite {
+  data: Buffer;
+  done: ((e?: Error | null) => void) | null;
+}
+
 /** A fixed set of reusable send buffers; take() waits for one to come back. */
 class BufferPool {
   private readonly free: Buffer[] = [];
@@ -275,6 +285,11 @@ export class TcpTarget implements MigrationTarget {
   private failure: Error | null = null;
   private heard = false;
   private secure = false;
+  /** TLS: writes waiting behind the one in flight (see tlsWrite), and their bytes. */
+  private readonly tlsQueue: TlsWrite[] = [];
+  private tlsQueued = 0;
+  /** TLS: the write in flight. */
+  private tlsBusy: TlsWrite | null = null;
   /** Bytes written to the stream (headers included). */
   bytesSent = 0;
 
@@ -332,6 +347,9 @@ export class TcpTarget implements MigrationTarget {
     if (this.failure) return;
     this.failure = e;
     this.pool.fail(e);
+    for (const w of [this.tlsBusy, ...this.tlsQueue.splice(0)]) w?.done?.(e);
+    this.tlsBusy = null;
+    this.tlsQueued = 0;
     this.io?.fail(e);
     this.io?.close();
     this.events.emit('failed', e);
@@ -340,7 +358,7 @@ export class TcpTarget implements MigrationTarget {
 
   /** Bytes written but not yet taken by the kernel. @internal */
   get queuedBytes(): number {
-    return this.io ? this.io.queued : (this.sock?.writableLength ?? 0);
+    return this.io ? this.io.queued : this.tlsQueued + (this.sock?.writableLength ?? 0);
   }
 
   /**
@@ -355,32 +373,54 @@ export class TcpTarget implements MigrationTarget {
     return h;
   }
 
-  /** Resolves when `s` drains, rejects when the stream fails first. */
-  private drained(s: Socket): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onDrain = (): void => {
-        this.events.off('failed', onFail);
-        resolve();
-      };
-      const onFail = (e: Error): void => {
-        s.off('drain', onDrain);
-        reject(e);
-      };
-      s.once('drain', onDrain);
-      this.events.once('failed', onFail);
+  /**
+   * TLS: writes go to the socket one at a time, each once the one before
+   * has left.  Writes queued in Node's socket behind a pending one leave
+   * together (writev), and its TLS layer first copies them into one new
+   * buffer: a copy of every byte sent.  One at a time, each send buffer is
+   * encrypted from where it is.  `done` runs once it has left (or failed).
+   */
+  private tlsWrite(data: Buffer, done: ((e?: Error | null) => void) | null): void {
+    this.tlsQueue.push({ data, done });
+    this.tlsQueued += data.length;
+    this.tlsNext();
+  }
+
+  private tlsNext(): void {
+    if (this.tlsBusy || this.failure) return;
+    const w = this.tlsQueue.shift();
+    if (!w) return;
+    this.tlsBusy = w;
+    this.tlsQueued -= w.data.length;
+    this.sock!.write(w.data, (e) => {
+      if (this.tlsBusy !== w) return; // failed meanwhile: told already
+      this.tlsBusy = null;
+      w.done?.(e);
+      this.tlsNext();
     });
   }
 
   private async send(type: number, payload: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     this.flushPages(); // pages packed before this chunk go before it
-    const s = this.sock!;
     const h = this.header(Buffer.alloc(HDR), type, payload);
     this.bytesSent += HDR + payload.length;
     if (this.io) return this.io.write(h, payload);
-    // both writes, whatever the first returns (it says "drain", not "lost")
-    const more = [s.write(h), s.write(payload)].every(Boolean);
-    if (!more) await this.drained(s);
+    // a small chunk is one write (one TLS record); the caller goes on at once
+    // unless a send buffer's worth is still waiting
+    if (payload.length <= SMALL_WRITE && this.queuedBytes < SMALL_WRITE) {
+      this.tlsWrite(Buffer.concat([h, payload]), null);
+      return;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const done = (e?: Error | null): void => (e ? reject(e) : resolve());
+      if (payload.length <= SMALL_WRITE) {
+        this.tlsWrite(Buffer.concat([h, payload]), done);
+      } else {
+        this.tlsWrite(h, null);
+        this.tlsWrite(payload, done);
+      }
+    });
   }
 
   private reply(type: number): Promise<Chunk> {
@@ -442,12 +482,17 @@ export class TcpTarget implements MigrationTarget {
    * still hold after we return.  Chunks are packed into the send buffers
    * (scattered pages: many chunks to a buffer, one system call); a buffer
    * goes out once full, before any other chunk, or when the event loop
-   * next turns.
+   * next turns.  Over TLS, runs of TLS_DIRECT_MIN and more are not copied
+   * (see pagesInPlace).
    */
   async guestPages(iova: number, data: Buffer): Promise<void> {
     for (let o = 0; o < data.length; o += PAGES_PER_CHUNK) {
       const n = Math.min(PAGES_PER_CHUNK, data.length - o);
       const need = HDR + 8 + n;
+      if (this.secure && n >= TLS_DIRECT_MIN) {
+        await this.pagesInPlace(iova + o, data.subarray(o, o + n));
+        continue;
+      }
       if (this.packing && this.packed + need > this.packing.length) this.flushPages();
       if (!this.packing) {
         const b = await this.pool.take();
@@ -475,6 +520,24 @@ export class TcpTarget implements MigrationTarget {
     }
   }
 
+  /**
+   * TLS: a large run goes out as it is in guest memory, behind a header of
+   * its own; it resolves once the socket has encrypted and written it (the
+   * run is ours until we return).  No copy: AES-GCM reads the pages, and
+   * authenticates them (no CRC); pages the guest writes meanwhile are dirty,
+   * and sent again.
+   */
+  private async pagesInPlace(iova: number, run: Buffer): Promise<void> {
+    this.flushPages(); // pages packed before these go before them
+    if (this.failure) throw this.failure;
+    const head = Buffer.allocUnsafe(HDR + 8);
+    writeHeader(head, ChunkType.PAGES, 8 + run.length, 0, FLAG_UNCHECKED);
+    head.writeBigUInt64LE(BigInt(iova), HDR);
+    this.bytesSent += head.length + run.length;
+    this.tlsWrite(head, null);
+    await new Promise<void>((resolve, reject) => this.tlsWrite(run, (e) => (e ? reject(e) : resolve())));
+  }
+
   /** Writes the send buffer being packed, if any; it returns to the pool once written. */
   private flushPages(): void {
     const b = this.packing;
@@ -488,7 +551,9 @@ export class TcpTarget implements MigrationTarget {
         () => {}, // the pool has failed too
       );
     } else {
-      this.sock!.write(bytes, () => this.pool.give(b));
+      this.tlsWrite(bytes, (e) => {
+        if (!e) this.pool.give(b);
+      });
     }
   }
 
@@ -535,6 +600,8 @@ export class TcpTarget implements MigrationTarget {
     this.io?.close();
     const s = this.sock;
     if (!s || s.destroyed) return;
+    // what waits for the TLS socket (an ABORT) still goes, before the end
+    for (const w of this.tlsQueue.splice(0)) s.write(w.data, (e) => w.done?.(e));
     s.end();
     setTimeout(() => s.destroy(), 2000).unref();
   }
