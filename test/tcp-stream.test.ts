@@ -204,6 +204,7 @@ describe('migration over loopback TCP', () => {
     const report = await migrate(s.src, target, { maxRounds: 1 });
     target.close();
     assert.equal(report.guestBytes, 40 * MiB);
+    assert.ok(report.overlapped, 'the device stop-copy data was read alongside the final pages');
     await until(() => s.outcome() !== null);
     assert.equal(s.outcome()!.ok, true);
     assert.equal(s.outcome()!.guestBytes, 40 * MiB);

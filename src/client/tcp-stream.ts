@@ -18,6 +18,10 @@
 // tells the sender why (ABORT) and says which chunk.
 import { EventEmitter } from 'node:events';
 import { type Socket, connect as tcpConnect, createServer, type Server } from 'node:net';
+// Imported, not the global: the global loads perf_hooks on its first use
+// (about 1 ms), which in `vfu receive` was LocalTarget.finish(), with the
+// guest paused.
+import { performance } from 'node:perf_hooks';
 import { type ConnectionOptions, type TLSSocket, type TlsOptions, connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { crc32 } from 'node:zlib';
 import { Errno } from '../protocol/constants.js';
@@ -272,6 +276,13 @@ class BufferPool {
 
 /** The sending side: a MigrationTarget that forwards everything over TCP or TLS. */
 export class TcpTarget implements MigrationTarget {
+  /**
+   * The device's stop-copy data may go while the final pages are sent:
+   * each chunk is whole in the stream, and the receiver applies them in
+   * order.  So the source's MIG_DATA_READ goes right behind STOP_COPY
+   * (one round trip to the source less with the guest paused).
+   */
+  readonly concurrent = true;
   private sock: Socket | null = null;
   /** Plain TCP with the addon: every write goes through it (Node's socket only reads the answers). */
   private io: FdStream | null = null;
@@ -613,7 +624,11 @@ export interface ReceiveOptions {
   connectDestination: () => Promise<VfioUserClient>;
   /** Checksum of the destination state (answers CHECKSUM). */
   checksum?: (c: VfioUserClient) => Promise<string>;
-  /** Called with each finished (or failed) migration. */
+  /**
+   * Called with each finished (or failed) migration: a failure at once, a
+   * success once the sender has closed the stream, or 100 ms after the
+   * destination started running, whichever comes first.
+   */
   onDone?: (r: { ok: boolean; error?: Error; client: VfioUserClient | null; deviceBytes: number; guestBytes: number }) => void;
   /** Called as device state and guest pages are applied. */
   onProgress?: (r: { deviceBytes: number; guestBytes: number }) => void;
@@ -694,6 +709,9 @@ function checkLayout(v: unknown): GuestLayout {
   for (const i of l.irqs) if (!int(i?.index) || !int(i?.count)) throw new VfuError(Errno.EINVAL, 'HELLO with a bad interrupt entry');
   return { ranges: l.ranges.map((r) => ({ iova: r.iova, size: r.size })), irqs: l.irqs.map((i) => ({ index: i.index, count: i.count })) };
 }
+
+/** A finished migration is reported at the latest this long after its RESULT (see Reception.finish). */
+const REPORT_AFTER_MS = 100;
 
 /** Reads per readiness callback before yielding to the event loop. */
 const READ_BUDGET = 64;
@@ -842,7 +860,7 @@ class Reception {
   private async applyAll(chunks: Chunk[]): Promise<void> {
     for (const c of chunks) {
       // after the end only a checksum question still gets an answer
-      if (this.failing || (this.done && (c.type !== ChunkType.CHECKSUM || !this.finished))) return;
+      if (this.failing || ((this.done || this.finished) && (c.type !== ChunkType.CHECKSUM || !this.finished))) return;
       if (this.target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
       await this.apply(c);
     }
@@ -906,7 +924,7 @@ class Reception {
 
   /** Where a PAGES chunk's bytes go: inside one range the destination mapped, or nowhere. */
   private place(iova: number, length: number, seq: number): Buffer {
-    if (!this.layout || this.done || this.failing) throw new BrokenStreamError(`chunk ${seq}: PAGES ${this.layout ? 'after the end' : 'before the destination mapped its memory'}`);
+    if (!this.layout || this.done || this.finished || this.failing) throw new BrokenStreamError(`chunk ${seq}: PAGES ${this.layout ? 'after the end' : 'before the destination mapped its memory'}`);
     const inside = this.layout.ranges.some((r) => iova >= r.iova && iova + length <= r.iova + r.size);
     if (!inside) throw new BrokenStreamError(`chunk ${seq}: PAGES [0x${iova.toString(16)}, +${length}) outside the guest memory the destination mapped`);
     return this.client!.memory.view(iova, length);
@@ -921,7 +939,12 @@ class Reception {
       const times = await this.target!.finish();
       this.finished = true;
       this.reply(ChunkType.RESULT, { ok: true, ...(times ? { stopMs: times.stopMs, runningMs: times.runningMs } : {}) });
-      this.end(true);
+      // Reported once the sender hangs up (or REPORT_AFTER_MS from now): what
+      // the caller does then (closing the destination client, which makes
+      // the server unmap the guest memory; exiting) would otherwise run
+      // while the source's guest is still paused, waiting for this RESULT,
+      // and on a shared CPU it delayed the RESULT by milliseconds.
+      setTimeout(() => this.end(true), REPORT_AFTER_MS).unref();
     } catch (e) {
       this.reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
       await this.fail(e as Error);
@@ -930,6 +953,7 @@ class Reception {
 
   private onClose(): void {
     this.chain = this.chain.then(() => {
+      if (this.finished) this.end(true);
       if (this.finished || this.done) return;
       const why = this.reader.pending > 0 ? `cut mid-chunk (${this.reader.pending} bytes of a chunk)` : 'closed before FINISH';
       return this.fail(new BrokenStreamError(why));
@@ -943,7 +967,7 @@ class Reception {
    * to a reset of a connection with unread data.
    */
   private async fail(why: Error, tellSender = true): Promise<void> {
-    if (this.done || this.failing) return;
+    if (this.done || this.finished || this.failing) return;
     this.failing = true;
     if (this.target && !this.finished) await this.target.abort().catch(() => {});
     this.end(false, why);
