@@ -151,3 +151,75 @@ test('a device with little pre-copy data and slow reads still converges: a short
   await sa.close();
   await sb.close();
 });
+
+describe('stop-copy reads sized by data_size', () => {
+  // The device's stop-copy stream is `actual` bytes; data_size says
+  // `reported`.  A read past the end comes back padded to its size, so the
+  // read that finds the end should be small, whatever the device said.
+  const run = async (actual: number, reported: number) => {
+    const asked: number[] = [];
+    const make = (fill: number) => {
+      const device = new VfioUserDevice({ name: 'sized', pci: { vendorId: 0x1234, deviceId: 0x0004 } });
+      device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
+      device.setupDma();
+      const state = Buffer.alloc(actual, fill);
+      for (let i = 0; i < state.length; i += 4096) state[i] = (i >> 12) & 0xff;
+      let sent = 0;
+      let got = 0;
+      device.setupMigration({
+        features: { preCopy: true },
+        transition: (_from: MigStateId, to: MigStateId) => {
+          if (to === MigState.STOP_COPY) sent = 0;
+          if (to === MigState.RESUMING) got = 0;
+        },
+        readData: (max: number) => {
+          if (device.migration!.state !== MigState.STOP_COPY) return Buffer.alloc(0);
+          asked.push(max);
+          const n = Math.min(max, state.length - sent);
+          sent += n;
+          return state.subarray(sent - n, sent);
+        },
+        writeData: (data: Buffer) => {
+          data.copy(state, got);
+          got += data.length;
+        },
+        precopyInfo: () => ({ initialBytes: 0, dirtyBytes: 0 }),
+        stopCopySize: () => reported,
+      });
+      return { device, state };
+    };
+    const a = make(0x5a);
+    const b = make(0);
+    const sa = await serve(a.device);
+    const sb = await serve(b.device);
+    try {
+      const r = await migrate(await sa.connect({ migSizing: true }), new LocalTarget(await sb.connect()), { chunkSize: MiB });
+      assert.equal(r.stopCopyBytesExpected, reported);
+      assert.ok(b.state.equals(a.state), 'the whole stream arrived');
+      return asked;
+    } finally {
+      await sa.close();
+      await sb.close();
+    }
+  };
+
+  test('exact: reads ask for what is left, the last one for 4 KiB', async () => {
+    const asked = await run(2 * MiB + 100, 2 * MiB + 100);
+    assert.deepEqual(asked, [MiB, MiB, 100, 4096]);
+  });
+
+  test('nothing left: one 4 KiB read, not a padded 1 MiB', async () => {
+    const asked = await run(0, 0);
+    assert.deepEqual(asked, [4096]);
+  });
+
+  test('more than it said: whole chunks again once a probe comes back full', async () => {
+    const asked = await run(3 * MiB, 5000);
+    assert.deepEqual(asked, [5000, 4096, MiB, MiB, MiB]); // the last one short: the end
+  });
+
+  test('less than it said: the short read ends the stream', async () => {
+    const asked = await run(10_000, 2 * MiB);
+    assert.deepEqual(asked, [MiB]);
+  });
+});

@@ -4,7 +4,9 @@
 // transcribed below as data.
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
-import { MigState, MigrationFlag, NUM_MIG_STATES, migStateNames } from '../src/protocol/constants.js';
+import { DeviceStateLostError, MigrationController } from '../src/migration/controller.js';
+import { Errno, MigState, MigrationFlag, NUM_MIG_STATES, migStateNames } from '../src/protocol/constants.js';
+import { VfuError } from '../src/protocol/errors.js';
 import {
   FULL_ARCS,
   arcsFor,
@@ -307,4 +309,55 @@ test('planPath examples and malformed tables', () => {
   bad[STOP]![RUNNING] = RESUMING;
   bad[RESUMING]![RUNNING] = STOP;
   assert.throws(() => planPath(bad, STOP, RUNNING), /does not converge/);
+});
+
+test('setState: synchronous callbacks finish before it returns; a promise on any hop is waited for, failures land where they should', async () => {
+  const hops: string[] = [];
+  let asyncArc = '';
+  let failArc = '';
+  let failWith: Error | null = null;
+  const ctl = new MigrationController({
+    features: { preCopy: true },
+    transition(from, to) {
+      const arc = `${migStateNames[from]}->${migStateNames[to]}`;
+      hops.push(arc);
+      const fail = (): void => {
+        if (arc === failArc) throw failWith!;
+      };
+      if (arc === asyncArc) return new Promise<void>((r) => setImmediate(r)).then(fail);
+      fail();
+    },
+    readData: () => Buffer.alloc(0),
+    writeData: () => {},
+  });
+  // all synchronous: no promise at all (the server answers in the same turn)
+  assert.equal(ctl.setState(MigState.STOP), undefined);
+  assert.equal(ctl.state, MigState.STOP);
+  // RUNNING -> STOP -> STOP_COPY with the first hop asynchronous: both hops, in order
+  ctl.setState(MigState.RUNNING);
+  hops.length = 0;
+  asyncArc = 'RUNNING->STOP';
+  const p = ctl.setState(MigState.STOP_COPY);
+  assert.ok(p instanceof Promise);
+  assert.equal(ctl.state, MigState.RUNNING, 'not there before the hop completes');
+  await p;
+  assert.deepEqual(hops, ['RUNNING->STOP', 'STOP->STOP_COPY']);
+  assert.equal(ctl.state, MigState.STOP_COPY);
+  // a synchronous failure after an asynchronous hop: rejects, state is the last one reached
+  ctl.setState(MigState.RUNNING);
+  failArc = 'STOP->STOP_COPY';
+  failWith = new VfuError(Errno.EBUSY, 'not now');
+  await assert.rejects(Promise.resolve(ctl.setState(MigState.STOP_COPY)), (e: VfuError) => e.errno === Errno.EBUSY);
+  assert.equal(ctl.state, MigState.STOP);
+  // a synchronous failure throws synchronously
+  ctl.setState(MigState.RUNNING);
+  asyncArc = '';
+  failArc = 'RUNNING->STOP';
+  assert.throws(() => ctl.setState(MigState.STOP), (e: VfuError) => e.errno === Errno.EBUSY);
+  assert.equal(ctl.state, MigState.RUNNING);
+  // the device's state lost on an asynchronous hop: ERROR
+  asyncArc = 'RUNNING->STOP';
+  failWith = new DeviceStateLostError(Errno.EIO, 'gone');
+  await assert.rejects(Promise.resolve(ctl.setState(MigState.STOP)), (e: VfuError) => e.errno === Errno.EIO);
+  assert.equal(ctl.state, MigState.ERROR);
 });

@@ -114,25 +114,49 @@ export class MigrationController {
 
   /**
    * VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE SET: completes the whole path
-   * before returning.  EINVAL when the target is unreachable; a failing arc
-   * rejects with the callback's errno, leaving `state` at the last state
-   * reached (or ERROR when the callback asked for it).
+   * before returning (or before the promise resolves, once a transition
+   * callback returns one: synchronous devices never wait on a promise, as
+   * in read()).  EINVAL when the target is unreachable; a failing arc
+   * throws (rejects) with the callback's errno, leaving `state` at the last
+   * state reached (or ERROR when the callback asked for it).
    */
-  async setState(target: number): Promise<void> {
+  setState(target: number): void | Promise<void> {
     const path = this.plan(target);
     if (path === null) {
       throw new VfuError(Errno.EINVAL, `no migration path ${migStateNames[this._state]} -> ${migStateNames[target] ?? target}`);
     }
-    for (const next of path) {
-      const from = this._state;
+    return this.walk(path, 0);
+  }
+
+  /** Takes the arcs path[i..], synchronously until a callback returns a promise. */
+  private walk(path: number[], i: number): void | Promise<void> {
+    for (; i < path.length; i++) {
+      const next = path[i] as MigStateId;
+      let r: unknown;
       try {
-        await this.callbacks.transition(from, next as MigStateId);
+        r = this.callbacks.transition(this._state, next);
       } catch (e) {
-        if (e instanceof DeviceStateLostError) this.enter(MigState.ERROR);
-        throw e;
+        this.failed(e);
       }
-      this.enter(next as MigStateId);
+      // a thenable, as `await` took before
+      if (r !== null && typeof r === 'object' && typeof (r as PromiseLike<void>).then === 'function') {
+        const rest = i + 1;
+        return Promise.resolve(r).then(
+          () => {
+            this.enter(next);
+            return this.walk(path, rest);
+          },
+          (e: unknown) => this.failed(e),
+        );
+      }
+      this.enter(next);
     }
+  }
+
+  /** A transition callback failed: ERROR when it said the state is lost; rethrows. */
+  private failed(e: unknown): never {
+    if (e instanceof DeviceStateLostError) this.enter(MigState.ERROR);
+    throw e;
   }
 
   private enter(s: MigStateId): void {

@@ -271,9 +271,17 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
     this.realized = true;
   }
 
-  /** Runs the quiesce hook and blocks device DMA (the server does). @internal */
-  async quiesce(): Promise<void> {
-    if (this.quiesceCb) await this.quiesceCb();
+  /**
+   * Runs the quiesce hook and blocks device DMA (the server does); done
+   * before returning unless the hook returned a promise. @internal
+   */
+  quiesce(): void | Promise<void> {
+    const r = this.quiesceCb?.();
+    if (r instanceof Promise) {
+      return r.then(() => {
+        this.dma.quiesced = true;
+      });
+    }
     this.dma.quiesced = true;
   }
 

@@ -23,7 +23,12 @@ export interface Endpoint {
    * large payloads (migration data) leave with no copy in user space.
    */
   send(a: Buffer, b: Buffer | null, fds: readonly number[] | null, bStable?: boolean): void;
-  /** Whether bytes are still queued (whenDrained() would wait). */
+  /**
+   * Whether bytes of earlier sends are still queued, waiting for the socket
+   * (a stable `b` among them is still referenced).  Small replies copied
+   * aside to leave together at the end of the current callback do not
+   * count: they hold no caller's buffer.
+   */
   readonly sending: boolean;
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;

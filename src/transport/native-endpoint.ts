@@ -295,7 +295,9 @@ export class NativeEndpoint implements Endpoint {
   }
 
   get sending(): boolean {
-    return this.queue.length > 0 || this.io[IO_OUT_LEN]! > 0;
+    // The outbox holds copies, sent before anything else: nothing in it
+    // holds a caller's buffer, so a reply behind it need not wait.
+    return this.queue.length > 0;
   }
 
   /**

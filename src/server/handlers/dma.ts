@@ -16,17 +16,34 @@ function num(v: bigint, what: string): number {
   return n;
 }
 
-/** Runs `fn` with the device quiesced (DMA stopped) around it. */
-export async function quiesced<T>(s: HandlerContext, fn: () => T | Promise<T>): Promise<T> {
-  await s.device.quiesce();
-  try {
-    return await fn();
-  } finally {
-    s.device.resume();
-  }
+/**
+ * Runs `fn` with the device quiesced (DMA stopped) around it.  Synchronous
+ * when the quiesce hook and `fn` are: a migration state change in the
+ * downtime window then costs no promise turns, and the session does not
+ * have to queue (and copy) the requests pipelined behind it.
+ */
+export function quiesced<T>(s: HandlerContext, fn: () => T | Promise<T>): T | Promise<T> {
+  const q = s.device.quiesce();
+  if (q instanceof Promise) return q.then(() => underQuiesce(s, fn));
+  return underQuiesce(s, fn);
 }
 
-export function dmaMap(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
+function underQuiesce<T>(s: HandlerContext, fn: () => T | Promise<T>): T | Promise<T> {
+  let r: T | Promise<T>;
+  try {
+    r = fn();
+  } catch (e) {
+    s.device.resume();
+    throw e;
+  }
+  if (!(r instanceof Promise)) {
+    s.device.resume();
+    return r;
+  }
+  return r.finally(() => s.device.resume());
+}
+
+export function dmaMap(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   const m = decodeRequest('DMA_MAP', p);
   if (m.argsz < DmaMapStruct.size) throw einval('DMA_MAP argsz too small');
@@ -47,7 +64,7 @@ export function dmaMap(s: HandlerContext, f: Frame, via: Endpoint): Promise<void
   });
 }
 
-export function dmaUnmap(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
+export function dmaUnmap(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   const p = f.payload;
   const u = decodeRequest('DMA_UNMAP', p);
   const dma = s.device.dma;

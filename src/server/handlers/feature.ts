@@ -140,8 +140,9 @@ function featureSet(s: HandlerContext, f: Frame, via: Endpoint, feature: number,
         return;
       }
       if (mig.plan(target) === null) throw einval(`no path to migration state ${target}`);
-      return quiesced(s, async () => {
-        await mig.setState(target);
+      return quiesced(s, () => {
+        const r = mig.setState(target);
+        if (r instanceof Promise) return r.then(() => s.conn.reply(via, f, echo));
         s.conn.reply(via, f, echo);
       });
     }

@@ -4,7 +4,7 @@ import type { Frame } from '../../transport/framer.js';
 import type { HandlerContext } from './context.js';
 import { quiesced } from './dma.js';
 
-export function deviceReset(s: HandlerContext, f: Frame, via: Endpoint): Promise<void> {
+export function deviceReset(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
   return quiesced(s, async () => {
     await s.device.reset('client');
     s.conn.reply(via, f, null);
