@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
+import { EAGER_V8_FLAGS } from '../src/cli/eager.js';
 import { fillPseudoRandom } from '../src/devices/bigstate.js';
 import { benchDirty } from './dirty.js';
 import { benchDma } from './dma.js';
@@ -401,7 +402,6 @@ const PARTS: [string, string][] = [
   ['finalPages', 'pages'],
   ['destinationStop', 'dst STOP'],
   ['destinationRunning', 'dst RUNNING'],
-  ['sourceStop', 'src STOP'],
   ['resumeGuest', 'resume'],
 ];
 
@@ -410,7 +410,9 @@ async function migrateOnce(ctx: Ctx, guestMib: number, dirtyPct: number, verify:
   const a = await bigstate(ctx.dir, 'src', ['--state-mib', '64', '--precopy-mib', '64']);
   const b = await bigstate(ctx.dir, 'dst', ['--state-mib', '64', '--precopy-mib', '64', ...(verify ? [] : ['--no-verify'])]);
   try {
-    const f = await run(tsClientArgv('migrate', a.path, b.path, String(guestMib), String(dirtyPct), '4'));
+    // the orchestrator compiles as `vfu migrate` does (src/cli/eager.ts);
+    // the servers are `vfu serve`, which sets the same itself
+    const f = await run(pinned([process.execPath, ...EAGER_V8_FLAGS, tsClient, 'migrate', a.path, b.path, String(guestMib), String(dirtyPct), '4']));
     const crc = /crc32 0x([0-9a-f]{8})/.exec(b.log())?.[1];
     f['state_ok'] = verify ? String(crc !== undefined && parseInt(crc, 16) === crc32Of(64)) : 'unchecked';
     return f;

@@ -146,8 +146,6 @@ export interface DowntimeParts {
   destinationStopMs: number;
   /** Destination STOP -> RUNNING. */
   destinationRunningMs: number;
-  /** Source STOP_COPY -> STOP: sent alongside the destination's transitions, what was left of it after them. */
-  sourceStopMs: number;
   /** opts.resumeGuest('destination'). */
   resumeGuestMs: number;
 }
@@ -381,7 +379,6 @@ const noParts = (): DowntimeParts => ({
   finalPagesMs: 0,
   destinationStopMs: 0,
   destinationRunningMs: 0,
-  sourceStopMs: 0,
   resumeGuestMs: 0,
 });
 
@@ -729,23 +726,23 @@ class Migration {
   }
 
   /**
-   * Destination RESUMING -> STOP -> RUNNING, the source's STOP (which ends
-   * its stream) alongside; verification when asked; the guest resumes there.
+   * Destination RESUMING -> STOP -> RUNNING; verification when asked; the
+   * guest resumes there.  The source's STOP is not waited for here: its
+   * device is stopped already (STOP_COPY), and on one CPU its work would
+   * be the window's (release() sends it, as QEMU stops the source after
+   * the switch-over).
    */
   async resume(): Promise<void> {
     const { opts, log } = this;
     log.enter('resume');
     this.step = 'resuming the destination';
-    const stop = this.source.setMigrationState(MigState.STOP);
-    this.inflight = stop.catch(() => {});
     const times = await this.target.finish();
     if (times) log.mark('destinationStopMs', { ms: times.stopMs, rest: 'destinationRunningMs' });
     else log.mark('destinationStopMs');
-    this.step = 'stopping the source';
-    await stop;
-    log.mark('sourceStopMs');
     if (opts.sourceChecksum) {
       this.step = 'verifying';
+      // the source answers region reads in STOP, not in STOP_COPY
+      await this.source.setMigrationState(MigState.STOP);
       const dst = this.target.checksum ? this.target.checksum() : Promise.resolve(undefined);
       const [s, d] = await Promise.all([opts.sourceChecksum(), dst]);
       this.report.sourceChecksum = s;
@@ -759,16 +756,17 @@ class Migration {
   }
 
   /**
-   * Releases the source: dirty logging off, and STOP.  DMA_UNMAP is refused
-   * while stopped, so the mappings go when the connection does (the server
-   * drops them with the client).
+   * Releases the source, the guest running on the destination: STOP (from
+   * STOP_COPY, which ends its stream), and dirty logging off.  DMA_UNMAP is
+   * refused while stopped, so the mappings go when the connection does (the
+   * server drops them with the client).
    */
   async release(): Promise<void> {
     this.log.enter('cleanup');
     try {
+      await this.source.setMigrationState(MigState.STOP);
       if (this.logging) await this.source.stopDirtyLogging();
       this.logging = false;
-      if ((await this.source.migrationState()) !== MigState.STOP) await this.source.setMigrationState(MigState.STOP);
     } catch {
       // the device now runs on the destination; the source is released anyway
     }
@@ -873,7 +871,6 @@ const PART_LABELS: Record<keyof DowntimeParts, string> = {
   finalPagesMs: 'final pages',
   destinationStopMs: 'destination RESUMING -> STOP',
   destinationRunningMs: 'destination STOP -> RUNNING',
-  sourceStopMs: 'source -> STOP (alongside)',
   resumeGuestMs: 'resuming the guest',
 };
 

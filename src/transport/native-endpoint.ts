@@ -295,9 +295,11 @@ export class NativeEndpoint implements Endpoint {
   }
 
   get sending(): boolean {
-    // The outbox holds copies, sent before anything else: nothing in it
-    // holds a caller's buffer, so a reply behind it need not wait.
-    return this.queue.length > 0;
+    // Inside our callback the outbox holds replies gathered to leave at its
+    // end (copies, sent before anything else): a reply behind them need
+    // not wait.  After it, what is left there is what the socket refused.
+    const io = this.io;
+    return this.queue.length > 0 || (io[IO_OUT_LEN]! > 0 && io[IO_IN_CALLBACK] !== 1);
   }
 
   /**
