@@ -98,10 +98,10 @@ describe('migration in one process', () => {
   test('the destination server vanishes mid-migration: source rolls back', async () => {
     const p = await pair();
     const target = new LocalTarget(p.dst);
-    const real = target.guestPages.bind(target);
-    target.guestPages = async (iova, d) => {
+    const real = target.deviceData.bind(target);
+    target.deviceData = async (c) => {
       await p.sb.server.close(); // the destination dies
-      return real(iova, d);
+      return real(c);
     };
     await assert.rejects(migrate(p.src, target), MigrationError);
     assert.equal(await p.src.migrationState(), MigState.RUNNING);

@@ -6,7 +6,7 @@
 // handed on as soon as the run ends, so the first pages are on their way
 // before the end of the bitmap is read.  The arrays are made once, when the
 // migration is set up, not in the downtime window.
-import { PAGE_SIZE } from '../native/index.js';
+import { PAGE_SIZE, native } from '../native/index.js';
 import type { GuestRange } from './guest-memory.js';
 
 /**
@@ -170,6 +170,30 @@ export class MappingWalk {
   }
 
   /**
+   * send() into memory of this process: `dst` is the destination's view of
+   * this mapping, and each batch of runs is copied by one call to the addon
+   * (no views, no promise, no call per run).  Falls back to send() with a
+   * copying sink without the addon.  Returns [pages, bytes].
+   */
+  copyTo(bitmap: Buffer | null, dst: Buffer): [number, number] | Promise<[number, number]> {
+    if (native === null) return this.send(bitmap, copySink(this, dst));
+    const runs = this.runs;
+    const src = this.range.bytes.subarray(this.offset, this.offset + this.size);
+    let pages = 0;
+    let bytes = 0;
+    for (let at = 0; at < this.pages; ) {
+      const n = this.scan(bitmap, at, runs);
+      at = runs[2 * RUN_BATCH]!;
+      if (n === 0) continue;
+      for (let i = 0; i < n; i++) pages += runs[2 * i + 1]! - runs[2 * i]!;
+      const r = native.copyRuns(dst, src, runs, n, this.pageSize, 0, this.size);
+      if (r < 0) throw new RangeError(`copyRuns: ${dst.length}-byte destination for a ${this.size}-byte mapping`);
+      bytes += r;
+    }
+    return [pages, bytes];
+  }
+
+  /**
    * Hands the first `n` runs of this.runs to `sink`, waiting only for a sink
    * that returns a promise.  The one loop every page goes through, the
    * first full pass's included, so it is warm with the real sink by the
@@ -226,6 +250,23 @@ export class MappingWalk {
     this.pendingCount++;
   }
 
+  /** Clears every dirty mark of the mapping: pending, and the host's flags (a write from now on is seen by the next walk). */
+  private clearAll(): void {
+    this.pending.fill(0);
+    this.pendingCount = 0;
+    const first = Math.floor(this.offset / PAGE_SIZE);
+    const last = Math.ceil((this.offset + this.size) / PAGE_SIZE);
+    this.range.cpuDirty.fill(0, first, last);
+    this.range.messageDirty.fill(0, first, last);
+  }
+
+  /** sendAll() into memory of this process: `dst` is the destination's view of this mapping (see copyTo). */
+  copyAllTo(dst: Buffer): [number, number] {
+    this.clearAll();
+    dst.set(this.range.bytes.subarray(this.offset, this.offset + this.size));
+    return [this.pages, this.size];
+  }
+
   /**
    * Sends every page, the flags cleared first (a write from then on is seen
    * by the next walk).  The first WARM_RUNS pages go one page a run: not a
@@ -234,12 +275,7 @@ export class MappingWalk {
    * Returns [pages, bytes].
    */
   async sendAll(sink: RunSink): Promise<[number, number]> {
-    this.pending.fill(0);
-    this.pendingCount = 0;
-    const first = Math.floor(this.offset / PAGE_SIZE);
-    const last = Math.ceil((this.offset + this.size) / PAGE_SIZE);
-    this.range.cpuDirty.fill(0, first, last);
-    this.range.messageDirty.fill(0, first, last);
+    this.clearAll();
     const step = Math.max(1, Math.floor(MAX_RUN_BYTES / this.pageSize));
     const single = Math.min(this.pages, WARM_RUNS);
     let bytes = 0;
@@ -257,6 +293,11 @@ export class MappingWalk {
   }
 }
 
+/** A sink that copies runs of `w`'s guest range into `dst`, the destination's view of `w`'s mapping. */
+function copySink(w: MappingWalk, dst: Buffer): RunSink {
+  return (iova, data) => void dst.set(data, iova - w.iova);
+}
+
 /**
  * Runs the walk on scratch memory until V8 has compiled it, every branch it
  * takes later included (code never run is compiled to bail out when first
@@ -264,9 +305,10 @@ export class MappingWalk {
  * interpreted in a fresh process.  Sends nothing.  Measures meanwhile, warm,
  * the walk over a clean page and the walk and copy of a scattered dirty one
  * (ms): the cheapest pass of several, as a pass the scheduler cut into does
- * not measure the code.
+ * not measure the code.  `local`: the pages are copied by copyTo (a target
+ * in this process), else handed to a sink as views.
  */
-export function warmUpWalk(pageSize: number): { walkPageMs: number; pageMs: number } {
+export function warmUpWalk(pageSize: number, local = false): { walkPageMs: number; pageMs: number } {
   const pages = 8192;
   const size = pages * pageSize;
   const flags = Math.ceil(size / PAGE_SIZE);
@@ -286,7 +328,9 @@ export function warmUpWalk(pageSize: number): { walkPageMs: number; pageMs: numb
     const bm = i % 3 === 0 ? null : b;
     const t0 = performance.now();
     let sent = 0;
-    for (let at = 0; at < pages; ) {
+    // a target in this process: the final pages go through copyTo
+    if (local) sent = (w.copyTo(bm, into) as [number, number])[0];
+    for (let at = local ? pages : 0; at < pages; ) {
       const n = w.scan(bm, at, runs);
       at = runs[2 * RUN_BATCH]!;
       for (let k = 0; k < n; k++) {

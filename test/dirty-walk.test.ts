@@ -1,0 +1,70 @@
+// The walk's two ways of moving the final pages: send() hands runs to a sink
+// (a remote target), copyTo() copies them into a destination view in this
+// process, a batch of runs per call to the addon.  Same pages, same bytes,
+// same flags taken, for any mix of device bitmap, pending marks and host
+// writes, at any logging page size and mapping offset.
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { MappingWalk } from '../src/client/dirty-walk.js';
+import type { GuestRange } from '../src/client/guest-memory.js';
+import { PAGE_SIZE } from '../src/native/index.js';
+
+function range(flags: number): GuestRange {
+  const size = flags * PAGE_SIZE;
+  const bytes = Buffer.alloc(size);
+  for (let i = 0; i < size; i += 97) bytes[i] = (i >> 7) & 0xff;
+  return { iova: 0x10_0000, size, bytes, fd: -1, messageDirty: new Uint8Array(flags), cpuDirty: new Uint8Array(flags) };
+}
+
+test('copyTo moves the same pages as send() with a copying sink, and takes the same flags', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.constantFrom(PAGE_SIZE, 2 * PAGE_SIZE, PAGE_SIZE / 2, PAGE_SIZE / 8),
+      fc.integer({ min: 0, max: 9 }), // mapping starts this many flags into the range
+      fc.integer({ min: 1, max: 200 }), // mapping size in flags
+      fc.array(fc.nat(), { maxLength: 60 }), // device bits
+      fc.array(fc.nat(), { maxLength: 30 }), // pending (from an earlier collect)
+      fc.array(fc.nat(), { maxLength: 30 }), // host writes
+      fc.boolean(), // with a device bitmap at all
+      async (pageSize, off, len, bits, pend, host, withBitmap) => {
+        const flags = off + len + 3;
+        const ranges = [range(flags), range(flags)];
+        const walks = ranges.map((r) => new MappingWalk(r.iova + off * PAGE_SIZE, len * PAGE_SIZE, pageSize, r));
+        const pages = walks[0]!.pages;
+        const bitmap = (list: number[]): Buffer => {
+          const b = Buffer.alloc(Math.ceil(pages / 8));
+          for (const x of list) b[(x % pages) >> 3]! |= 1 << (x % pages & 7);
+          return b;
+        };
+        ranges.forEach((r, i) => {
+          walks[i]!.collect(bitmap(pend));
+          for (const h of host) (h & 1 ? r.cpuDirty : r.messageDirty)[h % flags] = 1;
+        });
+        const bm = withBitmap ? bitmap(bits) : null;
+        const dsts = [Buffer.alloc(len * PAGE_SIZE, 0xee), Buffer.alloc(len * PAGE_SIZE, 0xee)];
+        const viaSink = await walks[0]!.send(bm, (iova, data) => void dsts[0]!.set(data, iova - walks[0]!.iova));
+        const viaCopy = await walks[1]!.copyTo(bm, dsts[1]!);
+        assert.deepEqual(viaCopy, viaSink);
+        assert.ok(dsts[1]!.equals(dsts[0]!));
+        assert.deepEqual(ranges[1]!.cpuDirty, ranges[0]!.cpuDirty);
+        assert.deepEqual(ranges[1]!.messageDirty, ranges[0]!.messageDirty);
+        assert.equal(walks[1]!.pendingPages, walks[0]!.pendingPages);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('copyAllTo copies the whole mapping and clears its marks, as sendAll does', async () => {
+  const r = range(40);
+  const w = new MappingWalk(r.iova + 3 * PAGE_SIZE, 30 * PAGE_SIZE, PAGE_SIZE, r);
+  r.cpuDirty.fill(1);
+  r.messageDirty.fill(1);
+  const dst = Buffer.alloc(30 * PAGE_SIZE);
+  assert.deepEqual(w.copyAllTo(dst), [30, 30 * PAGE_SIZE]);
+  assert.ok(dst.equals(r.bytes.subarray(3 * PAGE_SIZE, 33 * PAGE_SIZE)));
+  assert.deepEqual([...r.cpuDirty.subarray(3, 33)], new Array(30).fill(0));
+  assert.equal(r.cpuDirty[2], 1, 'flags outside the mapping stay');
+  assert.deepEqual(await w.copyTo(null, dst), [0, 0], 'nothing dirty afterwards');
+});
