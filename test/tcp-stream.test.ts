@@ -148,11 +148,16 @@ describe('ChunkReader', () => {
 });
 
 /** Two sample servers, a source client with `guestBytes` of RAM mapped, a receiver in this process. */
-async function setup(guestBytes: number, opts: { dstRejectsData?: boolean } = {}) {
+async function setup(guestBytes: number, opts: { dstRejectsData?: boolean | 'stop-copy' } = {}) {
   const a = createSample();
   const b = createSample();
   if (opts.dstRejectsData) {
-    b.device.migration!.callbacks.writeData = () => {
+    const cb = b.device.migration!.callbacks;
+    const take = cb.writeData;
+    let writes = 0;
+    cb.writeData = (data) => {
+      // 'stop-copy': the pre-copy data (the first write) is taken
+      if (opts.dstRejectsData === 'stop-copy' && writes++ === 0) return take(data);
       throw new VfuError(Errno.EIO, 'injected: destination rejects data');
     };
   }
@@ -242,6 +247,22 @@ describe('migration over loopback TCP', () => {
     });
     await until(() => s.outcome() !== null);
     assert.equal(s.outcome()!.ok, false);
+    assert.equal(await s.src.migrationState(), MigState.RUNNING);
+    await until(() => s.b.device.migration!.state === MigState.RUNNING && s.b.device.dma.count === 0);
+    await s.close();
+  });
+
+  test('stop-copy device state the destination refuses (sent without waiting, FINISH right behind it): the migration fails, both ends roll back', async () => {
+    const s = await setup(4 * MiB, { dstRejectsData: 'stop-copy' });
+    const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);
+    await assert.rejects(migrate(s.src, target, { maxRounds: 1 }), (e: unknown) => {
+      assert.ok(e instanceof MigrationError, String(e));
+      assert.match(e.message, /injected: destination rejects data/);
+      return true;
+    });
+    await until(() => s.outcome() !== null);
+    assert.equal(s.outcome()!.ok, false);
+    assert.match(s.outcome()!.error!.message, /injected: destination rejects data/);
     assert.equal(await s.src.migrationState(), MigState.RUNNING);
     await until(() => s.b.device.migration!.state === MigState.RUNNING && s.b.device.dma.count === 0);
     await s.close();
