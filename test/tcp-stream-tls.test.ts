@@ -10,12 +10,13 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { type Socket, connect as tcpConnect, createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
-import type { ConnectionOptions, TlsOptions } from 'node:tls';
+import { randomBytes } from 'node:crypto';
+import { type ConnectionOptions, type TlsOptions, connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { VfioUserClient } from '../src/client/client.js';
 import { MigrationError, migrate } from '../src/client/migrate.js';
-import { tlsOptionsFromFiles } from '../src/client/stream-tls.js';
+import { readIntoBuffers, tlsOptionsFromFiles } from '../src/client/stream-tls.js';
 import { TcpTarget, receiveMigrations } from '../src/client/tcp-stream.js';
 import { createSample } from '../src/devices/sample.js';
 import { MigState } from '../src/protocol/constants.js';
@@ -213,6 +214,44 @@ describe('migration over TLS 1.3', () => {
     assert.equal(s.connected(), 0);
     assert.equal(s.b.device.dma.count, 0);
     await s.close();
+  });
+});
+
+describe('the receiver decrypting into its own buffers', () => {
+  test('readIntoBuffers: a TLS server socket decrypts straight into the buffers given, in order; false pauses it, resume() goes on', async () => {
+    const want = randomBytes(2 * MiB + 12345);
+    const into = Buffer.alloc(want.length);
+    const spare = Buffer.alloc(4096);
+    let at = 0;
+    let reads = 0;
+    let pauses = 0;
+    let used: boolean | null = null;
+    const server = createTlsServer(tlsOptionsFromFiles({ tlsPskFile: fx('source.psk') }, 'server')!, (sock) => {
+      used = readIntoBuffers(
+        sock,
+        (b) => (at += b.copy(into, at)),
+        () => (at < into.length ? into.subarray(at, Math.min(into.length, at + 100_000)) : spare),
+        (n, b) => {
+          assert.ok(b.buffer === into.buffer && b.byteOffset === at, 'the bytes are where the last buffer given was');
+          at += n;
+          if (++reads % 7 !== 0) return true;
+          pauses++;
+          setImmediate(() => sock.resume());
+          return false;
+        },
+      );
+      sock.resume();
+    });
+    cleanups.push(() => void server.close());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const c = tlsConnect({ host: '127.0.0.1', port: (server.address() as { port: number }).port, ...tlsOptionsFromFiles({ tlsPskFile: fx('source.psk') }, 'client')! });
+    cleanups.push(() => void c.destroy());
+    await new Promise<void>((r) => c.once('secureConnect', () => r()));
+    for (let o = 0; o < want.length; o += 300_000) c.write(want.subarray(o, o + 300_000));
+    await until(() => at === want.length);
+    assert.equal(used, true, 'this Node has what readIntoBuffers needs');
+    assert.ok(into.equals(want));
+    assert.ok(pauses > 0);
   });
 });
 

@@ -7,11 +7,15 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { type Server, type Socket, connect as tcpConnect, createServer } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import { fileURLToPath } from 'node:url';
 import { after, afterEach, describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { VfioUserClient } from '../src/client/client.js';
 import { MigrationError, migrate } from '../src/client/migrate.js';
 import { crc32c } from '../src/client/stream-crc.js';
+import { tlsOptionsFromFiles } from '../src/client/stream-tls.js';
 import { BrokenStreamError, ChunkReader, ChunkType, FLAG_CRC32C, FLAG_UNCHECKED, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
 import { createSample } from '../src/devices/sample.js';
 import { Errno, MigState } from '../src/protocol/constants.js';
@@ -302,8 +306,11 @@ describe('migration over loopback TCP', () => {
   });
 });
 
+const psk = join(resolve(dirname(fileURLToPath(import.meta.url)), '..', '..'), 'test', 'fixtures', 'tls', 'source.psk');
+
 describe('a hostile sender', () => {
-  async function hostile(layout: { iova: number; size: number }[]) {
+  /** A receiver in this process and a raw connection to it (over TLS-PSK with `tls`: the receiver then decrypts into its own buffers). */
+  async function hostile(layout: { iova: number; size: number }[], tls = false) {
     const b = createSample();
     const sb = await serve(b.device);
     let dst: VfioUserClient | null = null;
@@ -311,9 +318,11 @@ describe('a hostile sender', () => {
     const receiver = await receiveMigrations('127.0.0.1', 0, {
       connectDestination: async () => (dst = await sb.connect()),
       onDone: (r) => (outcome = r),
+      ...(tls ? { tls: tlsOptionsFromFiles({ tlsPskFile: psk }, 'server')! } : {}),
     });
-    const sock = tcpConnect({ host: '127.0.0.1', port: (receiver.address() as { port: number }).port });
-    await new Promise<void>((r) => sock.once('connect', () => r()));
+    const port = (receiver.address() as { port: number }).port;
+    const sock: Socket = tls ? tlsConnect({ host: '127.0.0.1', port, ...tlsOptionsFromFiles({ tlsPskFile: psk }, 'client')! }) : tcpConnect({ host: '127.0.0.1', port });
+    await new Promise<void>((r) => sock.once(tls ? 'secureConnect' : 'connect', () => r()));
     const back = new ChunkReader();
     const got: { type: number; text: string }[] = [];
     sock.on('data', (d: Buffer) => got.push(...back.push(d).map((c) => ({ type: c.type, text: c.payload.toString('utf8') }))));
@@ -334,25 +343,30 @@ describe('a hostile sender', () => {
     };
   }
 
-  for (const [what, iova, size] of [
-    ['below the mapped range', 0x80000, 4096],
-    ['across its end', 0x100000 + MiB - 4096, 8192],
-    ['far above it (2^52)', 2 ** 52, 4096],
-    ['beyond any address (2^64 - 4096)', 2 ** 64 - 4096, 4096],
+  for (const [what, iova, size, tls] of [
+    ['below the mapped range', 0x80000, 4096, false],
+    ['across its end', 0x100000 + MiB - 4096, 8192, false],
+    ['far above it (2^52)', 2 ** 52, 4096, false],
+    ['beyond any address (2^64 - 4096)', 2 ** 64 - 4096, 4096, false],
+    ['below the mapped range, over TLS', 0x80000, 4096, true],
+    ['across its end, over TLS', 0x100000 + MiB - 64 * 1024, 128 * 1024, true],
   ] as const) {
     test(`PAGES ${what} are refused, nothing written, the destination reset and the sender told`, async () => {
-      const h = await hostile([{ iova: 0x100000, size: MiB }]);
+      const h = await hostile([{ iova: 0x100000, size: MiB }], tls);
       assert.equal(h.b.device.migration!.state, MigState.RESUMING);
       const mem = h.dst().memory.view(0x100000, MiB);
+      // a small chunk and a large one inside (over TLS: staged, then decrypted in place), then the refused one
       h.sock.write(frame(ChunkType.PAGES, pagesPayload(0x100000, Buffer.alloc(4096, 0x11))));
+      h.sock.write(frame(ChunkType.PAGES, pagesPayload(0x100000 + 4096, Buffer.alloc(64 * 1024, 0x33))));
       h.sock.write(frame(ChunkType.PAGES, pagesPayload(iova, Buffer.alloc(size, 0x22))));
       await until(() => h.outcome() !== null);
       assert.equal(h.outcome()!.ok, false);
-      assert.match(h.outcome()!.error!.message, /chunk 2: PAGES .*(outside the guest memory the destination mapped|beyond any guest memory)/);
-      assert.equal(mem.subarray(0, 4096).every((x) => x === 0x11), true, 'the chunk inside was applied');
-      assert.equal(mem.subarray(4096).every((x) => x === 0), true, 'nothing of the refused one');
+      assert.match(h.outcome()!.error!.message, /chunk 3: PAGES .*(outside the guest memory the destination mapped|beyond any guest memory)/);
+      assert.equal(mem.subarray(0, 4096).every((x) => x === 0x11), true, 'the small chunk inside was applied');
+      assert.equal(mem.subarray(4096, 4096 + 64 * 1024).every((x) => x === 0x33), true, 'the large chunk inside was applied');
+      assert.equal(mem.subarray(4096 + 64 * 1024).every((x) => x === 0), true, 'nothing of the refused one');
       await until(() => h.got.some((c) => c.type === ChunkType.ABORT));
-      assert.match(h.got.find((c) => c.type === ChunkType.ABORT)!.text, /chunk 2: PAGES/);
+      assert.match(h.got.find((c) => c.type === ChunkType.ABORT)!.text, /chunk 3: PAGES/);
       await until(() => h.b.device.migration!.state === MigState.RUNNING && h.b.device.dma.count === 0);
     });
   }

@@ -155,3 +155,31 @@ export function isLoopbackHost(host: string): boolean {
   if (v === 6) return host === '::1' || /^::ffff:127\./i.test(host);
   return false;
 }
+
+/**
+ * Makes a TLS socket decrypt into buffers of the caller's choosing, as
+ * net.Socket's `onread` option does (Node honours it only for sockets it
+ * connects itself, never for a server's): `next()` gives the buffer the
+ * next read goes to (whole or in part); `got(n, b)` is told that `n` bytes
+ * are at the start of `b`, and returns false to stop reading (resume()
+ * starts it again).  No Buffer is allocated per read, and the bytes need
+ * not be copied again.  Bytes the socket had already read are handed to
+ * `take` first.  This uses net.Socket's private fields behind `onread`
+ * (kBuffer, kBufferCb, kBufferGen) and the handle's useUserBuffer(): when
+ * this Node lacks them, nothing changes and it returns false (the caller
+ * reads 'data' events).
+ */
+export function readIntoBuffers(sock: TLSSocket, take: (b: Buffer) => void, next: () => Buffer, got: (n: number, b: Buffer) => boolean): boolean {
+  const field = (name: string): symbol | undefined => Object.getOwnPropertySymbols(sock).find((s) => s.description === name);
+  const [kBuffer, kBufferCb, kBufferGen] = [field('kBuffer'), field('kBufferCb'), field('kBufferGen')];
+  const s = sock as unknown as Record<symbol, unknown> & { _handle?: { useUserBuffer?: (b: Buffer) => void } };
+  const handle = s._handle;
+  if (!kBuffer || !kBufferCb || !kBufferGen || s[kBuffer] !== null || typeof handle?.useUserBuffer !== 'function') return false;
+  for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) take(b);
+  const first = next();
+  s[kBuffer] = first;
+  s[kBufferCb] = got;
+  s[kBufferGen] = next;
+  handle.useUserBuffer(first);
+  return true;
+}

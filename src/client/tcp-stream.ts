@@ -30,7 +30,7 @@ import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
 import { copyCrc32c, crc32c } from './stream-crc.js';
 import { FdStream, dupSocketFd } from './stream-fd.js';
-import { peerRefusal, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
+import { peerRefusal, readIntoBuffers, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
 /** First four bytes of every chunk ('VFUM' little-endian). */
 export const STREAM_MAGIC = 0x4d554656;
@@ -731,6 +731,8 @@ class Reception {
   private readonly io: FdStream | null;
   /** The reader refused the stream: what follows is dropped. */
   private broken = false;
+  /** TLS: the last buffer given to the socket is where the reader wants its bytes (see nextBuffer). */
+  private direct = false;
   /** Batches of chunks being applied (in the chain). */
   private applying = 0;
   private client: VfioUserClient | null = null;
@@ -759,10 +761,41 @@ class Reception {
     sock.on('error', () => {});
     if (this.io) {
       this.io.reading(true);
+    } else if (secure && readIntoBuffers(sock as TLSSocket, (d) => this.onData(d), () => this.nextBuffer(), (n, b) => this.onRead(n, b))) {
+      sock.resume();
     } else {
       sock.on('data', (d: Buffer) => this.onData(d));
       sock.resume();
     }
+  }
+
+  /**
+   * TLS: where the socket decrypts next (see readIntoBuffers): straight
+   * into the place of a large payload (a PAGES chunk's guest memory), else
+   * into the staging buffer.
+   */
+  private nextBuffer(): Buffer {
+    const want = this.failing || this.broken ? null : this.reader.want();
+    this.direct = want !== null && want.length >= DIRECT_MIN;
+    return this.direct ? want! : scratch();
+  }
+
+  /** TLS: `n` bytes were decrypted into `b` (the last nextBuffer()); false pauses reading. */
+  private onRead(n: number, b: Buffer): boolean {
+    if (this.failing || this.broken) return true; // failed: drain until the sender hangs up
+    let chunks: Chunk[];
+    try {
+      if (this.direct) {
+        const c = this.reader.wrote(n);
+        chunks = c ? [c] : [];
+      } else {
+        chunks = this.reader.push(b.subarray(0, n));
+      }
+    } catch (e) {
+      this.refuse(e as Error);
+      return true;
+    }
+    return !this.take(chunks);
   }
 
   private onData(d: Buffer): void {
