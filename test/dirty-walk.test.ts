@@ -68,3 +68,23 @@ test('copyAllTo copies the whole mapping and clears its marks, as sendAll does',
   assert.equal(r.cpuDirty[2], 1, 'flags outside the mapping stay');
   assert.deepEqual(await w.copyTo(null, dst), [0, 0], 'nothing dirty afterwards');
 });
+
+test('warm only reads: the pending pages, the flags and both sides stay as they were', async () => {
+  const r = range(64);
+  const w = new MappingWalk(r.iova + 2 * PAGE_SIZE, 60 * PAGE_SIZE, PAGE_SIZE, r);
+  const bm = Buffer.alloc(8);
+  bm[0] = 0b1010_0110;
+  bm[5] = 0xff;
+  w.collect(bm);
+  r.cpuDirty[40] = 1;
+  const dst = Buffer.alloc(60 * PAGE_SIZE, 3);
+  const before = [Buffer.from(r.bytes), Buffer.from(dst), Uint8Array.from(r.cpuDirty), w.pendingPages] as const;
+  assert.equal(typeof w.warm(dst), 'number');
+  assert.equal(typeof w.warm(null), 'number');
+  assert.ok(r.bytes.equals(before[0]) && dst.equals(before[1]));
+  assert.deepEqual(r.cpuDirty, before[2]);
+  assert.equal(w.pendingPages, before[3]);
+  // and the walk still sends exactly those pages
+  const [pages] = await w.copyTo(null, dst);
+  assert.equal(pages, before[3] + 1);
+});

@@ -250,6 +250,28 @@ export class MappingWalk {
     this.pendingCount++;
   }
 
+  /**
+   * Reads the pending pages, a byte of every cache line, and a byte of each
+   * of their pages in `dst` (the destination's view of this mapping, if
+   * any): called once switching over is decided, while the guest still
+   * runs, so that the window's copy finds the lines it reads in the cache
+   * and the page walks of both sides done.  Returns a sum of what it read
+   * (so the reads are not optimised away).
+   */
+  warm(dst: Buffer | null): number {
+    const src = this.range.bytes;
+    const end = this.offset + this.size;
+    let sum = 0;
+    for (let p = 0; p < this.pages; p++) {
+      if (this.pending[p] === 0) continue;
+      const s = this.offset + p * this.pageSize;
+      const e = Math.min(s + this.pageSize, end);
+      for (let i = s; i < e; i += 64) sum += src[i]!;
+      if (dst !== null) sum += dst[s - this.offset]!;
+    }
+    return sum;
+  }
+
   /** Clears every dirty mark of the mapping: pending, and the host's flags (a write from now on is seen by the next walk). */
   private clearAll(): void {
     this.pending.fill(0);

@@ -693,6 +693,8 @@ class Migration {
     log.enter('stop-copy');
     log.round = this.report.rounds.length;
     this.report.overlapped = this.overlap;
+    // what the window will copy, read now: cache lines and page walks warm
+    this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
     this.step = 'pausing the guest';
     const w0 = performance.now();
     log.startDowntime();
