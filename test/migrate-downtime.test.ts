@@ -203,9 +203,14 @@ describe('stop-copy reads sized by data_size', () => {
     }
   };
 
-  test('exact: reads ask for what is left, the last one for 4 KiB', async () => {
+  test('exact: reads ask for what is left, the last one 4 KiB more, and its short reply is the end (no read of its own)', async () => {
     const asked = await run(2 * MiB + 100, 2 * MiB + 100);
-    assert.deepEqual(asked, [MiB, MiB, 100, 4096]);
+    assert.deepEqual(asked, [MiB, MiB, 100 + 4096]);
+  });
+
+  test('exact, a whole chunk: what is left and 4 KiB more do not fit a read, so a 4 KiB read finds the end', async () => {
+    const asked = await run(MiB, MiB);
+    assert.deepEqual(asked, [MiB, 4096]);
   });
 
   test('nothing left: one 4 KiB read, not a padded 1 MiB', async () => {
@@ -213,9 +218,9 @@ describe('stop-copy reads sized by data_size', () => {
     assert.deepEqual(asked, [4096]);
   });
 
-  test('more than it said: whole chunks again once a probe comes back full', async () => {
+  test('more than it said: whole chunks again once a read comes back full', async () => {
     const asked = await run(3 * MiB, 5000);
-    assert.deepEqual(asked, [5000, 4096, MiB, MiB, MiB]); // the last one short: the end
+    assert.deepEqual(asked, [5000 + 4096, MiB, MiB, MiB]); // the last one short: the end
   });
 
   test('less than it said: the short read ends the stream', async () => {

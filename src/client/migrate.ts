@@ -25,6 +25,10 @@
 // downtime never fits fails (MigrationNotConvergedError) rather than pausing
 // the guest for longer.  The destination is a MigrationTarget, so the same
 // driver works in one process (LocalTarget) and across hosts (tcp-stream.ts).
+// Imported, not the global: the global's first use costs 20-100 us (its
+// getter), and in `vfu receive` that first use is LocalTarget.finish(),
+// with the guest paused.
+import { performance } from 'node:perf_hooks';
 import { Errno, MigState, MigrationFlag, errnoName } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import type { VfioUserClient } from './client.js';
@@ -814,23 +818,27 @@ class Migration {
    * Servers pad a read's reply to the size asked for (libvfio-user's
    * client needs that), so the read that finds the end of the stream costs
    * a whole chunk of zeros through the socket: 1 MiB inside the downtime
-   * window.  With the size known, reads ask for what is left and the one
-   * that finds the end asks for END_PROBE bytes; a device with more than
-   * it said is read in whole chunks again.
+   * window.  With the size known, a read asks for what is left and
+   * END_PROBE bytes more, so the one that brings the last bytes finds the
+   * end too (its reply is short), with no read of its own: a round trip
+   * to the source less in the window (when what is left does not fit one
+   * chunk, the end is found by an END_PROBE read).  A device with more
+   * than it said is read in whole chunks again.
    */
   private async sendDevice(untilEnd: boolean, expected: number | null = null): Promise<number> {
     const { chunk, source } = this;
     const forward = untilEnd || !this.opts.discardPrecopyDeviceData;
     const t0 = performance.now();
     let left = expected;
-    const sizeFor = (): number => (left === null ? chunk : left > 0 ? Math.min(chunk, left) : END_PROBE);
+    const sizeFor = (): number => (left === null ? chunk : Math.min(chunk, left + END_PROBE));
     let sent = 0;
     let i = 0;
     let asked = sizeFor();
     let next = source.migDataRead(asked, this.chunkBufs[0]);
     for (;;) {
       const data = await next;
-      if (left !== null) left = left > 0 ? left - data.length : data.length === asked ? null : 0;
+      // more than it said: whole chunks from now on
+      if (left !== null) left = data.length > left ? null : left - data.length;
       // keep pre-copy rounds short
       const more = data.length === asked && (untilEnd || sent + data.length <= 64 * chunk);
       if (more) {
