@@ -38,6 +38,60 @@ function dirtier(src: VfioUserClient, ram: { iova: number; size: number }, pct: 
 
 const sum = (r: MigrationReport): number => Object.values(r.downtimeParts).reduce((x, y) => x + y, 0);
 
+/** A device whose migration stream is `state`, made by streamDevice(). */
+interface StreamDevice {
+  device: VfioUserDevice;
+  state: Buffer;
+  /** Bytes read since the stream last restarted. */
+  sent: () => number;
+}
+
+/**
+ * A device whose migration stream is `state`: read from its start again on
+ * entering `restartOn`, at most `limit(state)` bytes in all by then (after
+ * `beforeRead`, when given), and written back from RESUMING on.
+ */
+function streamDevice(
+  name: string,
+  state: Buffer,
+  o: {
+    restartOn: MigStateId;
+    limit: (mig: MigStateId) => number;
+    beforeRead?: (max: number, mig: MigStateId) => unknown;
+    precopyInfo: () => { initialBytes: number; dirtyBytes: number };
+    stopCopySize: () => number;
+  },
+): StreamDevice {
+  const device = new VfioUserDevice({ name, pci: { vendorId: 0x1234, deviceId: 0x0003 } });
+  device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
+  device.setupDma();
+  let sent = 0;
+  let got = 0;
+  const read = (max: number): Buffer => {
+    const n = Math.max(0, Math.min(max, o.limit(device.migration!.state) - sent));
+    sent += n;
+    return state.subarray(sent - n, sent);
+  };
+  device.setupMigration({
+    features: { preCopy: true },
+    transition: (_from: MigStateId, to: MigStateId) => {
+      if (to === o.restartOn) sent = 0;
+      if (to === MigState.RESUMING) got = 0;
+    },
+    readData: (max: number) => {
+      const w = o.beforeRead?.(max, device.migration!.state);
+      return w instanceof Promise ? w.then(() => read(max)) : read(max);
+    },
+    writeData: (data: Buffer) => {
+      data.copy(state, got);
+      got += data.length;
+    },
+    precopyInfo: o.precopyInfo,
+    stopCopySize: o.stopCopySize,
+  });
+  return { device, state, sent: () => sent };
+}
+
 describe('downtime parts and switch-over', () => {
   test('the parts add up to the downtime; prediction, rates and verification are reported', async () => {
     const p = await pair({ stateMib: 4, guestMib: 4 });
@@ -113,33 +167,14 @@ test('a device with little pre-copy data and slow reads still converges: a short
   // machine); pre-copy moves 1 KiB of the 256 KiB state.  Taken as a rate,
   // 1 KiB in 40 ms would predict seconds for the rest and never switch over.
   const make = (fill: number) => {
-    const device = new VfioUserDevice({ name: 'slow', pci: { vendorId: 0x1234, deviceId: 0x0003 } });
-    device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
-    device.setupDma();
-    const state = Buffer.alloc(256 * 1024, fill);
-    let sent = 0;
-    let got = 0;
-    device.setupMigration({
-      features: { preCopy: true },
-      transition: (_from: MigStateId, to: MigStateId) => {
-        if (to === MigState.PRE_COPY) sent = 0;
-        if (to === MigState.RESUMING) got = 0;
-      },
-      readData: async (max: number) => {
-        await new Promise((r) => setTimeout(r, 20)); // the slow device itself
-        const limit = device.migration!.state === MigState.STOP_COPY ? state.length : 1024;
-        const n = Math.max(0, Math.min(max, limit - sent));
-        sent += n;
-        return state.subarray(sent - n, sent);
-      },
-      writeData: (data: Buffer) => {
-        data.copy(state, got);
-        got += data.length;
-      },
-      precopyInfo: () => ({ initialBytes: Math.max(0, 1024 - sent), dirtyBytes: 0 }),
-      stopCopySize: () => state.length - sent,
+    const d: StreamDevice = streamDevice('slow', Buffer.alloc(256 * 1024, fill), {
+      restartOn: MigState.PRE_COPY,
+      limit: (mig) => (mig === MigState.STOP_COPY ? d.state.length : 1024),
+      beforeRead: () => new Promise((r) => setTimeout(r, 20)), // the slow device itself
+      precopyInfo: () => ({ initialBytes: Math.max(0, 1024 - d.sent()), dirtyBytes: 0 }),
+      stopCopySize: () => d.state.length - d.sent(),
     });
-    return { device, state };
+    return d;
   };
   const a = make(0x5a);
   const b = make(0);
@@ -159,34 +194,15 @@ describe('stop-copy reads sized by data_size', () => {
   const run = async (actual: number, reported: number) => {
     const asked: number[] = [];
     const make = (fill: number) => {
-      const device = new VfioUserDevice({ name: 'sized', pci: { vendorId: 0x1234, deviceId: 0x0004 } });
-      device.addRegion(PciRegion.BAR0, { size: 0x1000, memory: true });
-      device.setupDma();
       const state = Buffer.alloc(actual, fill);
       for (let i = 0; i < state.length; i += 4096) state[i] = (i >> 12) & 0xff;
-      let sent = 0;
-      let got = 0;
-      device.setupMigration({
-        features: { preCopy: true },
-        transition: (_from: MigStateId, to: MigStateId) => {
-          if (to === MigState.STOP_COPY) sent = 0;
-          if (to === MigState.RESUMING) got = 0;
-        },
-        readData: (max: number) => {
-          if (device.migration!.state !== MigState.STOP_COPY) return Buffer.alloc(0);
-          asked.push(max);
-          const n = Math.min(max, state.length - sent);
-          sent += n;
-          return state.subarray(sent - n, sent);
-        },
-        writeData: (data: Buffer) => {
-          data.copy(state, got);
-          got += data.length;
-        },
+      return streamDevice('sized', state, {
+        restartOn: MigState.STOP_COPY,
+        limit: (mig) => (mig === MigState.STOP_COPY ? state.length : 0),
+        beforeRead: (max, mig) => void (mig === MigState.STOP_COPY && asked.push(max)),
         precopyInfo: () => ({ initialBytes: 0, dirtyBytes: 0 }),
         stopCopySize: () => reported,
       });
-      return { device, state };
     };
     const a = make(0x5a);
     const b = make(0);
