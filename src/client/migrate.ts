@@ -31,6 +31,7 @@
 import { performance } from 'node:perf_hooks';
 import { Errno, MigState, MigrationFlag, errnoName } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
+import { warmNodeBuiltins } from '../util/warm.js';
 import type { VfioUserClient } from './client.js';
 import { MappingWalk, warmUpWalk } from './dirty-walk.js';
 import { SwitchoverModel, type TransferRates } from './switchover.js';
@@ -562,6 +563,7 @@ class Migration {
   /** Dirty logging on the source; the destination maps memory and enters RESUMING; the walk is made and warmed. */
   async setup(): Promise<void> {
     const { source } = this;
+    warmNodeBuiltins(); // the window would be their first calls in a fresh process
     const flags = await source.migrationFlags();
     if (!(flags & MigrationFlag.STOP_COPY)) throw new VfuError(Errno.ENOTSUP, 'the source device is not migratable');
     this.report.preCopy = !this.opts.noPreCopy && (flags & MigrationFlag.PRE_COPY) !== 0;

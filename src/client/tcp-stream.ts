@@ -26,6 +26,7 @@ import { type ConnectionOptions, type TLSSocket, type TlsOptions, connect as tls
 import { crc32 } from 'node:zlib';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
+import { warmNodeBuiltins } from '../util/warm.js';
 import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
 import { copyCrc32c, crc32c } from './stream-crc.js';
@@ -930,12 +931,11 @@ class Reception {
       this.client = await this.opts.connectDestination();
       this.target = new LocalTarget(this.client, this.opts.checksum);
       await this.target.begin(layout);
-      // First calls that would otherwise come in the downtime window:
-      // performance.now() (~60 us, LocalTarget.finish) and setTimeout
-      // (0.25-0.4 ms: Node sets its timers up on the first one; finish()
-      // arms one right after the RESULT, before the sender reads it)
-      performance.now();
-      clearTimeout(setTimeout(() => {}, REPORT_AFTER_MS));
+      // first calls that would otherwise come in the downtime window: among
+      // them setTimeout (0.25-0.4 ms: Node sets its timers up on the first
+      // one), which finish() arms right after the RESULT, before the sender
+      // has read it, and performance.now() (LocalTarget.finish)
+      warmNodeBuiltins();
       this.layout = layout;
       this.reply(ChunkType.ACK, { ok: true });
     } catch (e) {

@@ -18,6 +18,7 @@ import {
   type MigStateId,
 } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
+import { warmNodeBuiltins } from '../util/warm.js';
 import { DmaController, type DmaLimits, type DmaMappingInfo, type UnsealedPolicy, defaultDmaLimits } from './dma.js';
 import { IrqController, type IrqStateCallback } from './irqs.js';
 import { IoEventFds, type IoEventFdSpec } from './ioeventfds.js';
@@ -221,6 +222,7 @@ export class VfioUserDevice extends EventEmitter<DeviceEvents> {
   /** Makes the device migratable (v2, and v1 too with `v1`). */
   setupMigration(setup: MigrationSetup): MigrationController {
     this.mutable();
+    warmNodeBuiltins(); // a migration's window would be their first calls
     const ctrl = new MigrationController(setup);
     ctrl.onChange = (from, to) => this.emit('migration', from, to);
     this.migration = ctrl;
