@@ -55,6 +55,11 @@ export class FdStream {
     private readonly onError: (e: Error) => void = () => {},
   ) {}
 
+  /** Writes fail from now on: a failure, or close(). */
+  get broken(): boolean {
+    return this.failed !== null;
+  }
+
   /** Sends `a` then `b` (one sendmsg when the socket takes them). */
   write(a: Buffer, b: Buffer | null = null): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
