@@ -346,6 +346,9 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
     for (let p = i & 3; p < pages; p += 4) a[p >> 3]! |= 1 << (p & 7);
     for (let p = (i + 2) & 3; p < pages; p += 8) b[p >> 3]! |= 1 << (p & 7);
     w.collect(a); // pending: every 4th page
+    // warm() too: compiled now, not by a background job that runs into the
+    // window (it is called just before it, and its loop is found hot there)
+    w.warm(i & 1 ? into : null);
     w.markHost(i); // and a few CPU and message writes
     const bm = i % 3 === 0 ? null : b;
     const t0 = performance.now();
