@@ -253,7 +253,9 @@ function copyBaseline(from: Buffer, to: Buffer, pages: number[], deviceBytes: nu
   const evict = cold ? Buffer.alloc(64 << 20) : null;
   const times: number[] = [];
   for (let i = 0; i < 5; i++) {
-    evict?.fill(i + 1);
+    // a store to every line, one at a time: Buffer#fill of 64 MiB is a
+    // memset with streaming stores, which leaves the caches as they were
+    if (evict) for (let k = 0; k < evict.length; k += 64) evict[k] = i + 1;
     const t0 = performance.now();
     if (native !== null) {
       // the copy the window makes (MappingWalk.copyTo): a batch of runs per call
