@@ -1737,6 +1737,116 @@ static napi_value n_copy_runs(napi_env env, napi_callback_info info) {
     return make_int(env, (int64_t)total);
 }
 
+/*
+ * copyDirty(dst, src, pending, bitmap, cpu, msg, hostBase, pageSize, out)
+ * -> 0, or -EINVAL (nothing read or written) when the arrays do not fit
+ * together.  The final walk of one DMA mapping, one page of `pageSize`
+ * bytes per 4 KiB flag: page p is dirty when pending[p] is set, when bit p
+ * of `bitmap` is (bits past its end read as 0; null: none), or when
+ * cpu[hostBase + p] or msg[hostBase + p] is; each mark found is taken
+ * (cleared).  The dirty pages are copied from src to the same offsets of
+ * dst (the two views of the mapping, of one length), as copyRuns does.
+ * out[0..2] = pages copied, bytes copied, pending marks taken.  What the
+ * walk's scan and copyRuns did a batch at a time, in one call.
+ */
+static napi_value n_copy_dirty(napi_env env, napi_callback_info info) {
+    napi_value argv[9];
+    uint8_t *dst, *src, *pend, *bm = NULL, *cpu, *msg, *ob;
+    size_t dlen, slen, plen, blen = 0, clen, mlen, olen, p, run = 0;
+    int64_t base64, ps64;
+    double *out;
+    uint64_t pages = 0, bytes = 0, taken = 0;
+    bool null_bm = false;
+    napi_valuetype t;
+    int32_t runs[2 * 64];
+    size_t nr = 0;
+    bool in_run = false;
+    if (get_args(env, info, 9, argv) < 0 || napi_get_value_int64(env, argv[6], &base64) != napi_ok ||
+        napi_get_value_int64(env, argv[7], &ps64) != napi_ok || napi_typeof(env, argv[3], &t) != napi_ok) {
+        return throw_errno(env, "copyDirty: arguments", EINVAL);
+    }
+    null_bm = t == napi_null || t == napi_undefined;
+    if (get_bytes(env, argv[0], &dst, &dlen) < 0 || get_bytes(env, argv[1], &src, &slen) < 0 ||
+        get_bytes(env, argv[2], &pend, &plen) < 0 || (!null_bm && get_bytes(env, argv[3], &bm, &blen) < 0) ||
+        get_bytes(env, argv[4], &cpu, &clen) < 0 || get_bytes(env, argv[5], &msg, &mlen) < 0 ||
+        get_bytes(env, argv[8], &ob, &olen) < 0) {
+        return throw_errno(env, "copyDirty: buffers", EINVAL);
+    }
+    /* pages of pageSize cover the mapping, the last one maybe in part */
+    if (ps64 <= 0 || ps64 > (1LL << 30) || base64 < 0 || dlen != slen || plen == 0 || olen < 3 * sizeof(double) ||
+        ((uintptr_t)ob & 7) != 0 || (uint64_t)(plen - 1) * (uint64_t)ps64 >= slen || (uint64_t)plen * (uint64_t)ps64 < slen ||
+        (uint64_t)base64 + plen > clen || (uint64_t)base64 + plen > mlen) {
+        return make_int(env, -EINVAL);
+    }
+    out = (double *)ob;
+    cpu += base64;
+    msg += base64;
+    for (p = 0; p <= plen; p++) {
+        bool d = false;
+        if (p < plen) {
+            /* eight clean pages at a time: nothing pending, no bit, no flag */
+            if (!in_run && (p & 7) == 0 && p + 8 <= plen) {
+                uint64_t a, c, m;
+                memcpy(&a, pend + p, 8);
+                memcpy(&c, cpu + p, 8);
+                memcpy(&m, msg + p, 8);
+                if ((a | c | m) == 0 && (bm == NULL || (p >> 3) >= blen || bm[p >> 3] == 0)) {
+                    p += 7;
+                    continue;
+                }
+            }
+            if (pend[p]) {
+                pend[p] = 0;
+                taken++;
+                d = true;
+            }
+            if (bm != NULL && (p >> 3) < blen && (bm[p >> 3] >> (p & 7)) & 1) d = true;
+            if (cpu[p] | msg[p]) {
+                cpu[p] = msg[p] = 0;
+                d = true;
+            }
+        }
+        if (d && !in_run) {
+            run = p;
+            in_run = true;
+        } else if (!d && in_run) {
+            runs[2 * nr] = (int32_t)run;
+            runs[2 * nr + 1] = (int32_t)p;
+            nr++;
+            in_run = false;
+        }
+        if (nr == 64 || (p == plen && nr > 0)) {
+            size_t i;
+            for (i = 0; i < nr; i++) {
+                uint64_t start = (uint64_t)runs[2 * i] * (uint64_t)ps64;
+                uint64_t end = (uint64_t)runs[2 * i + 1] * (uint64_t)ps64;
+                if (end > slen) end = slen;
+                if (i + 1 < nr) {
+                    const uint8_t *next = src + (uint64_t)runs[2 * i + 2] * (uint64_t)ps64;
+                    size_t k, ahead = (size_t)ps64 < 4096 ? (size_t)ps64 : 4096;
+                    for (k = 0; k < ahead; k += 64) __builtin_prefetch(next + k);
+                }
+                if (i + PREFETCH_RUNS < nr) {
+                    uint64_t at = (uint64_t)runs[2 * (i + PREFETCH_RUNS)] * (uint64_t)ps64;
+                    __builtin_prefetch(src + at);
+                    __builtin_prefetch(dst + at, 1);
+                }
+                copy_stream(dst + start, src + start, (size_t)(end - start));
+                pages += (uint64_t)(runs[2 * i + 1] - runs[2 * i]);
+                bytes += end - start;
+            }
+            nr = 0;
+        }
+    }
+#ifdef __SSE2__
+    _mm_sfence();
+#endif
+    out[0] = (double)pages;
+    out[1] = (double)bytes;
+    out[2] = (double)taken;
+    return make_int(env, 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("socketpair", n_socketpair);
     EXPORT_FN("listen", n_listen);
@@ -1772,6 +1882,7 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("crc32c", n_crc32c);
     EXPORT_FN("copyCrc32c", n_copy_crc32c);
     EXPORT_FN("copyRuns", n_copy_runs);
+    EXPORT_FN("copyDirty", n_copy_dirty);
     return exports;
 }
 

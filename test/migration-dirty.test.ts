@@ -631,3 +631,28 @@ test("the addon's copyRuns copies exactly the runs (clamped to limit), at any al
   refused([0, 1], 1, 4096, 100, 99); // limit before base
   assert.equal(n.copyRuns(dst, src, new Int32Array([0, 1000]), 1, 4096, 0, 8192), 8192, 'a run past the limit ends at it');
 });
+
+test("the addon's copyDirty refuses arrays that do not fit together, touching nothing (its walk is checked against the JS one in dirty-walk.test.ts)", (t) => {
+  if (native === null) return t.skip('no native addon: the walk scans in JS');
+  const n = native;
+  const src = Buffer.alloc(8 * 4096, 1);
+  const dst = Buffer.alloc(8 * 4096);
+  const pending = new Uint8Array(8).fill(1);
+  const cpu = new Uint8Array(16).fill(1);
+  const msg = new Uint8Array(16);
+  const out = new Float64Array(3);
+  const refused = (what: string, a: Partial<{ dst: Uint8Array; src: Uint8Array; pending: Uint8Array; cpu: Uint8Array; base: number; ps: number; out: Float64Array }>): void => {
+    const r = n.copyDirty(a.dst ?? dst, a.src ?? src, a.pending ?? pending, null, a.cpu ?? cpu, msg, a.base ?? 0, a.ps ?? 4096, a.out ?? out);
+    assert.equal(r, -Errno.EINVAL, what);
+    assert.ok(dst.every((b) => b === 0) && pending.every((b) => b === 1) && cpu.every((b) => b === 1), `${what}: nothing touched`);
+  };
+  refused('lengths differ', { dst: dst.subarray(1) });
+  refused('too few pages for the mapping', { pending: pending.subarray(0, 7) });
+  refused('a page past the mapping', { pending: new Uint8Array(9).fill(1) });
+  refused('host flags past their array', { base: 9 });
+  refused('a page size of 0', { ps: 0 });
+  refused('a short out', { out: new Float64Array(2) });
+  assert.equal(n.copyDirty(dst, src, pending, null, cpu, msg, 8, 4096, out), 0);
+  assert.deepEqual([...out], [8, 8 * 4096, 8]);
+  assert.ok(dst.equals(src) && pending.every((b) => b === 0) && cpu.subarray(8).every((b) => b === 0) && cpu.subarray(0, 8).every((b) => b === 1));
+});

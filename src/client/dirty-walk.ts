@@ -41,6 +41,8 @@ export class MappingWalk {
   /** scan()'s output: RUN_BATCH [from, to) pairs and where to go on. */
   private readonly runs = new Int32Array(2 * RUN_BATCH + 1);
   private readonly host32: [Uint32Array, Uint32Array, number] | null;
+  /** copyDirty's answer: pages, bytes, pending marks taken. */
+  private readonly copyOut = new Float64Array(3);
 
   constructor(
     readonly iova: number,
@@ -177,8 +179,16 @@ export class MappingWalk {
    */
   copyTo(bitmap: Buffer | null, dst: Buffer): [number, number] | Promise<[number, number]> {
     if (native === null) return this.send(bitmap, copySink(this, dst));
-    const runs = this.runs;
     const src = this.range.bytes.subarray(this.offset, this.offset + this.size);
+    if (this.pageSize === PAGE_SIZE && this.offset % PAGE_SIZE === 0) {
+      // one flag a page: the scan too in the addon, one call for the mapping
+      const out = this.copyOut;
+      const r = native.copyDirty(dst, src, this.pending, bitmap, this.range.cpuDirty, this.range.messageDirty, this.offset / PAGE_SIZE, this.pageSize, out);
+      if (r < 0) throw new RangeError(`copyDirty: ${dst.length}-byte destination for a ${this.size}-byte mapping`);
+      this.pendingCount -= out[2]!;
+      return [out[0]!, out[1]!];
+    }
+    const runs = this.runs;
     let pages = 0;
     let bytes = 0;
     for (let at = 0; at < this.pages; ) {
@@ -353,9 +363,12 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
     const bm = i % 3 === 0 ? null : b;
     const t0 = performance.now();
     let sent = 0;
-    // a target in this process: the final pages go through copyTo
-    if (local) sent = (w.copyTo(bm, into) as [number, number])[0];
-    for (let at = local ? pages : 0; at < pages; ) {
+    // a target in this process: the final pages go through copyTo, every
+    // other pass here; the scan in JavaScript still runs in the others (it
+    // shares take() and skip() with collect(), which the switch-over runs)
+    const viaCopy = local && (i & 1) === 1;
+    if (viaCopy) sent = (w.copyTo(bm, into) as [number, number])[0];
+    for (let at = viaCopy ? pages : 0; at < pages; ) {
       const n = w.scan(bm, at, runs);
       at = runs[2 * RUN_BATCH]!;
       for (let k = 0; k < n; k++) {
@@ -376,7 +389,7 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
     if (i >= 8) {
       const clean = (t2 - t1) / pages;
       walkPageMs = Math.min(walkPageMs, clean);
-      if (sent > 0) pageMs = Math.min(pageMs, Math.max(0, t1 - t0 - clean * pages) / sent);
+      if (sent > 0 && viaCopy === local) pageMs = Math.min(pageMs, Math.max(0, t1 - t0 - clean * pages) / sent);
     }
   }
   return { walkPageMs, pageMs };

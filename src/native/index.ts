@@ -118,6 +118,16 @@ export interface NativeAddon {
    * or beyond, or `limit` is past either buffer.
    */
   copyRuns(dst: Uint8Array, src: Uint8Array, runs: Int32Array, n: number, unit: number, base: number, limit: number): number;
+  /**
+   * The final walk of a DMA mapping with one 4 KiB flag a page: page p of
+   * `pageSize` bytes is dirty when pending[p], bit p of `bitmap` (past its
+   * end, or null: 0), cpu[hostBase + p] or msg[hostBase + p] is set; each
+   * is cleared as it is found, and the dirty pages are copied from `src`
+   * to the same offsets of `dst` (views of the mapping, one length, covered
+   * by pending.length pages).  out = [pages, bytes, pending marks taken].
+   * 0, or -EINVAL (nothing touched) when the arrays do not fit together.
+   */
+  copyDirty(dst: Uint8Array, src: Uint8Array, pending: Uint8Array, bitmap: Uint8Array | null, cpu: Uint8Array, msg: Uint8Array, hostBase: number, pageSize: number, out: Float64Array): number;
 }
 
 /**
@@ -252,7 +262,7 @@ const ADDON_CALLS = {
   setNonBlocking: true, isUnixStream: true, raiseSendBuffer: true, pollStart: true, pollUpdate: true, pollClose: true,
   pollRef: true, pollSetIo: true, memfdCreate: true, getSeals: true, mmap: true, munmap: true, liveMappings: true,
   pageSize: true, eventfd: true, eventfdRead: true, eventfdWrite: true, isEventfd: true, epollCreate: true,
-  epollCtl: true, epollWait: true, waitpid: true, spreadBits8: true, crc32c: true, copyCrc32c: true, copyRuns: true,
+  epollCtl: true, epollWait: true, waitpid: true, spreadBits8: true, crc32c: true, copyCrc32c: true, copyRuns: true, copyDirty: true,
 } satisfies Record<keyof NativeAddon, true>;
 
 /** The addon, or null when it could not be loaded. */
