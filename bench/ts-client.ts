@@ -24,7 +24,6 @@ import { VfioUserClient } from '../src/client/client.js';
 import { LocalTarget, migrate as runMigration } from '../src/client/migrate.js';
 import { migrateV1Save } from '../src/client/migration-v1.js';
 import { fillPseudoRandom } from '../src/devices/bigstate.js';
-import { RUN_BATCH } from '../src/client/dirty-walk.js';
 import { native } from '../src/native/index.js';
 import { MigState } from '../src/protocol/constants.js';
 
@@ -231,23 +230,18 @@ async function migrate(args: string[]): Promise<string> {
  * The floor for the downtime, in the same process and run: the final dirty
  * set (the pages the guest wrote after the last round, from the source's
  * guest memory into the destination's, both mapped memfds, with the copy
- * the window uses: the addon's copyRuns, else page by page)
- * and the device's stop-copy data (that many bytes between two buffers),
- * copied the same way without the protocol.  The median of 5.  Each copy
- * after the first finds those pages in the CPU's caches, as the window's
- * did not; `cold` first evicts them (64 MiB written elsewhere), for a
- * floor with caches as cold as the window's.
+ * the window uses: the addon's copyDirty, the pages given as pending marks
+ * and no other flag set; else page by page) and the device's stop-copy
+ * data (that many bytes between two buffers), copied the same way without
+ * the protocol.  The median of 5.  Each copy after the first finds those
+ * pages in the CPU's caches; `cold` first evicts them (a store to every
+ * line of 64 MiB elsewhere).
  */
 function copyBaseline(from: Buffer, to: Buffer, pages: number[], deviceBytes: number, cold: boolean): number {
-  const sorted = [...pages].sort((a, b) => a - b);
-  // [from, to) runs of adjacent pages, as the walk finds them
-  const pairs: number[] = [];
-  for (const p of sorted) {
-    if (pairs.length > 0 && pairs[pairs.length - 1] === p) pairs[pairs.length - 1] = p + 1;
-    else pairs.push(p, p + 1);
-  }
-  const runs = new Int32Array(pairs);
-  const batch = new Int32Array(2 * RUN_BATCH);
+  const count = from.length / 4096;
+  const pending = new Uint8Array(count);
+  const none = new Uint8Array(count);
+  const out = new Float64Array(3);
   const devA = Buffer.alloc(deviceBytes);
   const devB = Buffer.alloc(deviceBytes);
   const evict = cold ? Buffer.alloc(64 << 20) : null;
@@ -256,17 +250,10 @@ function copyBaseline(from: Buffer, to: Buffer, pages: number[], deviceBytes: nu
     // a store to every line, one at a time: Buffer#fill of 64 MiB is a
     // memset with streaming stores, which leaves the caches as they were
     if (evict) for (let k = 0; k < evict.length; k += 64) evict[k] = i + 1;
+    for (const p of pages) pending[p] = 1;
     const t0 = performance.now();
-    if (native !== null) {
-      // the copy the window makes (MappingWalk.copyTo): a batch of runs per call
-      for (let r = 0; r < runs.length / 2; r += RUN_BATCH) {
-        const n = Math.min(RUN_BATCH, runs.length / 2 - r);
-        batch.set(runs.subarray(2 * r, 2 * (r + n)));
-        native.copyRuns(to, from, batch, n, 4096, 0, to.length);
-      }
-    } else {
-      for (const p of sorted) from.copy(to, p * 4096, p * 4096, p * 4096 + 4096);
-    }
+    if (native !== null) native.copyDirty(to, from, pending, null, none, none, 0, 4096, out);
+    else for (const p of pages) from.copy(to, p * 4096, p * 4096, p * 4096 + 4096);
     devA.copy(devB);
     times.push(performance.now() - t0);
   }

@@ -1647,7 +1647,7 @@ static napi_value n_spread_bits8(napi_env env, napi_callback_info info) {
  * them into the cache, a third less memory traffic for a cold page.
  * Callers fence once after their last copy.
  */
-/* How many runs ahead copyRuns starts the page walks of the pages to come. */
+/* How many runs ahead copyDirty starts the page walks of the pages to come. */
 #define PREFETCH_RUNS 6
 
 static void copy_stream(uint8_t *d, const uint8_t *s, size_t n) {
@@ -1672,72 +1672,6 @@ static void copy_stream(uint8_t *d, const uint8_t *s, size_t n) {
 }
 
 /*
- * copyRuns(dst, src, runs, n, unit, base, limit) -> bytes copied, or
- * -EINVAL (nothing copied) when an argument is out of range.  runs is an
- * Int32Array of [from, to) pairs in units of `unit` bytes; run i is bytes
- * [base + from * unit, min(limit, base + to * unit)) of src, copied to the
- * same offsets of dst.  Every run is checked against both buffers before
- * the first byte moves.  A migration's final dirty pages between two
- * mapped guest memories: one call a batch of runs instead of two views and
- * a copy a run in JavaScript, the next run's first lines prefetched while
- * this one is copied (they are rarely in cache: the guest wrote a few
- * bytes of each page).
- */
-static napi_value n_copy_runs(napi_env env, napi_callback_info info) {
-    napi_value argv[7];
-    int64_t n64, unit64, base64, limit64;
-    uint8_t *dst, *src, *rb;
-    size_t dlen, slen, rlen, n, i, top;
-    int32_t *runs;
-    uint64_t total = 0;
-    if (get_args(env, info, 7, argv) < 0 || napi_get_value_int64(env, argv[3], &n64) != napi_ok ||
-        napi_get_value_int64(env, argv[4], &unit64) != napi_ok || napi_get_value_int64(env, argv[5], &base64) != napi_ok ||
-        napi_get_value_int64(env, argv[6], &limit64) != napi_ok) {
-        return throw_errno(env, "copyRuns: arguments", EINVAL);
-    }
-    if (get_bytes(env, argv[0], &dst, &dlen) < 0 || get_bytes(env, argv[1], &src, &slen) < 0 ||
-        get_bytes(env, argv[2], &rb, &rlen) < 0) {
-        return throw_errno(env, "copyRuns: buffers", EINVAL);
-    }
-    top = dlen < slen ? dlen : slen;
-    if (n64 < 0 || (uint64_t)n64 > rlen / 8 || unit64 <= 0 || unit64 > (1LL << 30) || base64 < 0 || limit64 < base64 ||
-        (uint64_t)limit64 > top || ((uintptr_t)rb & 3) != 0) {
-        return make_int(env, -EINVAL);
-    }
-    n = (size_t)n64;
-    runs = (int32_t *)rb;
-    for (i = 0; i < n; i++) {
-        int64_t from = runs[2 * i], to = runs[2 * i + 1];
-        /* base + to * unit stays below 2^62: to < 2^31, unit <= 2^30, base <= top */
-        if (from < 0 || to <= from || (uint64_t)(base64 + from * unit64) >= (uint64_t)limit64) return make_int(env, -EINVAL);
-    }
-    for (i = 0; i < n; i++) {
-        uint64_t start = (uint64_t)(base64 + (int64_t)runs[2 * i] * unit64);
-        uint64_t end = (uint64_t)(base64 + (int64_t)runs[2 * i + 1] * unit64);
-        if (end > (uint64_t)limit64) end = (uint64_t)limit64;
-        if (i + 1 < n) {
-            const uint8_t *next = src + base64 + (int64_t)runs[2 * i + 2] * unit64;
-            size_t k, ahead = (size_t)unit64 < 4096 ? (size_t)unit64 : 4096;
-            for (k = 0; k < ahead; k += 64) __builtin_prefetch(next + k);
-        }
-        if (i + PREFETCH_RUNS < n) {
-            /* further ahead, a line of the source and of the destination:
-             * their page walks (the pages are scattered, so are their page
-             * table entries) start long before the copy gets there */
-            size_t at = (size_t)(base64 + (int64_t)runs[2 * (i + PREFETCH_RUNS)] * unit64);
-            __builtin_prefetch(src + at);
-            __builtin_prefetch(dst + at, 1);
-        }
-        copy_stream(dst + start, src + start, (size_t)(end - start));
-        total += end - start;
-    }
-#ifdef __SSE2__
-    _mm_sfence(); /* the streaming stores are ordered before anything after */
-#endif
-    return make_int(env, (int64_t)total);
-}
-
-/*
  * copyDirty(dst, src, pending, bitmap, cpu, msg, hostBase, pageSize, out)
  * -> 0, or -EINVAL (nothing read or written) when the arrays do not fit
  * together.  The final walk of one DMA mapping, one page of `pageSize`
@@ -1745,9 +1679,11 @@ static napi_value n_copy_runs(napi_env env, napi_callback_info info) {
  * of `bitmap` is (bits past its end read as 0; null: none), or when
  * cpu[hostBase + p] or msg[hostBase + p] is; each mark found is taken
  * (cleared).  The dirty pages are copied from src to the same offsets of
- * dst (the two views of the mapping, of one length), as copyRuns does.
- * out[0..2] = pages copied, bytes copied, pending marks taken.  What the
- * walk's scan and copyRuns did a batch at a time, in one call.
+ * dst (the two views of the mapping, of one length): streaming stores (no
+ * read of a destination line first), and the next run's lines and the
+ * page walks of the pages PREFETCH_RUNS runs ahead started early (the
+ * pages are scattered, and rarely in the cache).  out[0..2] = pages
+ * copied, bytes copied, pending marks taken.
  */
 static napi_value n_copy_dirty(napi_env env, napi_callback_info info) {
     napi_value argv[9];
@@ -1881,7 +1817,6 @@ static napi_value init(napi_env env, napi_value exports) {
     EXPORT_FN("spreadBits8", n_spread_bits8);
     EXPORT_FN("crc32c", n_crc32c);
     EXPORT_FN("copyCrc32c", n_copy_crc32c);
-    EXPORT_FN("copyRuns", n_copy_runs);
     EXPORT_FN("copyDirty", n_copy_dirty);
     return exports;
 }

@@ -577,59 +577,53 @@ test('512 B reports of a 4 KiB-tracked range with random dirt, large enough for 
   );
 });
 
-test("the addon's copyRuns copies exactly the runs (clamped to limit), at any alignment; a bad run or size copies nothing", (t) => {
+test("the addon's copyDirty copies exactly the pages marked, at any destination alignment and mapping end, and takes the marks", (t) => {
   if (native === null) return t.skip('no native addon: the walk copies run by run in JS');
   const n = native;
   fc.assert(
     fc.property(
-      fc.integer({ min: 1, max: 700 }), // unit
-      fc.integer({ min: 0, max: 40 }), // base
+      fc.integer({ min: 1, max: 40 }), // pages
+      fc.integer({ min: 0, max: 4095 }), // the last page's shortfall
       fc.integer({ min: 0, max: 15 }), // dst misalignment (streaming stores need 16)
-      fc.array(fc.tuple(fc.integer({ min: 0, max: 30 }), fc.integer({ min: 1, max: 6 })), { maxLength: 12 }),
-      (unit, base, skew, gaps) => {
-        // runs in increasing order, as a walk finds them
-        const pairs: number[] = [];
-        let at = 0;
-        for (const [gap, len] of gaps) {
-          pairs.push(at + gap, at + gap + len);
-          at += gap + len;
-        }
-        const size = base + at * unit + 3 * unit;
-        const limit = size - Math.floor(unit / 2); // the last unit may end short
+      fc.integer({ min: 0, max: 9 }), // host flags' base
+      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 3 })), { maxLength: 30 }), // marks: pending, bit, cpu, msg
+      (pages, short, skew, base, marks) => {
+        const size = Math.max(1, pages * 4096 - short);
         const src = Buffer.alloc(size);
         for (let i = 0; i < size; i++) src[i] = (i * 131 + 7) & 0xff;
         const dst = Buffer.alloc(size + skew + 8, 0xee).subarray(skew, skew + size);
+        const pend = new Uint8Array(pages);
+        const bm = Buffer.alloc(Math.ceil(pages / 8));
+        const cpu = new Uint8Array(base + pages + 2);
+        const msg = new Uint8Array(base + pages + 2);
+        cpu[base + pages] = 1; // past the mapping: stays
+        const dirty = new Set<number>();
+        for (const [x, kind] of marks) {
+          const p = x % pages;
+          dirty.add(p);
+          if (kind === 0) pend[p] = 1;
+          else if (kind === 1) bm[p >> 3]! |= 1 << (p & 7);
+          else (kind === 2 ? cpu : msg)[base + p] = 1;
+        }
         const want = Buffer.from(dst);
         let bytes = 0;
-        for (let i = 0; i < pairs.length; i += 2) {
-          const s = base + pairs[i]! * unit;
-          const e = Math.min(limit, base + pairs[i + 1]! * unit);
-          src.copy(want, s, s, e);
-          bytes += e - s;
+        for (const p of dirty) {
+          const e = Math.min(size, (p + 1) * 4096);
+          src.copy(want, p * 4096, p * 4096, e);
+          bytes += e - p * 4096;
         }
-        assert.equal(n.copyRuns(dst, src, new Int32Array(pairs), pairs.length / 2, unit, base, limit), bytes);
+        const marked = pend.reduce((a, b) => a + b, 0);
+        const noBits = !marks.some(([, k]) => k === 1); // then null does as well as an empty bitmap
+        const out = new Float64Array(3);
+        assert.equal(n.copyDirty(dst, src, pend, noBits && marks.length % 2 === 0 ? null : bm, cpu, msg, base, 4096, out), 0);
+        assert.deepEqual([...out], [dirty.size, bytes, marked]);
         assert.ok(dst.equals(want));
+        assert.ok(pend.every((b) => b === 0) && cpu.subarray(base, base + pages).every((b) => b === 0) && msg.every((b) => b === 0));
+        assert.equal(cpu[base + pages], 1);
       },
     ),
     { numRuns: 300 },
   );
-  const src = Buffer.alloc(8192, 1);
-  const dst = Buffer.alloc(8192);
-  const refused = (runs: number[], count: number, unit = 4096, base = 0, limit = 8192, d: Uint8Array = dst, s: Uint8Array = src): void => {
-    assert.equal(n.copyRuns(d, s, new Int32Array(runs), count, unit, base, limit), -Errno.EINVAL, JSON.stringify({ runs, count, unit, base, limit }));
-    assert.ok(dst.every((b) => b === 0), 'nothing copied');
-  };
-  refused([0, 1, 2, 2], 2); // an empty run after a good one
-  refused([0, 1, 3, 2], 2); // a backward run
-  refused([-1, 1], 1);
-  refused([2, 3], 1); // starts at the limit
-  refused([0, 1], 2); // more runs than given
-  refused([0, 1], 1, 0);
-  refused([0, 1], 1, 4096, 0, 8193); // limit past the buffers
-  refused([0, 1], 1, 4096, 0, 8192, dst.subarray(1));
-  refused([0, 1], 1, 4096, 0, 8192, dst, src.subarray(0, 4096));
-  refused([0, 1], 1, 4096, 100, 99); // limit before base
-  assert.equal(n.copyRuns(dst, src, new Int32Array([0, 1000]), 1, 4096, 0, 8192), 8192, 'a run past the limit ends at it');
 });
 
 test("the addon's copyDirty refuses arrays that do not fit together, touching nothing (its walk is checked against the JS one in dirty-walk.test.ts)", (t) => {

@@ -173,34 +173,20 @@ export class MappingWalk {
 
   /**
    * send() into memory of this process: `dst` is the destination's view of
-   * this mapping, and each batch of runs is copied by one call to the addon
-   * (no views, no promise, no call per run).  Falls back to send() with a
-   * copying sink without the addon.  Returns [pages, bytes].
+   * this mapping.  With a 4 KiB flag a page the walk is one call to the
+   * addon (copyDirty: the scan and the copy; no views, no promise, no call
+   * per run); else, or without the addon, send() with a copying sink.
+   * Returns [pages, bytes].
    */
   copyTo(bitmap: Buffer | null, dst: Buffer): [number, number] | Promise<[number, number]> {
-    if (native === null) return this.send(bitmap, copySink(this, dst));
+    // other logging page sizes (rare): run by run, as send() hands them on
+    if (native === null || this.pageSize !== PAGE_SIZE || this.offset % PAGE_SIZE !== 0) return this.send(bitmap, copySink(this, dst));
     const src = this.range.bytes.subarray(this.offset, this.offset + this.size);
-    if (this.pageSize === PAGE_SIZE && this.offset % PAGE_SIZE === 0) {
-      // one flag a page: the scan too in the addon, one call for the mapping
-      const out = this.copyOut;
-      const r = native.copyDirty(dst, src, this.pending, bitmap, this.range.cpuDirty, this.range.messageDirty, this.offset / PAGE_SIZE, this.pageSize, out);
-      if (r < 0) throw new RangeError(`copyDirty: ${dst.length}-byte destination for a ${this.size}-byte mapping`);
-      this.pendingCount -= out[2]!;
-      return [out[0]!, out[1]!];
-    }
-    const runs = this.runs;
-    let pages = 0;
-    let bytes = 0;
-    for (let at = 0; at < this.pages; ) {
-      const n = this.scan(bitmap, at, runs);
-      at = runs[2 * RUN_BATCH]!;
-      if (n === 0) continue;
-      for (let i = 0; i < n; i++) pages += runs[2 * i + 1]! - runs[2 * i]!;
-      const r = native.copyRuns(dst, src, runs, n, this.pageSize, 0, this.size);
-      if (r < 0) throw new RangeError(`copyRuns: ${dst.length}-byte destination for a ${this.size}-byte mapping`);
-      bytes += r;
-    }
-    return [pages, bytes];
+    const out = this.copyOut;
+    const r = native.copyDirty(dst, src, this.pending, bitmap, this.range.cpuDirty, this.range.messageDirty, this.offset / PAGE_SIZE, this.pageSize, out);
+    if (r < 0) throw new RangeError(`copyDirty: ${dst.length}-byte destination for a ${this.size}-byte mapping`);
+    this.pendingCount -= out[2]!;
+    return [out[0]!, out[1]!];
   }
 
   /**

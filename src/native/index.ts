@@ -111,14 +111,6 @@ export interface NativeAddon {
   /** Copies `src` to dst[at, +src.length) and returns the CRC-32C of the copy, continuing `crc`. */
   copyCrc32c(dst: Uint8Array, at: number, src: Uint8Array, crc: number): number;
   /**
-   * Copies runs of `unit`-byte blocks from `src` to the same offsets of
-   * `dst`: for each of the first `n` [from, to) pairs of `runs`, bytes
-   * [base + from * unit, min(limit, base + to * unit)).  The bytes copied,
-   * or -EINVAL (nothing copied) when a run is empty or starts at `limit`
-   * or beyond, or `limit` is past either buffer.
-   */
-  copyRuns(dst: Uint8Array, src: Uint8Array, runs: Int32Array, n: number, unit: number, base: number, limit: number): number;
-  /**
    * The final walk of a DMA mapping with one 4 KiB flag a page: page p of
    * `pageSize` bytes is dirty when pending[p], bit p of `bitmap` (past its
    * end, or null: 0), cpu[hostBase + p] or msg[hostBase + p] is set; each
@@ -262,7 +254,7 @@ const ADDON_CALLS = {
   setNonBlocking: true, isUnixStream: true, raiseSendBuffer: true, pollStart: true, pollUpdate: true, pollClose: true,
   pollRef: true, pollSetIo: true, memfdCreate: true, getSeals: true, mmap: true, munmap: true, liveMappings: true,
   pageSize: true, eventfd: true, eventfdRead: true, eventfdWrite: true, isEventfd: true, epollCreate: true,
-  epollCtl: true, epollWait: true, waitpid: true, spreadBits8: true, crc32c: true, copyCrc32c: true, copyRuns: true, copyDirty: true,
+  epollCtl: true, epollWait: true, waitpid: true, spreadBits8: true, crc32c: true, copyCrc32c: true, copyDirty: true,
 } satisfies Record<keyof NativeAddon, true>;
 
 /** The addon, or null when it could not be loaded. */
