@@ -4,11 +4,15 @@
 // same flags taken, for any mix of device bitmap, pending marks and host
 // writes, at any logging page size and mapping offset.
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { MappingWalk } from '../src/client/dirty-walk.js';
 import type { GuestRange } from '../src/client/guest-memory.js';
 import { PAGE_SIZE } from '../src/native/index.js';
+import { root } from './helpers/procs.js';
 
 function range(flags: number): GuestRange {
   const size = flags * PAGE_SIZE;
@@ -87,4 +91,29 @@ test('warm only reads: the pending pages, the flags and both sides stay as they 
   // and the walk still sends exactly those pages
   const [pages] = await w.copyTo(null, dst);
   assert.equal(pages, before[3] + 1);
+});
+
+test('without the addon a local migration still converges: the warm-up measures the walk the final pages take then', () => {
+  // (the warm-up once measured only copyTo's native path, so without the
+  // addon the page cost was Infinity, and so was every predicted downtime)
+  const at = (f: string): string => pathToFileURL(join(root, 'dist', f)).href;
+  const script = `
+    import { LocalTarget, migrate } from '${at('src/client/migrate.js')}';
+    import { createBigState } from '${at('src/devices/bigstate.js')}';
+    import { serve } from '${at('test/helpers/server.js')}';
+    const a = createBigState({ stateMib: 1, precopyMib: 1 });
+    const b = createBigState({ stateMib: 1, precopyMib: 1, seed: 2 });
+    const sa = await serve(a.device);
+    const sb = await serve(b.device);
+    const src = await sa.connect({ migSizing: true });
+    src.memory.add(0x100000, 4 << 20).bytes.fill(0x33);
+    await src.dmaMap({ iova: 0x100000, size: 4 << 20 });
+    const r = await migrate(src, new LocalTarget(await sb.connect()), {});
+    console.log(JSON.stringify({ converged: r.converged, pageMs: r.rates.pageMs, same: b.state.equals(a.state) }));
+    await sa.close();
+    await sb.close();`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, VFU_NO_NATIVE: '1' }, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { converged: boolean; pageMs: number; same: boolean };
+  assert.ok(out.converged && Number.isFinite(out.pageMs) && out.same, r.stdout);
 });

@@ -171,6 +171,11 @@ export class MappingWalk {
     return [pages, bytes];
   }
 
+  /** Whether copyTo() is one call to the addon (with it, a 4 KiB flag a page), not send() with a copying sink. */
+  get copiesNatively(): boolean {
+    return native !== null && this.pageSize === PAGE_SIZE && this.offset % PAGE_SIZE === 0;
+  }
+
   /**
    * send() into memory of this process: `dst` is the destination's view of
    * this mapping.  With a 4 KiB flag a page the walk is one call to the
@@ -180,7 +185,7 @@ export class MappingWalk {
    */
   copyTo(bitmap: Buffer | null, dst: Buffer): [number, number] | Promise<[number, number]> {
     // other logging page sizes (rare): run by run, as send() hands them on
-    if (native === null || this.pageSize !== PAGE_SIZE || this.offset % PAGE_SIZE !== 0) return this.send(bitmap, copySink(this, dst));
+    if (native === null || !this.copiesNatively) return this.send(bitmap, copySink(this, dst));
     const src = this.range.bytes.subarray(this.offset, this.offset + this.size);
     const out = this.copyOut;
     const r = native.copyDirty(dst, src, this.pending, bitmap, this.range.cpuDirty, this.range.messageDirty, this.offset / PAGE_SIZE, this.pageSize, out);
@@ -336,6 +341,8 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
   const runs = new Int32Array(2 * RUN_BATCH + 1);
   let walkPageMs = Infinity;
   let pageMs = Infinity;
+  // copyTo in the addon, else the final pages take the JS walk below
+  const copies = local && w.copiesNatively;
   for (let i = 0; i < 16; i++) {
     const a = Buffer.alloc(Math.ceil(pages / 8));
     const b = Buffer.alloc(a.length);
@@ -352,7 +359,7 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
     // a target in this process: the final pages go through copyTo, every
     // other pass here; the scan in JavaScript still runs in the others (it
     // shares take() and skip() with collect(), which the switch-over runs)
-    const viaCopy = local && (i & 1) === 1;
+    const viaCopy = copies && (i & 1) === 1;
     if (viaCopy) sent = (w.copyTo(bm, into) as [number, number])[0];
     for (let at = viaCopy ? pages : 0; at < pages; ) {
       const n = w.scan(bm, at, runs);
@@ -375,7 +382,7 @@ export function warmUpWalk(pageSize: number, local = false): { walkPageMs: numbe
     if (i >= 8) {
       const clean = (t2 - t1) / pages;
       walkPageMs = Math.min(walkPageMs, clean);
-      if (sent > 0 && viaCopy === local) pageMs = Math.min(pageMs, Math.max(0, t1 - t0 - clean * pages) / sent);
+      if (sent > 0 && viaCopy === copies) pageMs = Math.min(pageMs, Math.max(0, t1 - t0 - clean * pages) / sent);
     }
   }
   return { walkPageMs, pageMs };
