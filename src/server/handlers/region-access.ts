@@ -7,6 +7,7 @@ import { RegionAccessStruct, WriteMultiEntryStruct, WriteMultiHeadStruct } from 
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
 import type { HandlerContext } from './context.js';
+import { quiesced } from './dma.js';
 
 const ACCESS = RegionAccessStruct.size;
 const REPLY_AT = HEADER_SIZE + ACCESS;
@@ -62,7 +63,7 @@ export function doWrite(s: HandlerContext, index: number, offset: number, data: 
     // synchronously; the reset itself runs (quiesced) before we reply.
     dev.flrRequested = false;
     dev.pci.write(offset, data);
-    if (dev.flrRequested) return flr(s);
+    if (dev.flrRequested) return pending(flr(s));
     return;
   }
   const r = dev.region(index)!;
@@ -74,14 +75,9 @@ export function doWrite(s: HandlerContext, index: number, offset: number, data: 
   throw einval(`region ${index} has no write handler`);
 }
 
-async function flr(s: HandlerContext): Promise<void> {
+function flr(s: HandlerContext): void | Promise<void> {
   s.device.flrRequested = false;
-  await s.device.quiesce();
-  try {
-    await s.device.reset('flr');
-  } finally {
-    s.device.resume();
-  }
+  return quiesced(s, () => s.device.reset('flr'));
 }
 
 export function regionRead(s: HandlerContext, f: Frame, via: Endpoint): void | Promise<void> {
