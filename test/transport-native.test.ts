@@ -7,7 +7,7 @@ import { fstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, w
 import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { native as maybeNative } from '../src/native/index.js';
+import { IO_STATE_LEN, native as maybeNative } from '../src/native/index.js';
 import { Command, Errno, HEADER_SIZE, HeaderFlag } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { writeHeader } from '../src/protocol/header.js';
@@ -600,4 +600,78 @@ test('no descriptor leaks over 200 connect/send/close cycles', async () => {
   const afterFds = openFds();
   l.close();
   assert.deepStrictEqual(afterFds, before);
+});
+
+/** Whether the socket has nothing to read now (a non-blocking read finds it empty). */
+function nothingToRead(fd: number): boolean {
+  const probe = Buffer.alloc(1);
+  // MSG_PEEK is not offered: a read that finds a byte fails the check anyway
+  return native.recvmsg(fd, probe, 0, 1, new Int32Array(IO_STATE_LEN)) === -Errno.EAGAIN;
+}
+
+test('cork: small messages wait until the outermost uncork and leave in order with fd-carrying and large ones', async () => {
+  const [a, b] = native.socketpair();
+  const ep = new NativeEndpoint(a, LIMITS);
+  const memfd = native.memfdCreate('cork', 4096, true);
+  ep.cork();
+  sendMsg(ep, 1, Buffer.from('one'));
+  ep.cork(); // nests
+  sendMsg(ep, 2, Buffer.from('two'));
+  ep.uncork();
+  assert.ok(nothingToRead(b), 'nothing leaves while still corked');
+  // gathered copies hold no caller's buffer: nothing to wait for
+  assert.equal(ep.sending, false);
+  // a descriptor cannot go through the outbox: what it holds leaves first
+  sendMsg(ep, 3, Buffer.from('three'), [memfd]);
+  sendMsg(ep, 4, Buffer.from('four'));
+  // a large stable message: the outbox first, then it, by reference
+  ep.send(header(5, Command.REGION_WRITE, HEADER_SIZE + 100_000), pattern(100_000, 5), null, true);
+  sendMsg(ep, 6, Buffer.from('six'));
+  ep.uncork();
+  ep.uncork(); // an extra uncork is harmless
+  const got = await new FrameQueue(new NativeEndpoint(b, LIMITS)).count(6);
+  assert.deepStrictEqual(
+    got.map((f) => f.msgId),
+    [1, 2, 3, 4, 5, 6],
+  );
+  assert.deepStrictEqual(
+    got.map((f) => f.fds.length),
+    [0, 0, 1, 0, 0, 0],
+  );
+  assert.ok(got[4]!.payload.equals(pattern(100_000, 5)));
+  assert.equal(got[5]!.payload.toString(), 'six');
+  for (const f of got) for (const fd of f.fds) native.close(fd);
+  native.close(memfd);
+  await ep.whenDrained();
+  ep.close();
+});
+
+test('Connection.batch: the requests made in it reach the peer once it returns, and are answered in order', async () => {
+  const [a, b] = native.socketpair();
+  const client = new Connection(new NativeEndpoint(a, LIMITS), { closeFd });
+  const server = new Connection(new NativeEndpoint(b, LIMITS), { closeFd });
+  const seen: string[] = [];
+  server.onCommand = (f, via) => {
+    seen.push(f.payload.toString());
+    server.reply(via, f, Buffer.from(`re:${f.payload.toString()}`));
+  };
+  const reqs = client.batch(() => {
+    const r = [0, 1, 2].map((i) => client.request(Command.REGION_READ, Buffer.from(`q${i}`)));
+    assert.ok(nothingToRead(b), 'inside the batch nothing is on the wire');
+    return r;
+  });
+  const replies = await Promise.all(reqs);
+  assert.deepStrictEqual(
+    replies.map((r) => r.payload.toString()),
+    ['re:q0', 're:q1', 're:q2'],
+  );
+  assert.deepStrictEqual(seen, ['q0', 'q1', 'q2']);
+  // a batch that throws still uncorks: the next request is not held back
+  assert.throws(() => client.batch(() => {
+    void client.request(Command.REGION_READ, Buffer.from('q3')).catch(() => {});
+    throw new Error('boom');
+  }), /boom/);
+  await until(() => seen.length === 4, 10_000, 'the request of the failed batch');
+  client.close();
+  server.close();
 });

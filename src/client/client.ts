@@ -801,6 +801,16 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     }
   }
 
+  /**
+   * Runs `fn` and sends the requests it makes together once it returns:
+   * pipelined requests (a state change and the reads behind it) then reach
+   * the server in one read, and it answers them in one write, where sent
+   * one by one each would cost a wake-up of both processes.
+   */
+  batch<T>(fn: () => T): T {
+    return this.conn.batch(fn);
+  }
+
   /** The device's migration state (MigState), read with DEVICE_FEATURE GET. */
   async migrationState(): Promise<number> {
     const d = await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.GET, null, MigStateStruct.size);

@@ -339,8 +339,7 @@ export class LocalTarget implements MigrationTarget {
    */
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    const stop = this.client.setMigrationState(MigState.STOP);
-    const running = this.client.setMigrationState(MigState.RUNNING);
+    const [stop, running] = this.client.batch(() => [this.client.setMigrationState(MigState.STOP), this.client.setMigrationState(MigState.RUNNING)]);
     running.catch(() => {}); // STOP's failure is the one reported
     await stop;
     const t1 = performance.now();
@@ -721,10 +720,11 @@ class Migration {
   private async finalTransfer(): Promise<[number, number]> {
     const { log } = this;
     this.step = 'entering STOP_COPY';
-    const stopCopy = this.source.setMigrationState(MigState.STOP_COPY);
     const expected = this.report.stopCopyBytesExpected ?? null;
-    const device = this.overlap ? this.sendDevice(true, expected) : null;
-    const reports = this.reports();
+    // one write: the source reads all three in one wake-up
+    const [stopCopy, device, reports] = this.source.batch(
+      () => [this.source.setMigrationState(MigState.STOP_COPY), this.overlap ? this.sendDevice(true, expected) : null, this.reports()] as const,
+    );
     this.inflight = Promise.allSettled([device, reports]);
     await stopCopy;
     log.mark('sourceStopCopyMs');
@@ -867,7 +867,8 @@ class Migration {
 
   /** The dirty bitmaps of every mapping, asked for at once (null without logging). */
   private reports(): Promise<(Buffer | null)[]> {
-    return Promise.all(this.walks.map((w) => (this.logging ? this.source.dirtyReport(w.iova, w.size, this.pageSize) : null)));
+    // one write for all the mappings' reports (nested in the window's batch)
+    return this.source.batch(() => Promise.all(this.walks.map((w) => (this.logging ? this.source.dirtyReport(w.iova, w.size, this.pageSize) : null))));
   }
 
   /** Hands a run of pages to the target (one function, so the walk's call to it stays monomorphic). */

@@ -213,6 +213,20 @@ export class Connection {
     p.resolve(v);
   }
 
+  /**
+   * Runs `fn`, whose requests leave together once it returns (see
+   * Endpoint.cork): pipelined requests then reach the peer in one read.
+   */
+  batch<T>(fn: () => T): T {
+    const ep = this.requestEndpoint;
+    ep.cork();
+    try {
+      return fn();
+    } finally {
+      ep.uncork();
+    }
+  }
+
   /** Sends a request and resolves with its parsed reply. */
   request<T = Reply>(
     cmd: number,

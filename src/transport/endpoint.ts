@@ -32,6 +32,16 @@ export interface Endpoint {
   readonly sending: boolean;
   /** Resolves when everything queued has been written. */
   whenDrained(): Promise<void>;
+  /**
+   * Gathers the messages sent from now until the matching uncork(), to
+   * leave together (one system call where they fit).  Pipelined requests
+   * sent one by one would each wake the peer, which on a shared CPU runs
+   * at once and reads only the first; gathered, it reads them all in one
+   * wake-up and answers them together.  Nests.
+   */
+  cork(): void;
+  /** Ends a cork(): at the outermost, what was gathered leaves now. */
+  uncork(): void;
   setLimits(maxMessageSize: number, maxFds: number): void;
   /** Lets the consumer receive large bodies into its own buffers (see Framer). */
   setPlacement(p: Placement | null): void;

@@ -14,6 +14,8 @@
 //    run at its end), small fd-less messages are copied into an outbox,
 //    which the addon sends in one system call once the callback returns.
 //    Replies leave without an N-API call, and several leave together.
+//    Between cork() and uncork() the outbox gathers the same way outside
+//    a callback (pipelined requests), and uncork() sends it.
 import {
   IO_IN_CALLBACK,
   IO_OUT_LEN,
@@ -112,6 +114,8 @@ export class NativeEndpoint implements Endpoint {
   private paused = false;
   /** Not reading: the owner said so (holdReading). */
   private holding = false;
+  /** cork() depth: while > 0 small sends gather in the outbox, as in a callback. */
+  private corked = 0;
 
   constructor(
     readonly fd: number,
@@ -252,9 +256,10 @@ export class NativeEndpoint implements Endpoint {
     const total = a.length + (b ? b.length : 0);
     const noFds = fds === null || fds.length === 0;
     // Inside our callback, small fd-less messages go to the outbox (sent by
-    // the addon when the callback returns).  The outbox is only ever used
-    // with an empty queue, so it never overtakes queued bytes.
-    if (io[IO_IN_CALLBACK] === 1 && noFds && this.queue.length === 0 && io[IO_OUT_LEN]! + total <= OUTBOX) {
+    // the addon when the callback returns), and while corked (sent by
+    // uncork()).  The outbox is only ever used with an empty queue, so it
+    // never overtakes queued bytes.
+    if ((io[IO_IN_CALLBACK] === 1 || this.corked > 0) && noFds && this.queue.length === 0 && io[IO_OUT_LEN]! + total <= OUTBOX) {
       let at = io[IO_OUT_LEN]!;
       at += a.copy(this.outbox, at);
       if (b !== null) at += b.copy(this.outbox, at);
@@ -294,12 +299,23 @@ export class NativeEndpoint implements Endpoint {
     this.fail(new VfuError(-r, 'sendmsg failed'));
   }
 
+  cork(): void {
+    this.corked++;
+  }
+
+  uncork(): void {
+    if (this.corked === 0 || --this.corked > 0) return;
+    // inside our callback the addon sends the outbox when it returns
+    if (this.io[IO_OUT_LEN]! > 0 && this.io[IO_IN_CALLBACK] !== 1 && !this._closed) this.flushOutbox();
+  }
+
   get sending(): boolean {
-    // Inside our callback the outbox holds replies gathered to leave at its
-    // end (copies, sent before anything else): a reply behind them need
-    // not wait.  After it, what is left there is what the socket refused.
+    // Inside our callback (or while corked) the outbox holds messages
+    // gathered to leave at its end (copies, sent before anything else): a
+    // reply behind them need not wait.  After it, what is left there is
+    // what the socket refused.
     const io = this.io;
-    return this.queue.length > 0 || (io[IO_OUT_LEN]! > 0 && io[IO_IN_CALLBACK] !== 1);
+    return this.queue.length > 0 || (io[IO_OUT_LEN]! > 0 && io[IO_IN_CALLBACK] !== 1 && this.corked === 0);
   }
 
   /**

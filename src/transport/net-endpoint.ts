@@ -98,6 +98,14 @@ export class NetEndpoint implements Endpoint {
     return new Promise((res) => this.socket.once('drain', () => res()));
   }
 
+  cork(): void {
+    this.socket.cork();
+  }
+
+  uncork(): void {
+    this.socket.uncork();
+  }
+
   close(): void {
     if (this._closed) return;
     this.socket.destroy();
