@@ -166,6 +166,10 @@ export interface DmaMappingRecord {
 }
 
 const NO_OPTIONS = Object.freeze({});
+/** Migration states there are (MigState ERROR..PRE_COPY_P2P). */
+const MIG_STATES = 8;
+/** A feature reply's data, not wanted. */
+const ignoreData = (): void => {};
 
 function bad(cmd: number, why: string): VfuError {
   return new VfuError(Errno.EPROTO, `${commandName(cmd)} reply: ${why}`);
@@ -220,6 +224,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   private readonly irqPolls: { fd: number; poll: PollHandle; index: number; vector: number }[] = [];
   private readonly irqConfig = new Map<number, number>();
   private regionFds: number[] = [];
+  /** MIG_DEVICE_STATE SET requests, by state, made on first use. */
+  private readonly migStateRequests: (Buffer | undefined)[] = [];
   /** REGION_READ requests are laid out here (see regionRead). */
   private readonly accessReq = Buffer.alloc(RegionAccessStruct.size);
   private _closed = false;
@@ -762,20 +768,33 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   // ------------------------------------------------------------- features
 
-  private async feature(flags: number, data: Buffer | null, replyData: number, what?: string): Promise<Buffer> {
+  /**
+   * DEVICE_FEATURE: resolves with the reply's data after the echoed header
+   * (a copy), or with what `take` makes of it.  One promise, settled by the
+   * reply itself: the migration window sends these, and every async layer
+   * above the request would add its own turn there.
+   */
+  private feature(flags: number, data: Buffer | null, replyData: number, what?: string): Promise<Buffer>;
+  private feature<T>(flags: number, data: Buffer | null, replyData: number, what: string | undefined, take: (d: Buffer) => T, req?: Buffer): Promise<T>;
+  private feature<T>(flags: number, data: Buffer | null, replyData: number, what?: string, take?: (d: Buffer) => T, req?: Buffer): Promise<T | Buffer> {
     const dlen = data ? data.length : 0;
-    const head = FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(dlen, replyData), flags });
-    let r: Reply;
-    try {
-      r = this.noFds(await this.call(Command.DEVICE_FEATURE, data ? Buffer.concat([head, data]) : head));
-    } catch (e) {
-      // say which feature (and which state) the peer refused
-      if (!(e instanceof RemoteError)) throw e;
-      const op = flags & FeatureFlag.SET ? 'SET' : flags & FeatureFlag.GET ? 'GET' : 'PROBE';
-      throw e.about(what ?? `${op} ${featureName(flags & 0xffff)}`);
+    if (req === undefined) {
+      try {
+        const head = FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(dlen, replyData), flags });
+        req = data ? Buffer.concat([head, data]) : head;
+      } catch (e) {
+        return Promise.reject(e as Error);
+      }
     }
-    if (r.payload.length < FeatureStruct.size || FeatureStruct.read(r.payload).flags !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
-    return r.payload.subarray(FeatureStruct.size);
+    // a refusal says which feature (and which state) the peer refused
+    const label = what ?? ((): string => `${flags & FeatureFlag.SET ? 'SET' : flags & FeatureFlag.GET ? 'GET' : 'PROBE'} ${featureName(flags & 0xffff)}`);
+    return this.conn.request(Command.DEVICE_FEATURE, req, { what: label }, (f: Frame) => {
+      this.dropFds(f);
+      const p = f.payload;
+      if (p.length < FeatureStruct.size || FeatureStruct.read(p).flags !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
+      const d = p.subarray(FeatureStruct.size);
+      return take ? take(d) : Buffer.from(d);
+    });
   }
 
   /** PROBE: whether the server supports `ops` (GET/SET bits) for a feature. */
@@ -821,9 +840,21 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /** Moves the device to a migration state (MigState); the server walks the whole path first. */
-  async setMigrationState(state: number): Promise<void> {
-    const data = MigStateStruct.encode({ deviceState: state, dataFd: -1 });
-    await this.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.SET, data, 0, `migration state -> ${migStateNames[state] ?? state}`);
+  setMigrationState(state: number): Promise<void> {
+    const flags = Feature.MIG_DEVICE_STATE | FeatureFlag.SET;
+    // the eight requests are made once (they go out by copy)
+    const known = Number.isInteger(state) && state >= 0 && state < MIG_STATES;
+    let req = known ? this.migStateRequests[state] : undefined;
+    if (req === undefined) {
+      try {
+        const head = FeatureStruct.encode({ argsz: FeatureStruct.size + MigStateStruct.size, flags });
+        req = Buffer.concat([head, MigStateStruct.encode({ deviceState: state, dataFd: -1 })]);
+      } catch (e) {
+        return Promise.reject(e as Error); // a state that does not fit the field
+      }
+      if (known) this.migStateRequests[state] = req;
+    }
+    return this.feature(flags, null, 0, `migration state -> ${migStateNames[state] ?? state}`, ignoreData, req);
   }
 
   /** Whether the server offered the pre-copy sizing extension. */
@@ -875,17 +906,21 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /** DMA_LOGGING_REPORT: the dirty bitmap (u64 LE words) of a range, cleared on read. */
-  async dirtyReport(iova: number, length: number, pageSize: number): Promise<Buffer> {
+  dirtyReport(iova: number, length: number, pageSize: number): Promise<Buffer> {
     const words = Math.ceil(Math.ceil(length / pageSize) / 64);
     const size = words * 8;
-    const d = await this.feature(
-      Feature.DMA_LOGGING_REPORT | FeatureFlag.GET,
-      LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) }),
-      LoggingReportStruct.size + size,
-    );
-    if (d.length !== LoggingReportStruct.size + size) throw bad(Command.DEVICE_FEATURE, `bitmap of ${d.length - 24} bytes, expected ${size}`);
-    return Buffer.from(d.subarray(LoggingReportStruct.size));
+    let args: Buffer;
+    try {
+      args = LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) });
+    } catch (e) {
+      return Promise.reject(e as Error); // a promise's failure, as before, not a throw
+    }
+    return this.feature(Feature.DMA_LOGGING_REPORT | FeatureFlag.GET, args, LoggingReportStruct.size + size, undefined, (d) => {
+      if (d.length !== LoggingReportStruct.size + size) throw bad(Command.DEVICE_FEATURE, `bitmap of ${d.length - 24} bytes, expected ${size}`);
+      return Buffer.from(d.subarray(LoggingReportStruct.size));
+    });
   }
+
 
   // ------------------------------------------------------- migration data
 

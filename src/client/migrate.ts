@@ -95,6 +95,12 @@ export interface MigrationTarget {
    */
   guestView?(iova: number, size: number): Buffer | null;
   /**
+   * Optional: a round trip to the destination that changes nothing, made
+   * just before the downtime window, so that the destination's part of the
+   * window finds its code and data in the caches.
+   */
+  touch?(): Promise<void>;
+  /**
    * deviceData and guestPages may be called while the other is pending: the
    * device's stop-copy data then overlaps the final pages.
    */
@@ -324,6 +330,10 @@ export class LocalTarget implements MigrationTarget {
 
   guestView(iova: number, size: number): Buffer | null {
     return this.client.memory.within(iova, size) ? this.client.memory.view(iova, size) : null;
+  }
+
+  touch(): Promise<void> {
+    return this.client.migrationState().then(() => {});
   }
 
   guestPages(iova: number, data: Buffer): void {
@@ -700,6 +710,11 @@ class Migration {
     this.report.overlapped = this.overlap;
     // what the window will copy, read now: cache lines and page walks warm
     this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
+    // Both servers answer a request that changes nothing, now: what the
+    // window's wake-ups and handlers need (code, heap, the socket path) was
+    // pushed out of the caches by pre-copy and by the read-ahead above, and
+    // it is brought back while the guest runs, not in the window.
+    await Promise.all([this.source.migrationState(), this.target.touch?.()]);
     this.step = 'pausing the guest';
     const w0 = performance.now();
     log.startDowntime();

@@ -34,6 +34,11 @@ export interface RequestOptions {
   noReply?: boolean;
   /** Overrides the connection's reply timeout (0: none). */
   timeoutMs?: number;
+  /**
+   * What the request is for, in words, for the RemoteError of a refusal
+   * (a function: worded only then).
+   */
+  what?: string | (() => string);
 }
 
 /** Turns a reply frame into the caller's value while its view is valid. */
@@ -45,6 +50,7 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   deadline: number;
+  what: string | (() => string) | undefined;
 }
 
 /** Longest reason text sent or accepted in an error reply (bytes). */
@@ -200,7 +206,8 @@ export class Connection {
     if (f.flags & HeaderFlag.ERROR) {
       for (const fd of f.fds) this.opts.closeFd(fd);
       const e = f.errorNo > 0 && f.errorNo <= MAX_ERRNO ? f.errorNo : Errno.EINVAL;
-      p.reject(new RemoteError(e, f.cmd, this.errorText ? reasonText(f.payload) : null));
+      const what = p.what === undefined ? null : typeof p.what === 'string' ? p.what : p.what();
+      p.reject(new RemoteError(e, f.cmd, this.errorText ? reasonText(f.payload) : null, what));
       return;
     }
     let v: unknown;
@@ -258,6 +265,7 @@ export class Connection {
         resolve: resolve as (v: unknown) => void,
         reject,
         deadline: timeout > 0 ? Date.now() + timeout : Infinity,
+        what: opts.what,
       });
       if (timeout > 0) this.armTimer(timeout);
       try {
