@@ -224,8 +224,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   private readonly irqPolls: { fd: number; poll: PollHandle; index: number; vector: number }[] = [];
   private readonly irqConfig = new Map<number, number>();
   private regionFds: number[] = [];
-  /** MIG_DEVICE_STATE SET requests, by state, made on first use. */
-  private readonly migStateRequests: (Buffer | undefined)[] = [];
+  /** MIG_DEVICE_STATE SET requests, by state, all made on first use. */
+  private migStateRequests: Buffer[] | null = null;
+  /** The MIG_DATA_READ request, rewritten for each read. */
+  private readonly migReadReq = Buffer.alloc(MigDataStruct.size);
+  /** DMA_LOGGING_REPORT requests already encoded (one per mapping, in practice). */
+  private readonly reportRequests: { iova: number; length: number; pageSize: number; req: Buffer }[] = [];
   /** REGION_READ requests are laid out here (see regionRead). */
   private readonly accessReq = Buffer.alloc(RegionAccessStruct.size);
   private _closed = false;
@@ -842,17 +846,19 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   /** Moves the device to a migration state (MigState); the server walks the whole path first. */
   setMigrationState(state: number): Promise<void> {
     const flags = Feature.MIG_DEVICE_STATE | FeatureFlag.SET;
-    // the eight requests are made once (they go out by copy)
-    const known = Number.isInteger(state) && state >= 0 && state < MIG_STATES;
-    let req = known ? this.migStateRequests[state] : undefined;
-    if (req === undefined) {
+    // the eight requests are made together, once (they go out by copy):
+    // the window's STOP_COPY is not encoded in the window
+    const make = (st: number): Buffer => Buffer.concat([FeatureStruct.encode({ argsz: FeatureStruct.size + MigStateStruct.size, flags }), MigStateStruct.encode({ deviceState: st, dataFd: -1 })]);
+    this.migStateRequests ??= Array.from({ length: MIG_STATES }, (_, st) => make(st));
+    let req: Buffer;
+    if (Number.isInteger(state) && state >= 0 && state < MIG_STATES) {
+      req = this.migStateRequests[state]!;
+    } else {
       try {
-        const head = FeatureStruct.encode({ argsz: FeatureStruct.size + MigStateStruct.size, flags });
-        req = Buffer.concat([head, MigStateStruct.encode({ deviceState: state, dataFd: -1 })]);
+        req = make(state);
       } catch (e) {
         return Promise.reject(e as Error); // a state that does not fit the field
       }
-      if (known) this.migStateRequests[state] = req;
     }
     return this.feature(flags, null, 0, `migration state -> ${migStateNames[state] ?? state}`, ignoreData, req);
   }
@@ -909,18 +915,25 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   dirtyReport(iova: number, length: number, pageSize: number): Promise<Buffer> {
     const words = Math.ceil(Math.ceil(length / pageSize) / 64);
     const size = words * 8;
-    let args: Buffer;
-    try {
-      args = LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) });
-    } catch (e) {
-      return Promise.reject(e as Error); // a promise's failure, as before, not a throw
+    const flags = Feature.DMA_LOGGING_REPORT | FeatureFlag.GET;
+    const replyData = LoggingReportStruct.size + size;
+    // the same ranges every round: each request is encoded once
+    let req = this.reportRequests.find((r) => r.iova === iova && r.length === length && r.pageSize === pageSize)?.req;
+    if (req === undefined) {
+      try {
+        const args = LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) });
+        req = Buffer.concat([FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(args.length, replyData), flags }), args]);
+      } catch (e) {
+        return Promise.reject(e as Error); // a promise's failure, as before, not a throw
+      }
+      if (this.reportRequests.length >= 64) this.reportRequests.shift();
+      this.reportRequests.push({ iova, length, pageSize, req });
     }
-    return this.feature(Feature.DMA_LOGGING_REPORT | FeatureFlag.GET, args, LoggingReportStruct.size + size, undefined, (d) => {
-      if (d.length !== LoggingReportStruct.size + size) throw bad(Command.DEVICE_FEATURE, `bitmap of ${d.length - 24} bytes, expected ${size}`);
+    return this.feature(flags, null, replyData, undefined, (d) => {
+      if (d.length !== replyData) throw bad(Command.DEVICE_FEATURE, `bitmap of ${d.length - 24} bytes, expected ${size}`);
       return Buffer.from(d.subarray(LoggingReportStruct.size));
-    });
+    }, req);
   }
-
 
   // ------------------------------------------------------- migration data
 
@@ -932,7 +945,15 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
    */
   migDataRead(size: number, into?: Buffer): Promise<Buffer> {
     if (into !== undefined && into.length < size) return Promise.reject(new RangeError(`a ${into.length}-byte buffer for a ${size}-byte read`));
-    const req = MigDataStruct.encode({ argsz: MigDataStruct.size + size, size });
+    let req: Buffer = this.migReadReq;
+    if (Number.isInteger(size) && size >= 0 && size <= 0xffff_ffff - MigDataStruct.size) {
+      // the request leaves (or is copied) before this returns: one buffer
+      // serves every read, with no encoder in the window's path
+      req.writeUInt32LE(MigDataStruct.size + size, MigDataStruct.off.argsz);
+      req.writeUInt32LE(size, MigDataStruct.off.size);
+    } else {
+      req = MigDataStruct.encode({ argsz: MigDataStruct.size + size, size }); // refuses it, as it did
+    }
     return this.conn.request(Command.MIG_DATA_READ, req, NO_OPTIONS, (f: Frame) => {
       this.dropFds(f);
       const p = f.payload;
