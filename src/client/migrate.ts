@@ -708,13 +708,14 @@ class Migration {
     log.enter('stop-copy');
     log.round = this.report.rounds.length;
     this.report.overlapped = this.overlap;
-    // what the window will copy, read now: cache lines and page walks warm
-    this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
     // Both servers answer a request that changes nothing, now: what the
     // window's wake-ups and handlers need (code, heap, the socket path) was
-    // pushed out of the caches by pre-copy and by the read-ahead above, and
-    // it is brought back while the guest runs, not in the window.
+    // pushed out of the caches by pre-copy, and it is brought back while
+    // the guest runs, not in the window.
     await Promise.all([this.source.migrationState(), this.target.touch?.()]);
+    // what the window will copy, read now: cache lines and page walks warm
+    // (after the round trip above, whose work would push them out again)
+    this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
     this.step = 'pausing the guest';
     const w0 = performance.now();
     log.startDowntime();
