@@ -408,6 +408,12 @@ const noParts = (): DowntimeParts => ({
 });
 
 /** The report as it is built: phases timed and counted as they end, the downtime part by part. */
+/** A phase boundary taken now and entered later (ReportLog.boundary). */
+interface PhaseBoundary {
+  time: number;
+  messages: number;
+}
+
 class ReportLog {
   readonly report: MigrationReport = {
     phases: [],
@@ -448,19 +454,26 @@ class ReportLog {
     return this.phaseDev;
   }
 
-  /** Ends the current phase and starts `next`. */
-  enter(next: Phase): void {
+  /** Ends the current phase and starts `next`, now or at an earlier boundary() (nothing counted since it). */
+  enter(next: Phase, at?: PhaseBoundary): void {
+    const now = at ? at.time : performance.now();
+    const msgs = at ? at.messages : this.source.conn.stats.sent;
     this.report.phases.push({
       phase: this.phase,
-      ms: performance.now() - this.phaseStart,
+      ms: now - this.phaseStart,
       deviceBytes: this.phaseDev,
       guestBytes: this.phaseGuest,
-      messages: this.source.conn.stats.sent - this.phaseMsgs,
+      messages: msgs - this.phaseMsgs,
     });
     this.phase = next;
-    this.phaseStart = performance.now();
+    this.phaseStart = now;
     this.phaseDev = this.phaseGuest = 0;
-    this.phaseMsgs = this.source.conn.stats.sent;
+    this.phaseMsgs = msgs;
+  }
+
+  /** Where a phase ends, for an enter() made later (out of the downtime window). */
+  boundary(): PhaseBoundary {
+    return { time: performance.now(), messages: this.source.conn.stats.sent };
   }
 
   device(n: number): void {
@@ -540,6 +553,8 @@ class Migration {
   private logging = false;
   private began = false;
   private paused = false;
+  /** The final round's record, made in the window and filed after it. */
+  private finalRound: RoundStats | null = null;
   /** The device's stream had nothing more for now at the end of the last read (pre-copy). */
   private deviceIdle = false;
   private lastRoundDevice = 0;
@@ -724,7 +739,8 @@ class Migration {
     log.mark('pauseGuestMs');
     const [finalPages, finalBytes] = await this.finalTransfer();
     const ms = performance.now() - w0;
-    this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: log.phaseDeviceBytes, ms, remainingEstimate: 0, predictedDowntimeMs: null });
+    // recorded once the guest runs again (resume()): not the window's work
+    this.finalRound = { round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: log.phaseDeviceBytes, ms, remainingEstimate: 0, predictedDowntimeMs: null };
   }
 
   /**
@@ -772,7 +788,8 @@ class Migration {
    */
   async resume(): Promise<void> {
     const { opts, log } = this;
-    log.enter('resume');
+    // the phase changes here; its records are made after the window
+    const resumeStart = log.boundary();
     this.step = 'resuming the destination';
     const times = await this.target.finish();
     if (times) log.mark('destinationStopMs', { ms: times.stopMs, rest: 'destinationRunningMs' });
@@ -791,6 +808,9 @@ class Migration {
     if (opts.resumeGuest) await opts.resumeGuest('destination');
     log.mark('resumeGuestMs');
     log.endDowntime();
+    if (this.finalRound) this.report.rounds.push(this.finalRound);
+    this.finalRound = null;
+    log.enter('resume', resumeStart);
   }
 
   /**
