@@ -910,20 +910,24 @@ class Migration {
   /** Hands a run of pages to the target (one function, so the walk's call to it stays monomorphic). */
   private readonly pageSink = (iova: number, data: Buffer): void | Promise<void> => this.target.guestPages(iova, data);
 
+  /** Mapping i's dirty pages (`all`: every page): copied into the target's view of it if it has one, else handed to the target. */
+  private walkPages(i: number, bitmap: Buffer | null, all: boolean): [number, number] | Promise<[number, number]> {
+    const w = this.walks[i]!;
+    const view = this.views[i];
+    if (view) return all ? w.copyAllTo(view) : w.copyTo(bitmap, view);
+    return all ? w.sendAll(this.pageSink) : w.send(bitmap, this.pageSink);
+  }
+
   /** Sends every dirty page (`all`: every page), run by run as the walk finds them; returns [pages, bytes]. */
   private async sendPages(bitmaps: (Buffer | null)[], all: boolean): Promise<[number, number]> {
     let pages = 0;
     let bytes = 0;
     for (let i = 0; i < this.walks.length; i++) {
-      const w = this.walks[i]!;
-      const view = this.views[i];
-      const [p, b] = view
-        ? all
-          ? w.copyAllTo(view)
-          : await w.copyTo(bitmaps[i] ?? null, view)
-        : await (all ? w.sendAll(this.pageSink) : w.send(bitmaps[i] ?? null, this.pageSink));
-      pages += p;
-      bytes += b;
+      let r = this.walkPages(i, bitmaps[i] ?? null, all);
+      // the addon's copy is done when it returns: no turn of the loop for it
+      if (r instanceof Promise) r = await r;
+      pages += r[0];
+      bytes += r[1];
     }
     this.log.guest(bytes);
     return [pages, bytes];
