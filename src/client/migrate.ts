@@ -349,8 +349,13 @@ export class LocalTarget implements MigrationTarget {
    */
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    const [stop, running] = this.client.batch(() => [this.client.setMigrationState(MigState.STOP), this.client.setMigrationState(MigState.RUNNING)]);
-    running.catch(() => {}); // STOP's failure is the one reported
+    let running = null as Promise<void> | null;
+    const stop = this.client.batch(() => {
+      const s = this.client.setMigrationState(MigState.STOP);
+      running = this.client.setMigrationState(MigState.RUNNING);
+      return s;
+    });
+    running!.catch(() => {}); // STOP's failure is the one reported
     await stop;
     const t1 = performance.now();
     await running;
@@ -408,12 +413,6 @@ const noParts = (): DowntimeParts => ({
 });
 
 /** The report as it is built: phases timed and counted as they end, the downtime part by part. */
-/** A phase boundary taken now and entered later (ReportLog.boundary). */
-interface PhaseBoundary {
-  time: number;
-  messages: number;
-}
-
 class ReportLog {
   readonly report: MigrationReport = {
     phases: [],
@@ -441,6 +440,9 @@ class ReportLog {
   private phaseMsgs: number;
   /** The end of the last downtime part. */
   private lastMark = 0;
+  /** The last boundary(): when, and the source's messages sent by then. */
+  private boundaryTime = 0;
+  private boundaryMsgs = 0;
 
   constructor(
     private readonly source: VfioUserClient,
@@ -454,10 +456,10 @@ class ReportLog {
     return this.phaseDev;
   }
 
-  /** Ends the current phase and starts `next`, now or at an earlier boundary() (nothing counted since it). */
-  enter(next: Phase, at?: PhaseBoundary): void {
-    const now = at ? at.time : performance.now();
-    const msgs = at ? at.messages : this.source.conn.stats.sent;
+  /** Ends the current phase and starts `next`, now or (`atBoundary`) at the last boundary() (nothing counted since it). */
+  enter(next: Phase, atBoundary = false): void {
+    const now = atBoundary ? this.boundaryTime : performance.now();
+    const msgs = atBoundary ? this.boundaryMsgs : this.source.conn.stats.sent;
     this.report.phases.push({
       phase: this.phase,
       ms: now - this.phaseStart,
@@ -471,9 +473,10 @@ class ReportLog {
     this.phaseMsgs = msgs;
   }
 
-  /** Where a phase ends, for an enter() made later (out of the downtime window). */
-  boundary(): PhaseBoundary {
-    return { time: performance.now(), messages: this.source.conn.stats.sent };
+  /** Takes where a phase ends, for an enter() made later (out of the downtime window: two numbers, no object). */
+  boundary(): void {
+    this.boundaryTime = performance.now();
+    this.boundaryMsgs = this.source.conn.stats.sent;
   }
 
   device(n: number): void {
@@ -553,8 +556,10 @@ class Migration {
   private logging = false;
   private began = false;
   private paused = false;
-  /** The final round's record, made in the window and filed after it. */
-  private finalRound: RoundStats | null = null;
+  /** The final round's figures ([pages, bytes], ms, device bytes), taken in the window and filed after it. */
+  private finalSent: [number, number] | null = null;
+  private finalMs = 0;
+  private finalDeviceBytes = 0;
   /** The device's stream had nothing more for now at the end of the last read (pre-copy). */
   private deviceIdle = false;
   private lastRoundDevice = 0;
@@ -737,10 +742,12 @@ class Migration {
     if (opts.pauseGuest) await opts.pauseGuest();
     this.paused = true;
     log.mark('pauseGuestMs');
-    const [finalPages, finalBytes] = await this.finalTransfer();
+    const sent = await this.finalTransfer();
     const ms = performance.now() - w0;
     // recorded once the guest runs again (resume()): not the window's work
-    this.finalRound = { round: this.report.rounds.length, dirtyPages: finalPages, guestBytes: finalBytes, deviceBytes: log.phaseDeviceBytes, ms, remainingEstimate: 0, predictedDowntimeMs: null };
+    this.finalSent = sent;
+    this.finalMs = ms;
+    this.finalDeviceBytes = log.phaseDeviceBytes;
   }
 
   /**
@@ -754,9 +761,15 @@ class Migration {
     this.step = 'entering STOP_COPY';
     const expected = this.report.stopCopyBytesExpected ?? null;
     // one write: the source reads all three in one wake-up
-    const [stopCopy, device, reports] = this.source.batch(
-      () => [this.source.setMigrationState(MigState.STOP_COPY), this.overlap ? this.sendDevice(true, expected) : null, this.reports()] as const,
-    );
+    // (no array destructuring: cold, it is the iterator protocol)
+    let device = null as Promise<number> | null;
+    let reports!: Promise<(Buffer | null)[]>;
+    const stopCopy = this.source.batch(() => {
+      const s = this.source.setMigrationState(MigState.STOP_COPY);
+      device = this.overlap ? this.sendDevice(true, expected) : null;
+      reports = this.reports();
+      return s;
+    });
     this.inflight = Promise.allSettled([device, reports]);
     await stopCopy;
     log.mark('sourceStopCopyMs');
@@ -789,7 +802,7 @@ class Migration {
   async resume(): Promise<void> {
     const { opts, log } = this;
     // the phase changes here; its records are made after the window
-    const resumeStart = log.boundary();
+    log.boundary();
     this.step = 'resuming the destination';
     const times = await this.target.finish();
     if (times) log.mark('destinationStopMs', { ms: times.stopMs, rest: 'destinationRunningMs' });
@@ -808,9 +821,10 @@ class Migration {
     if (opts.resumeGuest) await opts.resumeGuest('destination');
     log.mark('resumeGuestMs');
     log.endDowntime();
-    if (this.finalRound) this.report.rounds.push(this.finalRound);
-    this.finalRound = null;
-    log.enter('resume', resumeStart);
+    const f = this.finalSent;
+    if (f) this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: f[0], guestBytes: f[1], deviceBytes: this.finalDeviceBytes, ms: this.finalMs, remainingEstimate: 0, predictedDowntimeMs: null });
+    this.finalSent = null;
+    log.enter('resume', true);
   }
 
   /**
