@@ -333,7 +333,9 @@ export class LocalTarget implements MigrationTarget {
   }
 
   touch(): Promise<void> {
-    return this.client.migrationState().then(() => {});
+    // a SET of the state it is in (RESUMING): a no-op for every server (the
+    // kernel's FSM, libvfio-user's and ours), along the window's own path
+    return this.client.setMigrationState(MigState.RESUMING);
   }
 
   guestPages(iova: number, data: Buffer): void {
@@ -567,6 +569,8 @@ class Migration {
   private t0 = performance.now();
   /** Device data being read while the final pages go (settled before any rollback). */
   private inflight: Promise<unknown> = Promise.resolve();
+  /** The state we put the source in (RUNNING until PRE_COPY). */
+  private sourceState: number = MigState.RUNNING;
   // Two buffers for the device's chunks: one is read into while the other is
   // handed to the target (a fresh 1 MiB buffer per chunk cost more in page
   // faults than the copy itself).
@@ -624,6 +628,7 @@ class Migration {
     this.step = 'entering PRE_COPY';
     this.t0 = performance.now();
     await this.model.trip(() => this.source.setMigrationState(MigState.PRE_COPY));
+    this.sourceState = MigState.PRE_COPY;
     await this.preCopyRound(0, null);
     for (let round = 1; ; round++) {
       if (this.opts.roundDelayMs) await new Promise((r) => setTimeout(r, this.opts.roundDelayMs));
@@ -732,7 +737,9 @@ class Migration {
     // window's wake-ups and handlers need (code, heap, the socket path) was
     // pushed out of the caches by pre-copy, and it is brought back while
     // the guest runs, not in the window.
-    await Promise.all([this.source.migrationState(), this.target.touch?.()]);
+    // (a SET of the state the source is in: a no-op for every server, the
+    // kernel's FSM, libvfio-user's and ours, along the window's own path)
+    await Promise.all([this.source.setMigrationState(this.sourceState), this.target.touch?.()]);
     // what the window will copy, read now: cache lines and page walks warm
     // (after the round trip above, whose work would push them out again)
     this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
