@@ -17,7 +17,7 @@ import { MigrationError, migrate } from '../src/client/migrate.js';
 import { crc32c } from '../src/client/stream-crc.js';
 import { tlsOptionsFromFiles } from '../src/client/stream-tls.js';
 import { BrokenStreamError, ChunkReader, ChunkType, FLAG_CRC32C, FLAG_UNCHECKED, MAX_CHUNK, TcpTarget, encodeChunkHeader, receiveMigrations } from '../src/client/tcp-stream.js';
-import { createSample } from '../src/devices/sample.js';
+import { BAR1_SIZE, createSample } from '../src/devices/sample.js';
 import { Errno, MigState } from '../src/protocol/constants.js';
 import { VfuError } from '../src/protocol/errors.js';
 import { serve, until } from './helpers/server.js';
@@ -239,6 +239,36 @@ describe('migration over loopback TCP', () => {
         assert.ok(s.dst()!.memory.view(0x100000, size).equals(want), `after SYNC ${(i + 1) / 300}: the destination holds every page sent`);
       }
     }
+  });
+
+  test('stop-copy device data, the final pages and FINISH leave in one write, and the destination runs with them', async () => {
+    const size = 4 * MiB;
+    const s = await setup(size);
+    const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);
+    cleanups.push(() => target.close());
+    await target.begin({ ranges: [{ iova: 0x100000, size }], irqs: [] });
+    // the sample's stop-copy image: BAR1, then BAR0 (0: no timer armed)
+    const image = Buffer.concat([randomBytes(BAR1_SIZE), Buffer.alloc(8)]);
+    const page = randomBytes(4096);
+    const before = target.writes;
+    await target.deviceData(image);
+    await target.guestPages(0x100000 + 8192, page);
+    assert.equal(target.writes, before, 'the device data and the page wait for what follows');
+    await target.finish();
+    assert.equal(target.writes - before, 1, 'device data, page and FINISH in one write');
+    assert.ok(s.b.bar1.equals(image.subarray(0, BAR1_SIZE)), 'the destination restored the device data');
+    assert.ok(s.dst()!.memory.view(0x100000 + 8192, 4096).equals(page), 'the page is in place');
+    assert.equal(s.b.device.migration!.state, MigState.RUNNING);
+  });
+
+  test('a sender that keeps the stream open after the RESULT: the receiver reports the success anyway', async () => {
+    const s = await setup(4 * MiB);
+    const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);
+    cleanups.push(() => target.close());
+    await migrate(s.src, target, { maxRounds: 1 });
+    await until(() => s.outcome() !== null);
+    assert.equal(s.outcome()!.ok, true);
+    assert.equal(s.b.device.migration!.state, MigState.RUNNING);
   });
 
   test("the receiver's refusal reaches the sender at once, with its reason; both ends roll back", async () => {

@@ -56,6 +56,12 @@ const TLS_DIRECT_MIN = 256 * 1024;
 const SMALL_WRITE = 64 * 1024;
 /** Send buffers of PAGES chunks in flight (bounds the sender's memory). */
 const PAGES_BUFFERS = 4;
+/**
+ * Chunks other than PAGES up to this size are packed into the send buffers
+ * too (see TcpTarget.pack): the device's stop-copy data, the final pages
+ * and FINISH then leave in one write.
+ */
+const PACK_MAX = 64 * 1024;
 
 /** One chunk, its payload reassembled (PAGES placed by a PagePlacer carry only their IOVA). */
 export interface Chunk {
@@ -290,7 +296,7 @@ export class TcpTarget implements MigrationTarget {
   private readonly reader = new ChunkReader();
   private readonly events = new EventEmitter();
   private readonly pool = new BufferPool(PAGES_BUFFERS, HDR + 8 + PAGES_PER_CHUNK);
-  /** The send buffer PAGES chunks are being packed into, and how full it is. */
+  /** The send buffer chunks are being packed into (see pack), and how full it is. */
   private packing: Buffer | null = null;
   private packed = 0;
   private flushSoon = false;
@@ -304,6 +310,8 @@ export class TcpTarget implements MigrationTarget {
   private tlsBusy: TlsWrite | null = null;
   /** Bytes written to the stream (headers included). */
   bytesSent = 0;
+  /** Writes handed to the socket (or the addon). @internal */
+  writes = 0;
 
   /** A target for `vfu receive` at `url` (tcp:// or tcps:// with `opts.tls`); it connects on begin(). */
   constructor(
@@ -393,6 +401,7 @@ export class TcpTarget implements MigrationTarget {
    * encrypted from where it is.  `done` runs once it has left (or failed).
    */
   private tlsWrite(data: Buffer, done: ((e?: Error | null) => void) | null): void {
+    this.writes++;
     this.tlsQueue.push({ data, done });
     this.tlsQueued += data.length;
     this.tlsNext();
@@ -414,10 +423,19 @@ export class TcpTarget implements MigrationTarget {
 
   private async send(type: number, payload: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
+    // a small chunk joins what is packed, and all of it leaves in one write
+    if (payload.length <= PACK_MAX && this.hasRoom(HDR + payload.length)) {
+      this.packChunk(type, payload);
+      this.flushPages();
+      return;
+    }
     this.flushPages(); // pages packed before this chunk go before it
     const h = this.header(Buffer.alloc(HDR), type, payload);
     this.bytesSent += HDR + payload.length;
-    if (this.io) return this.io.write(h, payload);
+    if (this.io) {
+      this.writes++;
+      return this.io.write(h, payload);
+    }
     // a small chunk is one write (one TLS record); the caller goes on at once
     // unless a send buffer's worth is still waiting
     if (payload.length <= SMALL_WRITE && this.queuedBytes < SMALL_WRITE) {
@@ -482,9 +500,68 @@ export class TcpTarget implements MigrationTarget {
   }
 
   async deviceData(chunk: Buffer): Promise<void> {
-    // The socket keeps a reference until it is flushed, and the chunk is
-    // only ours until we return: send a copy, in chunks the receiver takes.
+    // The chunk is only ours until we return: a small one is copied into a
+    // send buffer and waits there for what comes next (on one CPU, a write
+    // of its own woke the receiver, which took the CPU before the final
+    // pages and FINISH were sent); a large one goes as a copy, in chunks
+    // the receiver takes.
+    if (chunk.length <= PACK_MAX) {
+      if (!this.hasRoom(HDR + chunk.length)) await this.room(HDR + chunk.length);
+      this.packChunk(ChunkType.DEVICE, chunk);
+      this.flushLater();
+      return;
+    }
     for (let o = 0; o < chunk.length; o += MAX_CHUNK) await this.send(ChunkType.DEVICE, Buffer.from(chunk.subarray(o, o + MAX_CHUNK)));
+  }
+
+  /**
+   * Makes room for `need` bytes in the send buffer being packed: writes it
+   * when full, takes a new one from the pool when none is being packed.
+   * Callers may overlap (device data beside pages): a buffer taken while
+   * another caller started one goes back.
+   */
+  private async room(need: number): Promise<void> {
+    for (;;) {
+      if (this.hasRoom(need)) return;
+      if (this.packing) {
+        this.flushPages();
+        continue;
+      }
+      const b = await this.pool.take();
+      if (this.packing) this.pool.give(b);
+      else {
+        this.packing = b;
+        this.packed = 0;
+      }
+    }
+  }
+
+  /** A send buffer is being packed and `need` more bytes fit (throws once the stream failed). */
+  private hasRoom(need: number): boolean {
+    if (this.failure) throw this.failure;
+    return this.packing !== null && this.packed + need <= this.packing.length;
+  }
+
+  /** Copies a whole chunk into the send buffer being packed (room() made room for it). */
+  private packChunk(type: number, payload: Buffer): void {
+    const b = this.packing!;
+    const at = this.packed;
+    // with the addon the copy and its CRC-32C are one pass
+    const sum = this.io ? copyCrc32c(b, at + HDR, payload) : (payload.copy(b, at + HDR), undefined);
+    this.header(b.subarray(at, at + HDR), type, b.subarray(at + HDR, at + HDR + payload.length), sum);
+    this.packed += HDR + payload.length;
+    this.bytesSent += HDR + payload.length;
+  }
+
+  /** What is packed leaves on the next turn of the event loop at the latest. */
+  private flushLater(): void {
+    if (this.packing && !this.flushSoon) {
+      this.flushSoon = true;
+      setImmediate(() => {
+        this.flushSoon = false;
+        this.flushPages();
+      });
+    }
   }
 
   /**
@@ -505,14 +582,8 @@ export class TcpTarget implements MigrationTarget {
         await this.pagesInPlace(iova + o, data.subarray(o, o + n));
         continue;
       }
-      if (this.packing && this.packed + need > this.packing.length) this.flushPages();
-      if (!this.packing) {
-        const b = await this.pool.take();
-        this.packing = b;
-        this.packed = 0;
-      }
-      if (this.failure) throw this.failure;
-      const b = this.packing;
+      if (!this.hasRoom(need)) await this.room(need);
+      const b = this.packing!;
       const at = this.packed;
       b.writeBigUInt64LE(BigInt(iova + o), at + HDR);
       const src = data.subarray(o, o + n);
@@ -523,13 +594,7 @@ export class TcpTarget implements MigrationTarget {
       this.bytesSent += need;
       if (this.packed === b.length) this.flushPages();
     }
-    if (this.packing && !this.flushSoon) {
-      this.flushSoon = true;
-      setImmediate(() => {
-        this.flushSoon = false;
-        this.flushPages();
-      });
-    }
+    this.flushLater();
   }
 
   /**
@@ -558,6 +623,7 @@ export class TcpTarget implements MigrationTarget {
     if (this.failure) return; // the pool has failed too
     const bytes = b.subarray(0, this.packed);
     if (this.io) {
+      this.writes++;
       this.io.write(bytes).then(
         () => this.pool.give(b),
         () => {}, // the pool has failed too
