@@ -8,6 +8,7 @@
 import { Errno, HEADER_SIZE, HeaderFlag, commandName } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
 import { isReply, writeHeader } from '../protocol/header.js';
+import { copyOf } from '../util/bytes.js';
 import type { Endpoint } from './endpoint.js';
 import type { Frame } from './framer.js';
 
@@ -95,7 +96,7 @@ export const copyReply: ReplyParser<Reply> = (f) => ({
   msgId: f.msgId,
   cmd: f.cmd,
   flags: f.flags,
-  payload: Buffer.from(f.payload),
+  payload: copyOf(f.payload),
   fds: f.fds,
 });
 
