@@ -563,6 +563,25 @@ describe('v2: MIG_DATA with the sample device', () => {
     await c.setMigrationState(RUNNING);
     c.close();
   });
+
+  test('the sample restores the last whole image whatever came before it (the ring read wraps at any offset)', async () => {
+    const c = await suite.srv.connect();
+    const image = BAR1_SIZE + 8;
+    // prefix lengths that put the ring's start, and BAR0's 8 bytes, across its end
+    for (const prefix of [0, 1, 5, 7, 8, 100, image - 9, image - 8, image - 1, image, image + 3, 2 * image - 2]) {
+      await c.setMigrationState(RESUMING);
+      if (prefix > 0) await c.migDataWrite(patternBytes(prefix, prefix + 1));
+      const bar1 = patternBytes(BAR1_SIZE, prefix + 2);
+      const bar0 = Buffer.alloc(8);
+      bar0.writeBigInt64LE(0x01020304n + BigInt(prefix));
+      await c.migDataWrite(Buffer.concat([bar1, bar0]));
+      await c.setMigrationState(STOP);
+      assert.ok(suite.dev.bar1.equals(bar1), `prefix ${prefix}: BAR1`);
+      assert.equal(suite.dev.bar0, 0x01020304n + BigInt(prefix), `prefix ${prefix}: BAR0`);
+    }
+    await c.setMigrationState(RUNNING);
+    c.close();
+  });
 });
 
 describe('v2: a large state, written in chunks of 64 KiB and more', () => {
