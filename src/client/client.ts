@@ -59,6 +59,7 @@ import type { Endpoint } from '../transport/endpoint.js';
 import type { Frame } from '../transport/framer.js';
 import { NativeEndpoint } from '../transport/native-endpoint.js';
 import { closeFd, connect, type TransportKind } from '../transport/socket.js';
+import { copyOf } from '../util/bytes.js';
 import { GuestMemory } from './guest-memory.js';
 
 /** Options of {@link VfioUserClient.connect}. */
@@ -797,7 +798,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const p = f.payload;
       if (p.length < FeatureStruct.size || FeatureStruct.read(p).flags !== flags) throw bad(Command.DEVICE_FEATURE, 'flags mismatch');
       const d = p.subarray(FeatureStruct.size);
-      return take ? take(d) : Buffer.from(d);
+      return take ? take(d) : copyOf(d);
     });
   }
 
@@ -931,7 +932,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     }
     return this.feature(flags, null, replyData, undefined, (d) => {
       if (d.length !== replyData) throw bad(Command.DEVICE_FEATURE, `bitmap of ${d.length - 24} bytes, expected ${size}`);
-      return Buffer.from(d.subarray(LoggingReportStruct.size));
+      return copyOf(d.subarray(LoggingReportStruct.size));
     }, req);
   }
 
@@ -962,7 +963,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       // libvfio-user pads replies to the requested size: read only `size` bytes.
       if (n > size || p.length < MigDataStruct.size + n) throw bad(Command.MIG_DATA_READ, `size ${n} for a ${size}-byte read`);
       const data = p.subarray(MigDataStruct.size, MigDataStruct.size + n);
-      if (into === undefined) return Buffer.from(data);
+      if (into === undefined) return copyOf(data);
       data.copy(into);
       return into.subarray(0, n);
     });

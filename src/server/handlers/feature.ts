@@ -18,6 +18,7 @@ import { u64ToNumber } from '../../protocol/struct.js';
 import { bitmapSize } from '../../migration/dirty.js';
 import type { Endpoint } from '../../transport/endpoint.js';
 import type { Frame } from '../../transport/framer.js';
+import { copyOf } from '../../util/bytes.js';
 import type { HandlerContext } from './context.js';
 import { checkBitmapSize, dirtyBitmapReply, startLogging } from './dirty-reports.js';
 import { quiesced } from './dma.js';
@@ -114,7 +115,7 @@ function featureGet(s: HandlerContext, f: Frame, via: Endpoint, feature: number,
       const size = bitmapSize(length, pageSize);
       checkBitmapSize(s, size);
       if (argsz < HDR + LoggingReportStruct.size + size) throw einval('argsz too small for the bitmap');
-      const head = Buffer.from(data.subarray(0, LoggingReportStruct.size));
+      const head = copyOf(data.subarray(0, LoggingReportStruct.size));
       const flags = f.payload.readUInt32LE(FeatureStruct.off.flags);
       return dirtyBitmapReply(s, via, size, (bitmap) => {
         s.device.logging.report(iova, length, pageSize, bitmap);
@@ -126,7 +127,7 @@ function featureGet(s: HandlerContext, f: Frame, via: Endpoint, feature: number,
 }
 
 function featureSet(s: HandlerContext, f: Frame, via: Endpoint, feature: number, data: Buffer): void | Promise<void> {
-  const echo = Buffer.from(f.payload);
+  const echo = copyOf(f.payload);
   switch (feature) {
     case Feature.MIG_DEVICE_STATE: {
       if (data.length < MigStateStruct.size) throw einval('short MIG_DEVICE_STATE');
