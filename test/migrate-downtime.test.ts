@@ -96,6 +96,12 @@ describe('downtime parts and switch-over', () => {
   test('the parts add up to the downtime; prediction, rates and verification are reported', async () => {
     const p = await pair({ stateMib: 4, guestMib: 4 });
     const guest = dirtier(p.src, p.ram, 5);
+    // what the source is asked, and what it does
+    const asked: number[] = [];
+    const set = p.src.setMigrationState.bind(p.src);
+    p.src.setMigrationState = (st: number) => (asked.push(st), set(st));
+    const arcs: string[] = [];
+    p.a.device.on('migration', (from: number, to: number) => arcs.push(`${from}->${to}`));
     const r = await migrate(p.src, new LocalTarget(p.dst, async () => 'same'), {
       onProgress: (e) => e.remainingEstimate !== undefined && guest(),
       sourceChecksum: async () => 'same',
@@ -110,6 +116,10 @@ describe('downtime parts and switch-over', () => {
     assert.ok(r.rates !== null && r.rates.guestBytesPerMs > 0 && r.rates.deviceBytesPerMs > 0 && r.rates.roundTripMs > 0);
     assert.equal(r.sourceChecksum, 'same');
     assert.equal(r.destinationChecksum, 'same');
+    // PRE_COPY again just before the pause (a no-op: no arc), STOP_COPY, and
+    // one STOP (for verification; the release does not send a second)
+    assert.deepStrictEqual(asked, [MigState.PRE_COPY, MigState.PRE_COPY, MigState.STOP_COPY, MigState.STOP]);
+    assert.deepStrictEqual(arcs, [`${MigState.RUNNING}->${MigState.PRE_COPY}`, `${MigState.PRE_COPY}->${MigState.STOP_COPY}`, `${MigState.STOP_COPY}->${MigState.STOP}`]);
     const last = r.rounds[r.rounds.length - 1]!;
     assert.ok(last.dirtyPages >= (p.ram.size / 4096) * 0.05 - 1, 'the final round carries what the guest wrote after the last sync');
     assert.ok(p.src.memory.view(p.ram.iova, p.ram.size).equals(p.dst.memory.view(p.ram.iova, p.ram.size)));

@@ -569,7 +569,7 @@ class Migration {
   private t0 = performance.now();
   /** Device data being read while the final pages go (settled before any rollback). */
   private inflight: Promise<unknown> = Promise.resolve();
-  /** The state we put the source in (RUNNING until PRE_COPY). */
+  /** The state we put the source in (RUNNING until PRE_COPY, ... STOP). */
   private sourceState: number = MigState.RUNNING;
   // Two buffers for the device's chunks: one is read into while the other is
   // handed to the target (a fresh 1 MiB buffer per chunk cost more in page
@@ -779,6 +779,7 @@ class Migration {
     });
     this.inflight = Promise.allSettled([device, reports]);
     await stopCopy;
+    this.sourceState = MigState.STOP_COPY;
     log.mark('sourceStopCopyMs');
     if (!device) {
       this.step = 'stop-copy data';
@@ -818,6 +819,7 @@ class Migration {
       this.step = 'verifying';
       // the source answers region reads in STOP, not in STOP_COPY
       await this.source.setMigrationState(MigState.STOP);
+      this.sourceState = MigState.STOP;
       const dst = this.target.checksum ? this.target.checksum() : Promise.resolve(undefined);
       const [s, d] = await Promise.all([opts.sourceChecksum(), dst]);
       this.report.sourceChecksum = s;
@@ -843,7 +845,9 @@ class Migration {
   async release(): Promise<void> {
     this.log.enter('cleanup');
     try {
-      await this.source.setMigrationState(MigState.STOP);
+      // (verification stopped it already: no second round trip)
+      if (this.sourceState !== MigState.STOP) await this.source.setMigrationState(MigState.STOP);
+      this.sourceState = MigState.STOP;
       if (this.logging) await this.source.stopDirtyLogging();
       this.logging = false;
     } catch {
