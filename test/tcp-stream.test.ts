@@ -271,6 +271,43 @@ describe('migration over loopback TCP', () => {
     assert.equal(s.b.device.migration!.state, MigState.RUNNING);
   });
 
+  test('touch() before the window: the receiver makes a request to the destination that changes nothing, then answers; a refusal of it fails nothing', async () => {
+    const size = 4 * MiB;
+    for (const refuse of [false, true]) {
+      const b = createSample();
+      const sb = await serve(b.device);
+      const sets: number[] = [];
+      let dst: VfioUserClient | null = null;
+      const receiver = await receiveMigrations('127.0.0.1', 0, {
+        connectDestination: async () => {
+          const c = await sb.connect();
+          const set = c.setMigrationState.bind(c);
+          // after HELLO's RESUMING: record (and, with `refuse`, refuse) what comes
+          c.setMigrationState = (st: number) => {
+            sets.push(st);
+            return refuse && sets.length > 1 && st === MigState.RESUMING ? Promise.reject(new VfuError(Errno.EINVAL, 'injected')) : set(st);
+          };
+          return (dst = c);
+        },
+      });
+      const target = new TcpTarget(`tcp://127.0.0.1:${(receiver.address() as { port: number }).port}`);
+      cleanups.push(async () => {
+        target.close();
+        receiver.close();
+        dst?.close();
+        await sb.close();
+      });
+      await target.begin({ ranges: [{ iova: 0x100000, size }], irqs: [] });
+      assert.deepEqual(sets, [MigState.RESUMING], `refuse=${refuse}: HELLO enters RESUMING`);
+      await target.touch();
+      assert.deepEqual(sets, [MigState.RESUMING, MigState.RESUMING], `refuse=${refuse}: the touch is a SET of the state the destination is in, before the answer`);
+      assert.equal(b.device.migration!.state, MigState.RESUMING);
+      await target.deviceData(Buffer.concat([randomBytes(BAR1_SIZE), Buffer.alloc(8)]));
+      await target.finish();
+      assert.equal(b.device.migration!.state, MigState.RUNNING, `refuse=${refuse}: the migration goes on`);
+    }
+  });
+
   test("the receiver's refusal reaches the sender at once, with its reason; both ends roll back", async () => {
     const s = await setup(4 * MiB, { dstRejectsData: true });
     const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);
