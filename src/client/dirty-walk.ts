@@ -25,6 +25,12 @@ export const WARM_RUNS = 2048;
 /** A run is handed on whole up to this size, then in pieces (a sink's message need not grow with the guest). */
 export const MAX_RUN_BYTES = 4 << 20;
 
+/** Clean groups of eight pages in a row after which skip() goes on in blocks (see skipBlocks). */
+const BLOCKS_AFTER = 32;
+/** The largest block skipBlocks() compares at once, in pages; zeros to compare with. */
+const MAX_BLOCK = 64 * 1024;
+const ZEROS = Buffer.alloc(MAX_BLOCK);
+
 /** The dirty state of one mapping [iova, iova+size) inside guest range `range`. */
 export class MappingWalk {
   /** Logging pages in the mapping. */
@@ -70,12 +76,43 @@ export class MappingWalk {
     if (h === null) return p;
     const [cpu, msg, base] = h;
     const words = cpu.length;
+    let clean = 0;
     for (; p + 8 <= this.pages; p += 8) {
       const g = p >> 2;
       if (bitmap !== null && bitmap[p >> 3] !== 0) break;
       if (this.pending32[g]! | this.pending32[g + 1]!) break;
       const w = base + g;
       if (w + 1 >= words || cpu[w]! | cpu[w + 1]! | msg[w]! | msg[w + 1]!) break;
+      if (++clean === BLOCKS_AFTER) {
+        clean = 0;
+        p = this.skipBlocks(p + 8, bitmap) - 8;
+      }
+    }
+    return p;
+  }
+
+  /**
+   * A long clean stretch from page p (a multiple of 8): skipped in blocks
+   * (4096 pages, then MAX_BLOCK), each compared with zeros at once
+   * (memcmp) in every flag array, where the loop in skip() reads eight
+   * pages at a time (an empty final dirty set of a 256 MiB mapping cost
+   * 55-75 us of the downtime window that way).  Returns the first page of
+   * the block that is not all clean (skip() looks into it), or where the
+   * stretch ends.  Only after BLOCKS_AFTER clean groups in a row: densely
+   * dirty memory never pays for a compare.
+   */
+  private skipBlocks(p: number, bitmap: Buffer | null): number {
+    const cpu = this.range.cpuDirty;
+    const msg = this.range.messageDirty;
+    const host = this.offset / PAGE_SIZE;
+    // the host flags' last word stays with skip() (its bound above)
+    const end = Math.min(this.pages, cpu.length - host - 8, msg.length - host - 8) & ~7;
+    for (let n = 4096; p < end; n = MAX_BLOCK) {
+      const m = Math.min(n, end - p);
+      if (ZEROS.compare(this.pending, p, p + m, 0, m) !== 0) break;
+      if (bitmap !== null && ZEROS.compare(bitmap, p >> 3, (p + m) >> 3, 0, m >> 3) !== 0) break;
+      if (ZEROS.compare(cpu, host + p, host + p + m, 0, m) !== 0 || ZEROS.compare(msg, host + p, host + p + m, 0, m) !== 0) break;
+      p += m;
     }
     return p;
   }
