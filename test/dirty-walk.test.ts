@@ -162,3 +162,18 @@ test('long clean stretches (skipped in blocks) lose no dirty page, wherever the 
     { numRuns: 150 },
   );
 });
+
+test('send() over a clean mapping answers at once (no promise), one with a dirty page only once it is handed on', async () => {
+  const r = range(70_000);
+  const w = new MappingWalk(r.iova, 70_000 * PAGE_SIZE, PAGE_SIZE, r);
+  const got: number[] = [];
+  const sink = (iova: number): void => void got.push((iova - w.iova) / PAGE_SIZE);
+  const clean = w.send(Buffer.alloc(70_000 / 8), sink);
+  assert.ok(!(clean instanceof Promise), 'an empty final set costs no promise');
+  assert.deepEqual(clean, [0, 0]);
+  r.cpuDirty[69_999] = 1;
+  const dirty = w.send(null, sink);
+  assert.ok(dirty instanceof Promise);
+  assert.deepEqual(await dirty, [1, PAGE_SIZE]);
+  assert.deepEqual(got, [69_999]);
+});

@@ -193,19 +193,32 @@ export class MappingWalk {
   /**
    * Walks the pages, handing the runs of dirty ones to `sink` a batch at a
    * time (RUN_BATCH runs): the first go out before the rest of the bitmap
-   * is read.  Returns [pages, bytes] sent.
+   * is read.  Returns [pages, bytes] sent: at once when no page is dirty
+   * (no promise, whose turns cost 20 us of the window for an empty final
+   * set), else once the last batch is handed on.
    */
-  async send(bitmap: Buffer | null, sink: RunSink): Promise<[number, number]> {
+  send(bitmap: Buffer | null, sink: RunSink): [number, number] | Promise<[number, number]> {
     const runs = this.runs;
-    let pages = 0;
-    let bytes = 0;
     for (let at = 0; at < this.pages; ) {
       const n = this.scan(bitmap, at, runs);
       at = runs[2 * RUN_BATCH]!;
+      if (n > 0) return this.sendFrom(bitmap, sink, n, at);
+    }
+    return [0, 0];
+  }
+
+  /** send() from a batch of `n` runs found (in this.runs), the walk to go on at page `at`. */
+  private async sendFrom(bitmap: Buffer | null, sink: RunSink, n: number, at: number): Promise<[number, number]> {
+    const runs = this.runs;
+    let pages = 0;
+    let bytes = 0;
+    for (;;) {
       for (let i = 0; i < n; i++) pages += runs[2 * i + 1]! - runs[2 * i]!;
       bytes += await this.deliver(n, sink);
+      if (at >= this.pages) return [pages, bytes];
+      n = this.scan(bitmap, at, runs);
+      at = runs[2 * RUN_BATCH]!;
     }
-    return [pages, bytes];
   }
 
   /** Whether copyTo() is one call to the addon (with it, a 4 KiB flag a page), not send() with a copying sink. */
