@@ -81,7 +81,7 @@ describe('migration in one process', () => {
     await p.close();
   });
 
-  test('incomplete data at RESUMING -> STOP: ERROR, then reset, source RUNNING', async () => {
+  test('incomplete data at RESUMING -> STOP: the destination is reset (RUNNING went with the refused STOP), source RUNNING', async () => {
     const p = await pair();
     const target = new LocalTarget(p.dst);
     const real = target.deviceData.bind(target);
@@ -89,9 +89,14 @@ describe('migration in one process', () => {
     target.deviceData = async (c) => {
       if (n++ === 0) await real(c.subarray(0, 100)); // drop bytes on the floor
     };
+    const resets: string[] = [];
+    p.b.device.on('reset', (why) => resets.push(why));
     await assert.rejects(migrate(p.src, target, { noPreCopy: true }), /resuming the destination/);
     assert.equal(await p.src.migrationState(), MigState.RUNNING);
     assert.equal(await p.dst.migrationState(), MigState.RUNNING);
+    // whatever the refused STOP left (RUNNING came in the same write), the
+    // destination device is reset
+    assert.deepStrictEqual(resets, ['client']);
     await p.close();
   });
 

@@ -349,6 +349,9 @@ export class LocalTarget implements MigrationTarget {
    * second costs no extra round trip.  Should STOP fail, RUNNING is refused
    * or fails the same way, and the failure reported is STOP's.
    */
+  /** finish()'s STOP was refused (see abort()). */
+  private stopFailed = false;
+
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
     let running = null as Promise<void> | null;
@@ -358,7 +361,14 @@ export class LocalTarget implements MigrationTarget {
       return s;
     });
     running!.catch(() => {}); // STOP's failure is the one reported
-    await stop;
+    try {
+      await stop;
+    } catch (e) {
+      // RUNNING went in the same write and may still succeed, on whatever
+      // the device kept: abort() resets it
+      this.stopFailed = true;
+      throw e;
+    }
     const t1 = performance.now();
     await running;
     return { stopMs: t1 - t0, runningMs: performance.now() - t1 };
@@ -372,6 +382,9 @@ export class LocalTarget implements MigrationTarget {
       if (s === MigState.RESUMING) await c.setMigrationState(MigState.STOP).catch(() => {});
       if ((await c.migrationState()) === MigState.ERROR) await c.reset();
       if ((await c.migrationState()) !== MigState.RUNNING) await c.setMigrationState(MigState.RUNNING);
+      // a refused STOP followed by the RUNNING sent with it: the device runs
+      // on state it did not accept
+      if (this.stopFailed) await c.reset();
       await c.dmaUnmapAll();
     } catch {
       // best effort: the caller reports the original failure
