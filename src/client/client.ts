@@ -172,6 +172,12 @@ const MIG_STATES = 8;
 /** A feature reply's data, not wanted. */
 const ignoreData = (): void => {};
 
+/** A DEVICE_FEATURE request: the header (argsz covers `data` or the `replyData` bytes expected back, the larger), then `data`. */
+function featureRequest(flags: number, data: Buffer | null, replyData: number): Buffer {
+  const head = FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(data ? data.length : 0, replyData), flags });
+  return data ? Buffer.concat([head, data]) : head;
+}
+
 function bad(cmd: number, why: string): VfuError {
   return new VfuError(Errno.EPROTO, `${commandName(cmd)} reply: ${why}`);
 }
@@ -782,11 +788,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   private feature(flags: number, data: Buffer | null, replyData: number, what?: string): Promise<Buffer>;
   private feature<T>(flags: number, data: Buffer | null, replyData: number, what: string | undefined, take: (d: Buffer) => T, req?: Buffer): Promise<T>;
   private feature<T>(flags: number, data: Buffer | null, replyData: number, what?: string, take?: (d: Buffer) => T, req?: Buffer): Promise<T | Buffer> {
-    const dlen = data ? data.length : 0;
     if (req === undefined) {
       try {
-        const head = FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(dlen, replyData), flags });
-        req = data ? Buffer.concat([head, data]) : head;
+        req = featureRequest(flags, data, replyData);
       } catch (e) {
         return Promise.reject(e as Error);
       }
@@ -849,7 +853,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const flags = Feature.MIG_DEVICE_STATE | FeatureFlag.SET;
     // the eight requests are made together, once (they go out by copy):
     // the window's STOP_COPY is not encoded in the window
-    const make = (st: number): Buffer => Buffer.concat([FeatureStruct.encode({ argsz: FeatureStruct.size + MigStateStruct.size, flags }), MigStateStruct.encode({ deviceState: st, dataFd: -1 })]);
+    const make = (st: number): Buffer => featureRequest(flags, MigStateStruct.encode({ deviceState: st, dataFd: -1 }), 0);
     this.migStateRequests ??= Array.from({ length: MIG_STATES }, (_, st) => make(st));
     let req: Buffer;
     if (Number.isInteger(state) && state >= 0 && state < MIG_STATES) {
@@ -922,8 +926,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     let req = this.reportRequests.find((r) => r.iova === iova && r.length === length && r.pageSize === pageSize)?.req;
     if (req === undefined) {
       try {
-        const args = LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) });
-        req = Buffer.concat([FeatureStruct.encode({ argsz: FeatureStruct.size + Math.max(args.length, replyData), flags }), args]);
+        req = featureRequest(flags, LoggingReportStruct.encode({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) }), replyData);
       } catch (e) {
         return Promise.reject(e as Error); // a promise's failure, as before, not a throw
       }

@@ -344,14 +344,15 @@ export class LocalTarget implements MigrationTarget {
     this.client.memory.view(iova, data.length).set(data);
   }
 
-  /**
-   * STOP and RUNNING are sent together (the server answers in order): the
-   * second costs no extra round trip.  Should STOP fail, RUNNING is refused
-   * or fails the same way, and the failure reported is STOP's.
-   */
   /** finish()'s STOP was refused (see abort()). */
   private stopFailed = false;
 
+  /**
+   * STOP and RUNNING are sent together (the server answers in order): the
+   * second costs no extra round trip.  Should STOP fail, the failure
+   * reported is STOP's; RUNNING may still succeed on whatever the device
+   * kept, which abort() then resets.
+   */
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
     let running = null as Promise<void> | null;

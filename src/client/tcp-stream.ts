@@ -854,9 +854,10 @@ class Reception {
   }
 
   /**
-   * TLS: where the socket decrypts next (see readIntoBuffers): straight
-   * into the place of a large payload (a PAGES chunk's guest memory), else
-   * into the staging buffer.
+   * Where the next bytes go (TLS decrypts into it, see readIntoBuffers; the
+   * addon reads into it): straight into the place of a large payload (a
+   * PAGES chunk's guest memory), else into the staging buffer, where
+   * headers and small chunks (scattered pages) come many to a read.
    */
   private nextBuffer(): Buffer {
     const want = this.failing || this.broken ? null : this.reader.want();
@@ -864,22 +865,28 @@ class Reception {
     return this.direct ? want! : scratch();
   }
 
-  /** TLS: `n` bytes were decrypted into `b` (the last nextBuffer()); false pauses reading. */
-  private onRead(n: number, b: Buffer): boolean {
-    if (this.failing || this.broken) return true; // failed: drain until the sender hangs up
-    let chunks: Chunk[];
+  /**
+   * `n` bytes arrived in `into`, the last nextBuffer(): the chunks they
+   * complete, or null once the stream was refused for them.
+   */
+  private received(n: number, into: Buffer): Chunk[] | null {
     try {
       if (this.direct) {
         const c = this.reader.wrote(n);
-        chunks = c ? [c] : [];
-      } else {
-        chunks = this.reader.push(b.subarray(0, n));
+        return c ? [c] : [];
       }
+      return this.reader.push(into.subarray(0, n));
     } catch (e) {
       this.refuse(e as Error);
-      return true;
+      return null;
     }
-    return !this.take(chunks);
+  }
+
+  /** TLS: `n` bytes were decrypted into `b` (the last nextBuffer()); false pauses reading. */
+  private onRead(n: number, b: Buffer): boolean {
+    if (this.failing || this.broken) return true; // failed: drain until the sender hangs up
+    const chunks = this.received(n, b);
+    return chunks === null || !this.take(chunks);
   }
 
   private onData(d: Buffer): void {
@@ -899,11 +906,7 @@ class Reception {
     const io = this.io!;
     for (let i = 0; i < READ_BUDGET; i++) {
       const drop = this.failing || this.broken;
-      // a large payload is read straight into its place; headers and small
-      // chunks (scattered pages) come many to a read, through a staging buffer
-      const want = drop ? null : this.reader.want();
-      const direct = want !== null && want.length >= DIRECT_MIN;
-      const into = direct ? want : scratch();
+      const into = this.nextBuffer();
       let n: number;
       try {
         n = io.read(into);
@@ -919,19 +922,8 @@ class Reception {
         return;
       }
       if (drop) continue;
-      let chunks: Chunk[];
-      try {
-        if (direct) {
-          const c = this.reader.wrote(n);
-          chunks = c ? [c] : [];
-        } else {
-          chunks = this.reader.push(into.subarray(0, n));
-        }
-      } catch (e) {
-        this.refuse(e as Error);
-        return;
-      }
-      if (this.take(chunks)) return;
+      const chunks = this.received(n, into);
+      if (chunks === null || this.take(chunks)) return;
     }
   }
 
