@@ -308,6 +308,56 @@ describe('migration over loopback TCP', () => {
     }
   });
 
+  test('the receiver writes stop-copy device data that came with FINISH in one batch with STOP and RUNNING', async () => {
+    const b = createSample();
+    const sb = await serve(b.device);
+    const calls: string[] = [];
+    let dst: VfioUserClient | null = null;
+    const receiver = await receiveMigrations('127.0.0.1', 0, {
+      connectDestination: async () => {
+        const c = await sb.connect();
+        let depth = 0;
+        const batch = c.batch.bind(c);
+        c.batch = <T>(fn: () => T): T => {
+          depth++;
+          calls.push('[');
+          try {
+            return batch(fn);
+          } finally {
+            depth--;
+            calls.push(']');
+          }
+        };
+        const write = c.migDataWrite.bind(c);
+        c.migDataWrite = (d: Buffer) => {
+          calls.push(`write ${d.length}${depth > 0 ? '' : ' alone'}`);
+          return write(d);
+        };
+        const set = c.setMigrationState.bind(c);
+        c.setMigrationState = (st: number) => {
+          calls.push(`SET ${st}${depth > 0 ? '' : ' alone'}`);
+          return set(st);
+        };
+        return (dst = c);
+      },
+    });
+    const target = new TcpTarget(`tcp://127.0.0.1:${(receiver.address() as { port: number }).port}`);
+    cleanups.push(async () => {
+      target.close();
+      receiver.close();
+      dst?.close();
+      await sb.close();
+    });
+    await target.begin({ ranges: [{ iova: 0x100000, size: 4 * MiB }], irqs: [] });
+    calls.length = 0;
+    const image = Buffer.concat([randomBytes(BAR1_SIZE), Buffer.alloc(8)]);
+    await target.deviceData(image);
+    await target.finish();
+    assert.deepEqual(calls, ['[', `write ${image.length}`, `SET ${MigState.STOP}`, `SET ${MigState.RUNNING}`, ']']);
+    assert.ok(b.bar1.equals(image.subarray(0, BAR1_SIZE)), 'the destination restored the device data');
+    assert.equal(b.device.migration!.state, MigState.RUNNING);
+  });
+
   test("the receiver's refusal reaches the sender at once, with its reason; both ends roll back", async () => {
     const s = await setup(4 * MiB, { dstRejectsData: true });
     const target = new TcpTarget(`tcp://127.0.0.1:${s.port}`);

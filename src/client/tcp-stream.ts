@@ -820,6 +820,8 @@ class Reception {
   /** What the destination mapped (set once HELLO is applied). */
   private layout: GuestLayout | null = null;
   private chain: Promise<void> = Promise.resolve();
+  /** DEVICE payloads that finish() writes (see applyAll). */
+  private held: Buffer[] = [];
   /** The destination runs: the migration succeeded. */
   private finished = false;
   /** The migration is being abandoned: nothing more is applied. */
@@ -967,10 +969,19 @@ class Reception {
   }
 
   private async applyAll(chunks: Chunk[]): Promise<void> {
-    for (const c of chunks) {
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i]!;
       // after the end only a checksum question still gets an answer
       if (this.failing || ((this.done || this.finished) && (c.type !== ChunkType.CHECKSUM || !this.finished))) return;
       if (this.target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
+      // The end of the device's stream, read together with FINISH (the
+      // sender packs them in one write): written by finish(), in one write
+      // with STOP and RUNNING.  (The read buffer stays ours meanwhile: no
+      // more is read until these chunks are applied.)
+      if (c.type === ChunkType.DEVICE && finishFollows(chunks, i + 1)) {
+        this.held.push(c.payload);
+        continue;
+      }
       await this.apply(c);
     }
   }
@@ -1064,9 +1075,12 @@ class Reception {
   }
 
   private async finish(): Promise<void> {
+    const last = this.held;
+    this.held = [];
     try {
-      const times = await this.target!.finish();
+      const times = await this.target!.finish(last);
       this.finished = true;
+      for (const d of last) this.deviceBytes += d.length;
       // Reported once the sender hangs up (or by the poll armed at HELLO, at
       // most REPORT_AFTER_MS from now): what the caller does then (closing
       // the destination client, which makes the server unmap the guest
@@ -1143,4 +1157,14 @@ class Reception {
   private reply(type: number, v: object): void {
     void this.send(type, Buffer.from(JSON.stringify(v)));
   }
+}
+
+/** Whether chunks[from..] reach a FINISH with only DEVICE and PAGES chunks before it. */
+function finishFollows(chunks: readonly Chunk[], from: number): boolean {
+  for (let j = from; j < chunks.length; j++) {
+    const t = chunks[j]!.type;
+    if (t === ChunkType.FINISH) return true;
+    if (t !== ChunkType.DEVICE && t !== ChunkType.PAGES) return false;
+  }
+  return false;
 }

@@ -56,8 +56,13 @@ const EMPTY = Buffer.alloc(0);
  * it go in one call.  The kernel charges only what is in flight.
  */
 const SEND_BUFFER_MAX = 4 * 1024 * 1024;
-/** Outbox size: replies and requests up to this go out through it. */
-const OUTBOX = 8192;
+/**
+ * Outbox size: replies and requests up to this go out through it.  Large
+ * enough for what one wake-up answers in a migration's downtime window
+ * (STOP_COPY, a 16 KiB MIG_DATA_READ and a dirty report: one sendmsg, not
+ * three) and for the last device data sent with STOP and RUNNING.
+ */
+const OUTBOX = 64 * 1024;
 
 // Copies of large sends the socket could not take at once go into reused
 // buffers: streaming 1 MiB messages, fresh allocations cost more (page faults
