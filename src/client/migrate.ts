@@ -324,18 +324,29 @@ export class LocalTarget implements MigrationTarget {
   }
 
   async deviceData(chunk: Buffer): Promise<void> {
-    const max = this.client.serverCaps.maxDataXferSize;
-    for (let o = 0; o < chunk.length; o += max) await this.client.migDataWrite(chunk.subarray(o, o + max));
+    // (writeAll: the code finish() runs in the downtime window, run here first)
+    const writes = this.writeAll([chunk]);
+    for (let i = 0; i < writes.length; i++) await writes[i];
   }
 
   guestView(iova: number, size: number): Buffer | null {
     return this.client.memory.within(iova, size) ? this.client.memory.view(iova, size) : null;
   }
 
-  touch(): Promise<void> {
-    // a SET of the state it is in (RESUMING): a no-op for every server (the
-    // kernel's FSM, libvfio-user's and ours), along the window's own path
-    return this.client.setMigrationState(MigState.RESUMING);
+  /**
+   * A SET of the state the destination is in (RESUMING): a no-op for every
+   * server (the kernel's FSM, libvfio-user's and ours), along the window's
+   * own path, in one write behind `last` (device data not yet written), as
+   * finish() sends STOP and RUNNING.  It only warms: a refusal of the SET
+   * is not a failure (a refused write is).
+   */
+  async touch(last?: readonly Buffer[]): Promise<void> {
+    // (writeThenSet: the code finish() runs in the downtime window)
+    try {
+      await this.writeThenSet(last, MigState.RESUMING, -1);
+    } catch (e) {
+      if (this.refused === 'write') throw e;
+    }
   }
 
   guestPages(iova: number, data: Buffer): void {
@@ -357,29 +368,46 @@ export class LocalTarget implements MigrationTarget {
    * resets.
    */
   async finish(last?: readonly Buffer[]): Promise<FinishTimes | void> {
-    const t0 = performance.now();
-    const c = this.client;
-    let running = null as Promise<void> | null;
-    let writes = null as Promise<void>[] | null;
-    const stop = c.batch(() => {
-      if (last && last.length > 0) writes = this.writeAll(last);
-      const s = c.setMigrationState(MigState.STOP);
-      running = c.setMigrationState(MigState.RUNNING);
-      return s;
-    });
-    running!.catch(() => {}); // an earlier failure is the one reported
-    stop.catch(() => {});
     try {
-      if (writes) await Promise.all(writes);
-      await stop;
+      return await this.writeThenSet(last, MigState.STOP, MigState.RUNNING);
     } catch (e) {
       // RUNNING went in the same write and may still succeed, on whatever
       // the device kept: abort() resets it
-      this.stopFailed = true;
+      if (this.refused !== 'second') this.stopFailed = true;
       throw e;
     }
+  }
+
+  /** What writeThenSet() failed at last. */
+  private refused: 'write' | 'first' | 'second' | null = null;
+
+  /**
+   * `last` (device data not yet written), a SET to `first` and, unless it
+   * is -1, a SET to `second`, in one write (the server answers in order);
+   * how long each SET took.  A failure rejects, the first one's (`refused`
+   * says which it was).
+   */
+  private async writeThenSet(last: readonly Buffer[] | undefined, first: number, second: number): Promise<FinishTimes> {
+    const t0 = performance.now();
+    const c = this.client;
+    let then = null as Promise<void> | null;
+    let writes = null as Promise<void>[] | null;
+    const set = c.batch(() => {
+      if (last && last.length > 0) writes = this.writeAll(last);
+      const s = c.setMigrationState(first);
+      if (second >= 0) then = c.setMigrationState(second);
+      return s;
+    });
+    set.catch(() => {}); // an earlier failure is the one reported
+    if (then) (then as Promise<void>).catch(() => {});
+    this.refused = 'write';
+    if (writes) await Promise.all(writes);
+    this.refused = 'first';
+    await set;
     const t1 = performance.now();
-    await running;
+    this.refused = 'second';
+    if (then) await then;
+    this.refused = null;
     return { stopMs: t1 - t0, runningMs: performance.now() - t1 };
   }
 
@@ -387,8 +415,12 @@ export class LocalTarget implements MigrationTarget {
   private writeAll(data: readonly Buffer[]): Promise<void>[] {
     const max = this.client.serverCaps.maxDataXferSize;
     const out: Promise<void>[] = [];
-    for (const d of data) for (let o = 0; o < d.length; o += max) out.push(this.client.migDataWrite(d.subarray(o, o + max)));
-    for (const w of out) w.catch(() => {}); // awaited in order by the caller
+    // (index loops: for-of is the iterator protocol, cold in the window)
+    for (let i = 0; i < data.length; i++) {
+      const d = data[i]!;
+      for (let o = 0; o < d.length; o += max) out.push(this.client.migDataWrite(d.subarray(o, o + max)));
+    }
+    for (let i = 0; i < out.length; i++) out[i]!.catch(() => {}); // the caller awaits them
     return out;
   }
 
@@ -423,7 +455,10 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
   const m = new Migration(source, target, opts);
   try {
     await m.setup();
-    if (m.report.preCopy) await m.preCopy();
+    if (m.report.preCopy) {
+      await m.preCopy();
+      await m.lastRound();
+    }
     await m.stopCopy();
     await m.resume();
   } catch (e) {
@@ -434,15 +469,19 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
   return m.log.finish();
 }
 
+// -0 and not 0: the parts hold fractions of a millisecond, and a field that
+// held a small integer and is given its first fraction changes the object's
+// hidden class, which sends every access to it down V8's slow path once
+// more: inside the downtime window, where the marks are made.
 const noParts = (): DowntimeParts => ({
-  pauseGuestMs: 0,
-  sourceStopCopyMs: 0,
-  deviceDataMs: 0,
-  dirtyReportMs: 0,
-  finalPagesMs: 0,
-  destinationStopMs: 0,
-  destinationRunningMs: 0,
-  resumeGuestMs: 0,
+  pauseGuestMs: -0,
+  sourceStopCopyMs: -0,
+  deviceDataMs: -0,
+  dirtyReportMs: -0,
+  finalPagesMs: -0,
+  destinationStopMs: -0,
+  destinationRunningMs: -0,
+  resumeGuestMs: -0,
 });
 
 /** The report as it is built: phases timed and counted as they end, the downtime part by part. */
@@ -471,10 +510,10 @@ class ReportLog {
   private phaseDev = 0;
   private phaseGuest = 0;
   private phaseMsgs: number;
-  /** The end of the last downtime part. */
-  private lastMark = 0;
+  /** The end of the last downtime part (a time from the start: see noParts()). */
+  private lastMark = this.t0;
   /** The last boundary(): when, and the source's messages sent by then. */
-  private boundaryTime = 0;
+  private boundaryTime = this.t0;
   private boundaryMsgs = 0;
 
   constructor(
@@ -528,8 +567,13 @@ class ReportLog {
     this.onProgress?.({ phase: this.phase, round: this.round, deviceBytes: r.deviceBytes, guestBytes: r.guestBytes, ...extra });
   }
 
-  /** The downtime starts now. */
+  /**
+   * The downtime starts now: the parts start from zero.  (The last
+   * pre-copy round runs the window's code, marks included, see
+   * Migration.lastRound: what it added is dropped here.)
+   */
   startDowntime(): void {
+    Object.assign(this.report.downtimeParts, noParts());
     this.lastMark = performance.now();
   }
 
@@ -589,10 +633,10 @@ class Migration {
   private logging = false;
   private began = false;
   private paused = false;
-  /** The final round's figures ([pages, bytes], ms, device bytes), taken in the window and filed after it. */
-  private finalSent: [number, number] | null = null;
-  private finalMs = 0;
-  private finalDeviceBytes = 0;
+  /** The last transfer()'s figures ([pages, bytes], ms, device bytes): taken by keepRound(), in the window, and filed by reportRound() after it. */
+  private roundSent: [number, number] | null = null;
+  private roundMs = 0;
+  private roundDeviceBytes = 0;
   /** The device's stream had nothing more for now at the end of the last read (pre-copy). */
   private deviceIdle = false;
   private lastRoundDevice = 0;
@@ -764,15 +808,15 @@ class Migration {
     log.enter('stop-copy');
     log.round = this.report.rounds.length;
     this.report.overlapped = this.overlap;
-    // Both servers answer a request that changes nothing, now: what the
-    // window's wake-ups and handlers need (code, heap, the socket path) was
-    // pushed out of the caches by pre-copy, and it is brought back while
-    // the guest runs, not in the window.
-    // (a SET of the state the source is in: a no-op for every server, the
-    // kernel's FSM, libvfio-user's and ours, along the window's own path)
-    await Promise.all([this.source.setMigrationState(this.sourceState), this.target.touch?.()]);
+    // Without pre-copy (no lastRound()), both servers answer a request
+    // that changes nothing, now: what the window's wake-ups and handlers
+    // need (code, heap, the socket path) is brought back into the caches
+    // while the guest runs, not in the window.  (A SET of the state the
+    // source is in: a no-op for every server, the kernel's FSM,
+    // libvfio-user's and ours, along the window's own path.)
+    if (!this.report.preCopy) await Promise.all([this.source.setMigrationState(this.sourceState), this.target.touch?.()]);
     // what the window will copy, read now: cache lines and page walks warm
-    // (after the round trip above, whose work would push them out again)
+    // (after the round trips above, whose work would push them out again)
     this.walks.forEach((w, i) => w.warm(this.views[i] ?? null));
     this.step = 'pausing the guest';
     const w0 = performance.now();
@@ -780,51 +824,96 @@ class Migration {
     if (opts.pauseGuest) await opts.pauseGuest();
     this.paused = true;
     log.mark('pauseGuestMs');
-    const sent = await this.finalTransfer();
-    const ms = performance.now() - w0;
+    const sent = await this.transfer(MigState.STOP_COPY, -1);
     // recorded once the guest runs again (resume()): not the window's work
-    this.finalSent = sent;
-    this.finalMs = ms;
-    this.finalDeviceBytes = log.phaseDeviceBytes;
+    this.keepRound(sent, w0, 0);
   }
 
   /**
-   * STOP_COPY, the device's stop-copy data, the final dirty report and the
-   * final pages.  The reads and the report are sent right behind STOP_COPY
-   * (the server answers in order), and when the target allows, the pages are
-   * copied while the source answers them.
+   * The last pre-copy round, once switching over is decided: run by the
+   * window's own code (transfer()), with a SET of the state the source is
+   * in (a no-op for every server: the kernel's FSM, libvfio-user's and
+   * ours) where the window has STOP_COPY, and the target's touch() where
+   * it has finish().  In a fresh process the window's code otherwise runs
+   * for the first time there, its property accesses and calls each a
+   * miss that V8 resolves slowly (most of what a CPU profile of the
+   * window showed); and pre-copy pushed the servers' and the target's
+   * code and data out of the caches, which the round brings back while
+   * the guest runs.  Its pages and device data are a round's like any
+   * other, and it is reported as one.
    */
-  private async finalTransfer(): Promise<[number, number]> {
+  async lastRound(): Promise<void> {
     const { log } = this;
-    this.step = 'entering STOP_COPY';
-    const expected = this.report.stopCopyBytesExpected ?? null;
+    const round = this.report.rounds.length;
+    log.round = round;
+    const rs = performance.now();
+    const dev0 = log.phaseDeviceBytes;
+    const sent = await this.transfer(this.sourceState, round);
+    this.keepRound(sent, rs, dev0);
+    log.boundary(); // as resume() (overwritten there)
+    await this.target.touch?.();
+    const remainingEstimate = sent[0] * this.pageSize;
+    this.reportRound(remainingEstimate);
+    log.progress({ round, remainingEstimate });
+  }
+
+  /** Keeps the round just transferred (sent, started at `since`, the phase's device bytes `dev0` before it) until reportRound(). */
+  private keepRound(sent: [number, number], since: number, dev0: number): void {
+    this.roundSent = sent;
+    this.roundMs = performance.now() - since;
+    this.roundDeviceBytes = this.log.phaseDeviceBytes - dev0;
+  }
+
+  /** Records the round kept by keepRound(), if any. */
+  private reportRound(remainingEstimate: number): void {
+    const f = this.roundSent;
+    if (f) this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: f[0], guestBytes: f[1], deviceBytes: this.roundDeviceBytes, ms: this.roundMs, remainingEstimate, predictedDowntimeMs: null });
+    this.roundSent = null;
+  }
+
+  /**
+   * A SET of the source to `state`, the device's data, a dirty report and
+   * the pages: in the window (`round` -1) STOP_COPY, the stop-copy data,
+   * the final report and the final pages; in lastRound() a pre-copy round.
+   * The read and the report are sent right behind the SET (the server
+   * answers in order), and when the target allows, the pages are copied
+   * while the source answers them.
+   */
+  private async transfer(state: number, round: number): Promise<[number, number]> {
+    const { log } = this;
+    const window = round < 0;
+    // (each line here runs in both: the window's then run warm)
+    const label = window ? null : `pre-copy round ${round}`;
+    this.step = label ?? 'entering STOP_COPY';
+    const sizing = this.report.stopCopyBytesExpected ?? null;
+    const expected = window ? sizing : null;
     // one write: the source reads all three in one wake-up
     // (no array destructuring: cold, it is the iterator protocol)
     let device = null as Promise<number> | null;
     let reports!: Promise<(Buffer | null)[]>;
-    const stopCopy = this.source.batch(() => {
-      const s = this.source.setMigrationState(MigState.STOP_COPY);
-      device = this.overlap ? this.sendDevice(true, expected) : null;
+    const set = this.source.batch(() => {
+      const s = this.source.setMigrationState(state);
+      device = this.overlap ? this.sendDevice(window, expected) : null;
       reports = this.reports();
       return s;
     });
     this.inflight = Promise.allSettled([device, reports]);
-    await stopCopy;
-    this.sourceState = MigState.STOP_COPY;
+    await set;
+    this.sourceState = state;
     log.mark('sourceStopCopyMs');
     if (!device) {
-      this.step = 'stop-copy data';
-      await this.sendDevice(true, expected);
+      this.step = label ?? 'stop-copy data';
+      await this.sendDevice(window, expected);
       log.mark('deviceDataMs');
     }
-    this.step = 'final dirty report';
+    this.step = label ?? 'final dirty report';
     const bitmaps = await reports;
     log.mark('dirtyReportMs');
-    this.step = 'final dirty pages';
+    this.step = label ?? 'final dirty pages';
     const sent = await this.sendPages(bitmaps, !this.report.preCopy);
     log.mark('finalPagesMs');
     if (device) {
-      this.step = 'stop-copy data';
+      this.step = label ?? 'stop-copy data';
       await device;
       log.mark('deviceDataMs');
     }
@@ -861,9 +950,7 @@ class Migration {
     if (opts.resumeGuest) await opts.resumeGuest('destination');
     log.mark('resumeGuestMs');
     log.endDowntime();
-    const f = this.finalSent;
-    if (f) this.report.rounds.push({ round: this.report.rounds.length, dirtyPages: f[0], guestBytes: f[1], deviceBytes: this.finalDeviceBytes, ms: this.finalMs, remainingEstimate: 0, predictedDowntimeMs: null });
-    this.finalSent = null;
+    this.reportRound(0);
     log.enter('resume', true);
   }
 

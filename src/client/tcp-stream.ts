@@ -42,6 +42,8 @@ const ACCEPTED_VERSIONS: readonly unknown[] = [1, 2];
 /** Chunk types of the migration stream (see the README's table). @enum */
 export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8, SYNC: 9 } as const;
 const HDR = 16;
+/** The payload of a chunk that has none. */
+const EMPTY = Buffer.alloc(0);
 /** Largest payload accepted in one chunk. */
 export const MAX_CHUNK = 16 * 1024 * 1024;
 /**
@@ -478,9 +480,11 @@ export class TcpTarget implements MigrationTarget {
     return JSON.parse(c.payload.toString('utf8')) as { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown };
   }
 
-  private check(c: Chunk): void {
+  /** The answer's JSON, once it says ok (else the receiver's failure, thrown). */
+  private check(c: Chunk): { runningMs?: unknown; stopMs?: unknown; checksum?: string } {
     const r = TcpTarget.json(c);
     if (!r.ok) throw new VfuError(r.errno ?? Errno.EIO, `destination: ${r.error ?? 'failed'}`);
+    return r;
   }
 
   /**
@@ -642,9 +646,8 @@ export class TcpTarget implements MigrationTarget {
    */
   async finish(): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    const c = await this.ask(ChunkType.FINISH, Buffer.alloc(0), ChunkType.RESULT);
-    this.check(c);
-    const runningMs = TcpTarget.json(c).runningMs;
+    // (exchange: the code drain() runs just before the window)
+    const runningMs = (await this.exchange(ChunkType.FINISH, ChunkType.RESULT)).runningMs;
     if (typeof runningMs !== 'number') return;
     const total = performance.now() - t0;
     return { stopMs: Math.max(0, total - runningMs), runningMs: Math.min(runningMs, total) };
@@ -656,7 +659,12 @@ export class TcpTarget implements MigrationTarget {
    * buffers, or being applied) when the guest is paused.
    */
   async drain(): Promise<void> {
-    this.check(await this.ask(ChunkType.SYNC, Buffer.alloc(0), ChunkType.SYNC));
+    await this.exchange(ChunkType.SYNC, ChunkType.SYNC);
+  }
+
+  /** An empty chunk of `type`, then the receiver's answer of type `answer`, checked. */
+  private async exchange(type: number, answer: number): Promise<{ runningMs?: unknown }> {
+    return this.check(await this.ask(type, EMPTY, answer));
   }
 
   /**
@@ -671,7 +679,7 @@ export class TcpTarget implements MigrationTarget {
   }
 
   async checksum(): Promise<string> {
-    return TcpTarget.json(await this.ask(ChunkType.CHECKSUM, Buffer.alloc(0), ChunkType.CHECKSUM)).checksum ?? '';
+    return TcpTarget.json(await this.ask(ChunkType.CHECKSUM, EMPTY, ChunkType.CHECKSUM)).checksum ?? '';
   }
 
   async abort(reason: Error): Promise<void> {
@@ -820,7 +828,7 @@ class Reception {
   /** What the destination mapped (set once HELLO is applied). */
   private layout: GuestLayout | null = null;
   private chain: Promise<void> = Promise.resolve();
-  /** DEVICE payloads that finish() writes (see applyAll). */
+  /** DEVICE payloads that finish() or sync() writes (see applyAll). */
   private held: Buffer[] = [];
   /** The destination runs: the migration succeeded. */
   private finished = false;
@@ -974,11 +982,13 @@ class Reception {
       // after the end only a checksum question still gets an answer
       if (this.failing || ((this.done || this.finished) && (c.type !== ChunkType.CHECKSUM || !this.finished))) return;
       if (this.target === null && c.type !== ChunkType.HELLO) throw new BrokenStreamError(`chunk ${c.seq} before HELLO`);
-      // The end of the device's stream, read together with FINISH (the
-      // sender packs them in one write): written by finish(), in one write
-      // with STOP and RUNNING.  (The read buffer stays ours meanwhile: no
-      // more is read until these chunks are applied.)
-      if (c.type === ChunkType.DEVICE && finishFollows(chunks, i + 1)) {
+      // Device data read together with the FINISH or SYNC after it (the
+      // sender packs them in one write): written by finish() in one write
+      // with STOP and RUNNING, or by sync() with its request to the
+      // destination; sync() is the same code as finish(), run before the
+      // window.  (The read buffer stays ours meanwhile: no more is read
+      // until these chunks are applied.)
+      if (c.type === ChunkType.DEVICE && endFollows(chunks, i + 1)) {
         this.held.push(c.payload);
         continue;
       }
@@ -1058,16 +1068,34 @@ class Reception {
 
   /**
    * SYNC: everything before it is applied (the chain is in order); a
-   * request to the destination that changes nothing (LocalTarget.touch)
-   * goes first, then the answer.  The sender's last SYNC comes right
-   * before the downtime window (TcpTarget.touch): on one CPU, pre-copy
-   * pushed out of the caches what the receiver and the destination run in
-   * the window (the first SET of a state there took 70 us where the second
-   * took 6).  The touch only warms: its failure is not the migration's.
+   * request to the destination that changes nothing (LocalTarget.touch),
+   * in one write with the device data held for it, goes first, then the
+   * answer.  The sender's last SYNC comes right before the downtime window
+   * (TcpTarget.touch): on one CPU, pre-copy pushed out of the caches what
+   * the receiver and the destination run in the window (the first SET of a
+   * state there took 70 us where the second took 6), and this is the
+   * window's code (finish()) run once before it.  A refusal of the request
+   * is not the migration's failure; a refused write is.
    */
   private async sync(): Promise<void> {
-    await this.target!.touch().catch(() => {});
+    const last = this.taken();
+    await this.target!.touch(last);
+    this.counted(last);
     this.reply(ChunkType.SYNC, { ok: true });
+  }
+
+  /** The held DEVICE payloads, now for the caller to write. */
+  private taken(): Buffer[] {
+    const last = this.held;
+    this.held = [];
+    return last;
+  }
+
+  /** `written` device data is at the destination. */
+  private counted(written: Buffer[]): void {
+    if (written.length === 0) return;
+    for (let i = 0; i < written.length; i++) this.deviceBytes += written[i]!.length;
+    this.opts.onProgress?.({ deviceBytes: this.deviceBytes, guestBytes: this.guestBytes });
   }
 
   private async checksum(): Promise<void> {
@@ -1075,12 +1103,11 @@ class Reception {
   }
 
   private async finish(): Promise<void> {
-    const last = this.held;
-    this.held = [];
+    const last = this.taken();
     try {
       const times = await this.target!.finish(last);
       this.finished = true;
-      for (const d of last) this.deviceBytes += d.length;
+      this.counted(last);
       // Reported once the sender hangs up (or by the poll armed at HELLO, at
       // most REPORT_AFTER_MS from now): what the caller does then (closing
       // the destination client, which makes the server unmap the guest
@@ -1089,7 +1116,7 @@ class Reception {
       // delayed the RESULT by milliseconds.  No timer is armed here: on one
       // CPU the sender mostly gets the RESULT only once this process waits
       // again, and arming one after it cost 20-30 us of the window.
-      this.reply(ChunkType.RESULT, { ok: true, ...(times ? { stopMs: times.stopMs, runningMs: times.runningMs } : {}) });
+      this.reply(ChunkType.RESULT, times ? { ok: true, stopMs: times.stopMs, runningMs: times.runningMs } : { ok: true });
     } catch (e) {
       this.reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
       await this.fail(e as Error);
@@ -1159,11 +1186,11 @@ class Reception {
   }
 }
 
-/** Whether chunks[from..] reach a FINISH with only DEVICE and PAGES chunks before it. */
-function finishFollows(chunks: readonly Chunk[], from: number): boolean {
+/** Whether chunks[from..] reach a FINISH or SYNC with only DEVICE and PAGES chunks before it. */
+function endFollows(chunks: readonly Chunk[], from: number): boolean {
   for (let j = from; j < chunks.length; j++) {
     const t = chunks[j]!.type;
-    if (t === ChunkType.FINISH) return true;
+    if (t === ChunkType.FINISH || t === ChunkType.SYNC) return true;
     if (t !== ChunkType.DEVICE && t !== ChunkType.PAGES) return false;
   }
   return false;
