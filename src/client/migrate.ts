@@ -457,7 +457,7 @@ export async function migrate(source: VfioUserClient, target: MigrationTarget, o
     await m.setup();
     if (m.report.preCopy) {
       await m.preCopy();
-      await m.lastRound();
+      await m.rehearse();
     }
     await m.stopCopy();
     await m.resume();
@@ -570,7 +570,7 @@ class ReportLog {
   /**
    * The downtime starts now: the parts start from zero.  (The last
    * pre-copy round runs the window's code, marks included, see
-   * Migration.lastRound: what it added is dropped here.)
+   * Migration.rehearse: what it added is dropped here.)
    */
   startDowntime(): void {
     Object.assign(this.report.downtimeParts, noParts());
@@ -635,7 +635,7 @@ class Migration {
   private paused = false;
   /** The last transfer()'s figures ([pages, bytes], ms, device bytes): taken by keepRound(), in the window, and filed by reportRound() after it. */
   private roundSent: [number, number] | null = null;
-  private roundMs = 0;
+  private roundMs = -0; // a double from the start (see noParts())
   private roundDeviceBytes = 0;
   /** The device's stream had nothing more for now at the end of the last read (pre-copy). */
   private deviceIdle = false;
@@ -808,7 +808,7 @@ class Migration {
     log.enter('stop-copy');
     log.round = this.report.rounds.length;
     this.report.overlapped = this.overlap;
-    // Without pre-copy (no lastRound()), both servers answer a request
+    // Without pre-copy (no rehearse()), both servers answer a request
     // that changes nothing, now: what the window's wake-ups and handlers
     // need (code, heap, the socket path) is brought back into the caches
     // while the guest runs, not in the window.  (A SET of the state the
@@ -824,37 +824,33 @@ class Migration {
     if (opts.pauseGuest) await opts.pauseGuest();
     this.paused = true;
     log.mark('pauseGuestMs');
-    const sent = await this.transfer(MigState.STOP_COPY, -1);
+    const sent = await this.transfer(MigState.STOP_COPY, true);
     // recorded once the guest runs again (resume()): not the window's work
     this.keepRound(sent, w0, 0);
   }
 
   /**
-   * The last pre-copy round, once switching over is decided: run by the
-   * window's own code (transfer()), with a SET of the state the source is
-   * in (a no-op for every server: the kernel's FSM, libvfio-user's and
-   * ours) where the window has STOP_COPY, and the target's touch() where
-   * it has finish().  In a fresh process the window's code otherwise runs
-   * for the first time there, its property accesses and calls each a
-   * miss that V8 resolves slowly (most of what a CPU profile of the
-   * window showed); and pre-copy pushed the servers' and the target's
-   * code and data out of the caches, which the round brings back while
-   * the guest runs.  Its pages and device data are a round's like any
-   * other, and it is reported as one.
+   * Once switching over is decided, a rehearsal of the window while the
+   * guest runs: its own code (transfer()), with a SET of the state the
+   * source is in (a no-op for every server: the kernel's FSM,
+   * libvfio-user's and ours) where the window has STOP_COPY, the dirty
+   * pages collected (they go in the window, read ahead just before it)
+   * rather than sent, and the target's touch() where the window has
+   * finish().  In a fresh process the window's code otherwise runs for the
+   * first time in the window, each property access and call a miss that
+   * V8 resolves slowly (most of what a CPU profile of the window showed);
+   * and pre-copy pushed the servers' and the target's code and data out of
+   * the caches, which this brings back.  Device data the source has for
+   * pre-copy is read and sent as in any round.
    */
-  async lastRound(): Promise<void> {
+  async rehearse(): Promise<void> {
     const { log } = this;
-    const round = this.report.rounds.length;
-    log.round = round;
-    const rs = performance.now();
     const dev0 = log.phaseDeviceBytes;
-    const sent = await this.transfer(this.sourceState, round);
-    this.keepRound(sent, rs, dev0);
+    const sent = await this.transfer(this.sourceState, false);
+    this.keepRound(sent, performance.now(), dev0);
+    this.roundSent = null; // not a round: nothing to file
     log.boundary(); // as resume() (overwritten there)
     await this.target.touch?.();
-    const remainingEstimate = sent[0] * this.pageSize;
-    this.reportRound(remainingEstimate);
-    log.progress({ round, remainingEstimate });
   }
 
   /** Keeps the round just transferred (sent, started at `since`, the phase's device bytes `dev0` before it) until reportRound(). */
@@ -873,17 +869,17 @@ class Migration {
 
   /**
    * A SET of the source to `state`, the device's data, a dirty report and
-   * the pages: in the window (`round` -1) STOP_COPY, the stop-copy data,
-   * the final report and the final pages; in lastRound() a pre-copy round.
+   * the pages: in the `window` STOP_COPY, the stop-copy data, the final
+   * report and the final pages; in rehearse() its rehearsal (the pages
+   * collected, not sent).
    * The read and the report are sent right behind the SET (the server
    * answers in order), and when the target allows, the pages are copied
    * while the source answers them.
    */
-  private async transfer(state: number, round: number): Promise<[number, number]> {
+  private async transfer(state: number, window: boolean): Promise<[number, number]> {
     const { log } = this;
-    const window = round < 0;
     // (each line here runs in both: the window's then run warm)
-    const label = window ? null : `pre-copy round ${round}`;
+    const label = window ? null : 'pre-copy: rehearsing the switch-over';
     this.step = label ?? 'entering STOP_COPY';
     const sizing = this.report.stopCopyBytesExpected ?? null;
     const expected = window ? sizing : null;
@@ -910,7 +906,7 @@ class Migration {
     const bitmaps = await reports;
     log.mark('dirtyReportMs');
     this.step = label ?? 'final dirty pages';
-    const sent = await this.sendPages(bitmaps, !this.report.preCopy);
+    const sent: [number, number] = window ? await this.sendPages(bitmaps, !this.report.preCopy) : [this.collect(bitmaps), 0];
     log.mark('finalPagesMs');
     if (device) {
       this.step = label ?? 'stop-copy data';
