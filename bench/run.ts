@@ -573,17 +573,22 @@ async function stream(ctx: Ctx): Promise<void> {
   ctx.rows.push({ name: `bare TCP stream between two Node processes on loopback, ${STREAM_GUEST_MIB} MiB in 1 MiB writes (ceiling)`, value: bare, unit: 'GB/s' });
   let plain = NaN;
   for (const [label, kind, scheme, rArgs, sArgs] of variants) {
-    const f = await medianRun(RUNS, 'gbps', () => crossHostOnce(ctx, kind, scheme, rArgs, sArgs, STREAM_GUEST_MIB));
-    const gbps = num(f, 'gbps');
+    // each figure the median of the runs', as in the local downtime rows
+    // (the downtime's parts those of its median run)
+    const all: Fields[] = [];
+    for (let i = 0; i < RUNS; i++) all.push(await crossHostOnce(ctx, kind, scheme, rArgs, sArgs, STREAM_GUEST_MIB));
+    const gbps = median(all.map((x) => num(x, 'gbps')));
+    const m = median(all.map((x) => num(x, 'downtime_ms')));
+    const f = all.find((x) => num(x, 'downtime_ms') === m)!;
     if (scheme === 'tcp') plain = gbps;
     const want = scheme === 'tcp' ? 1 : 0.5;
     const row: BenchRow = { name: `cross-host migration on loopback, ${STREAM_GUEST_MIB} MiB guest RAM, pre-copy of every page: ${label}`, value: gbps, unit: 'GB/s' };
     ctx.rows.push({ ...(scheme === 'tcp' ? vs(row, 'bare TCP stream', bare, 'higher') : vs(row, 'plain TCP', plain, 'higher')), target: `≥ ${want} GB/s`, met: gbps >= want });
     const parts = PARTS.map(([k, l]) => `${l} ${num(f, `part_${k}`).toFixed(2)}`).join(' + ');
     // the downtime against its own run's baseline (issue #14: at most 1.5 x + 0.5 ms)
-    const floor = num(f, 'baseline_ms');
+    const floor = median(all.map((x) => num(x, 'baseline_ms')));
     const limit = 1.5 * floor + 0.5;
-    const down: BenchRow = { name: `cross-host migration downtime, ${label} (ms: ${parts})`, value: num(f, 'downtime_ms'), unit: 'ms', target: `≤ 1.5 x baseline + 0.5 ms = ${limit.toFixed(2)} ms`, met: num(f, 'downtime_ms') <= limit };
+    const down: BenchRow = { name: `cross-host migration downtime, ${label}, median of ${RUNS} (ms: ${parts})`, value: m, unit: 'ms', target: `≤ 1.5 x baseline + 0.5 ms = ${limit.toFixed(2)} ms`, met: m <= limit };
     ctx.rows.push(vs(down, `baseline: ${num(f, 'final_bytes')} B final data over a bare ${kind === 'tcp' ? 'TCP' : 'TLS'} stream + answer`, floor, 'lower'));
   }
 }
