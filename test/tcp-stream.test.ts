@@ -205,6 +205,32 @@ function markPages(b: Buffer): void {
 }
 
 describe('migration over loopback TCP', () => {
+  /**
+   * A sample destination behind a receiver in this process, whose client
+   * `wrap` sees first (to record or refuse requests), and a target
+   * connected to it; all closed after the test.
+   */
+  async function wrappedReceiver(wrap: (c: VfioUserClient) => void): Promise<{ b: ReturnType<typeof createSample>; target: TcpTarget }> {
+    const b = createSample();
+    const sb = await serve(b.device);
+    let dst: VfioUserClient | null = null;
+    const receiver = await receiveMigrations('127.0.0.1', 0, {
+      connectDestination: async () => {
+        const c = await sb.connect();
+        wrap(c);
+        return (dst = c);
+      },
+    });
+    const target = new TcpTarget(`tcp://127.0.0.1:${(receiver.address() as { port: number }).port}`);
+    cleanups.push(async () => {
+      target.close();
+      receiver.close();
+      dst?.close();
+      await sb.close();
+    });
+    return { b, target };
+  }
+
   test('a contiguous range larger than a chunk: split on the way, all of it arrives', async () => {
     const s = await setup(40 * MiB);
     randomBytes(MiB).copy(s.range.bytes);
@@ -274,28 +300,14 @@ describe('migration over loopback TCP', () => {
   test('touch() before the window: the receiver makes a request to the destination that changes nothing, then answers; a refusal of it fails nothing', async () => {
     const size = 4 * MiB;
     for (const refuse of [false, true]) {
-      const b = createSample();
-      const sb = await serve(b.device);
       const sets: number[] = [];
-      let dst: VfioUserClient | null = null;
-      const receiver = await receiveMigrations('127.0.0.1', 0, {
-        connectDestination: async () => {
-          const c = await sb.connect();
-          const set = c.setMigrationState.bind(c);
-          // after HELLO's RESUMING: record (and, with `refuse`, refuse) what comes
-          c.setMigrationState = (st: number) => {
-            sets.push(st);
-            return refuse && sets.length > 1 && st === MigState.RESUMING ? Promise.reject(new VfuError(Errno.EINVAL, 'injected')) : set(st);
-          };
-          return (dst = c);
-        },
-      });
-      const target = new TcpTarget(`tcp://127.0.0.1:${(receiver.address() as { port: number }).port}`);
-      cleanups.push(async () => {
-        target.close();
-        receiver.close();
-        dst?.close();
-        await sb.close();
+      const { b, target } = await wrappedReceiver((c) => {
+        const set = c.setMigrationState.bind(c);
+        // after HELLO's RESUMING: record (and, with `refuse`, refuse) what comes
+        c.setMigrationState = (st: number) => {
+          sets.push(st);
+          return refuse && sets.length > 1 && st === MigState.RESUMING ? Promise.reject(new VfuError(Errno.EINVAL, 'injected')) : set(st);
+        };
       });
       await target.begin({ ranges: [{ iova: 0x100000, size }], irqs: [] });
       assert.deepEqual(sets, [MigState.RESUMING], `refuse=${refuse}: HELLO enters RESUMING`);
@@ -309,44 +321,30 @@ describe('migration over loopback TCP', () => {
   });
 
   test('the receiver writes stop-copy device data that came with FINISH in one batch with STOP and RUNNING', async () => {
-    const b = createSample();
-    const sb = await serve(b.device);
     const calls: string[] = [];
-    let dst: VfioUserClient | null = null;
-    const receiver = await receiveMigrations('127.0.0.1', 0, {
-      connectDestination: async () => {
-        const c = await sb.connect();
-        let depth = 0;
-        const batch = c.batch.bind(c);
-        c.batch = <T>(fn: () => T): T => {
-          depth++;
-          calls.push('[');
-          try {
-            return batch(fn);
-          } finally {
-            depth--;
-            calls.push(']');
-          }
-        };
-        const write = c.migDataWrite.bind(c);
-        c.migDataWrite = (d: Buffer) => {
-          calls.push(`write ${d.length}${depth > 0 ? '' : ' alone'}`);
-          return write(d);
-        };
-        const set = c.setMigrationState.bind(c);
-        c.setMigrationState = (st: number) => {
-          calls.push(`SET ${st}${depth > 0 ? '' : ' alone'}`);
-          return set(st);
-        };
-        return (dst = c);
-      },
-    });
-    const target = new TcpTarget(`tcp://127.0.0.1:${(receiver.address() as { port: number }).port}`);
-    cleanups.push(async () => {
-      target.close();
-      receiver.close();
-      dst?.close();
-      await sb.close();
+    const { b, target } = await wrappedReceiver((c) => {
+      let depth = 0;
+      const batch = c.batch.bind(c);
+      c.batch = <T>(fn: () => T): T => {
+        depth++;
+        calls.push('[');
+        try {
+          return batch(fn);
+        } finally {
+          depth--;
+          calls.push(']');
+        }
+      };
+      const write = c.migDataWrite.bind(c);
+      c.migDataWrite = (d: Buffer) => {
+        calls.push(`write ${d.length}${depth > 0 ? '' : ' alone'}`);
+        return write(d);
+      };
+      const set = c.setMigrationState.bind(c);
+      c.setMigrationState = (st: number) => {
+        calls.push(`SET ${st}${depth > 0 ? '' : ' alone'}`);
+        return set(st);
+      };
     });
     await target.begin({ ranges: [{ iova: 0x100000, size: 4 * MiB }], irqs: [] });
     calls.length = 0;
