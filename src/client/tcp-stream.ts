@@ -26,6 +26,7 @@ import { type ConnectionOptions, type TLSSocket, type TlsOptions, connect as tls
 import { crc32 } from 'node:zlib';
 import { Errno } from '../protocol/constants.js';
 import { VfuError } from '../protocol/errors.js';
+import { copyOf } from '../util/bytes.js';
 import { warmNodeBuiltins } from '../util/warm.js';
 import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
@@ -293,8 +294,10 @@ export class TcpTarget implements MigrationTarget {
    */
   readonly concurrent = true;
   private sock: Socket | null = null;
-  /** Plain TCP with the addon: every write goes through it (Node's socket only reads the answers). */
+  /** Plain TCP with the addon: every write and read goes through it (Node's socket only connects, and closes). */
   private io: FdStream | null = null;
+  /** Where the addon reads the receiver's answers (their bytes are copied out). */
+  private inbox: Buffer | null = null;
   private readonly reader = new ChunkReader();
   private readonly events = new EventEmitter();
   private readonly pool = new BufferPool(PAGES_BUFFERS, HDR + 8 + PAGES_PER_CHUNK);
@@ -338,12 +341,41 @@ export class TcpTarget implements MigrationTarget {
     });
     s.setNoDelay(true);
     const fd = tls ? null : dupSocketFd(s);
-    if (fd) this.io = new FdStream(fd.addon, fd.fd, null, (e) => this.fail(e));
-    s.on('data', (d: Buffer) => this.onData(d));
+    if (fd) {
+      // Node's stream layer out of the answers' way (the RESULT's, in the
+      // window): its socket started reading at connect, and stops before
+      // anything can come (the receiver answers HELLO, not sent yet)
+      stopReading(s);
+      this.io = new FdStream(fd.addon, fd.fd, () => this.onReadable(), (e) => this.fail(e));
+      this.io.reading(true);
+    } else {
+      s.on('data', (d: Buffer) => this.onData(d));
+    }
     // a reset or a broken pipe is no TLS failure (EACCES): it stays what it is
     s.on('error', (e: NodeJS.ErrnoException) => this.fail(this.secure && e.syscall === undefined ? tlsFailure(e, 'the receiver') : e));
     s.on('close', () => this.fail(new BrokenStreamError(this.closedWhy())));
     return s;
+  }
+
+  /** The addon: the receiver's answers are there to read. */
+  private onReadable(): void {
+    const io = this.io!;
+    const into = (this.inbox ??= Buffer.allocUnsafe(64 * 1024));
+    for (let i = 0; i < 16; i++) {
+      let n: number;
+      try {
+        n = io.read(into);
+      } catch {
+        return; // failed already (FdStream's onError)
+      }
+      if (n < 0) return;
+      if (n === 0) {
+        this.fail(new BrokenStreamError(this.closedWhy()));
+        return;
+      }
+      // a copy: the chunks made of it outlive this read
+      this.onData(copyOf(into.subarray(0, n)));
+    }
   }
 
   private onData(d: Buffer): void {
@@ -1194,4 +1226,18 @@ function endFollows(chunks: readonly Chunk[], from: number): boolean {
     if (t !== ChunkType.DEVICE && t !== ChunkType.PAGES) return false;
   }
   return false;
+}
+
+/**
+ * Stops Node's reading of a connected socket whose descriptor the addon
+ * reads instead (net.Socket starts reading at connect, paused or not, and
+ * would take the bytes first).
+ */
+function stopReading(s: Socket): void {
+  s.pause();
+  const h = (s as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  if (h && typeof h.readStop === 'function') {
+    h.reading = false;
+    h.readStop();
+  }
 }
