@@ -97,9 +97,10 @@ export interface MigrationTarget {
   /**
    * Optional: a round trip to the destination that changes nothing, made
    * just before the downtime window, so that the destination's part of the
-   * window finds its code and data in the caches.
+   * window finds its code and data in the caches.  It may tell how long it
+   * took, as finish() does.
    */
-  touch?(): Promise<void>;
+  touch?(): Promise<FinishTimes | void>;
   /**
    * deviceData and guestPages may be called while the other is pending: the
    * device's stop-copy data then overlaps the final pages.
@@ -340,10 +341,10 @@ export class LocalTarget implements MigrationTarget {
    * finish() sends STOP and RUNNING.  It only warms: a refusal of the SET
    * is not a failure (a refused write is).
    */
-  async touch(last?: readonly Buffer[]): Promise<void> {
+  async touch(last?: readonly Buffer[]): Promise<FinishTimes | void> {
     // (writeThenSet: the code finish() runs in the downtime window)
     try {
-      await this.writeThenSet(last, MigState.RESUMING, -1);
+      return await this.writeThenSet(last, MigState.RESUMING, -1);
     } catch (e) {
       if (this.refused === 'write') throw e;
     }

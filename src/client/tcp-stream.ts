@@ -676,10 +676,15 @@ export class TcpTarget implements MigrationTarget {
    * destination's own; the rest of the wait (the pages still in flight, the
    * round trip, loading the state) is reported as RESUMING -> STOP.
    */
-  async finish(): Promise<FinishTimes | void> {
+  finish(): Promise<FinishTimes | void> {
+    // (timed: the code touch() runs just before the window)
+    return this.timed(ChunkType.FINISH, ChunkType.RESULT);
+  }
+
+  /** An empty chunk of `type`, the answer of type `answer`; the destination's times from it (see finish()). */
+  private async timed(type: number, answer: number): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    // (exchange: the code drain() runs just before the window)
-    const runningMs = (await this.exchange(ChunkType.FINISH, ChunkType.RESULT)).runningMs;
+    const runningMs = (await this.exchange(type, answer)).runningMs;
     if (typeof runningMs !== 'number') return;
     const total = performance.now() - t0;
     return { stopMs: Math.max(0, total - runningMs), runningMs: Math.min(runningMs, total) };
@@ -706,8 +711,8 @@ export class TcpTarget implements MigrationTarget {
    * the destination (and the answer's way back here) finds its code and
    * data in the caches, not pushed out by pre-copy.
    */
-  touch(): Promise<void> {
-    return this.drain();
+  touch(): Promise<FinishTimes | void> {
+    return this.timed(ChunkType.SYNC, ChunkType.SYNC);
   }
 
   async checksum(): Promise<string> {
@@ -1111,9 +1116,18 @@ class Reception {
    */
   private async sync(): Promise<void> {
     const last = this.taken();
-    await this.target!.touch(last);
+    const times = await this.target!.touch(last);
     this.counted(last);
-    this.reply(ChunkType.SYNC, { ok: true });
+    this.answer(ChunkType.SYNC, times);
+  }
+
+  /**
+   * SYNC's and RESULT's answer: ok, with the destination's times when
+   * there are any.  One shape for both, built and parsed by the same code:
+   * the RESULT's, in the window, then runs warm.
+   */
+  private answer(type: number, times: FinishTimes | void): void {
+    this.reply(type, times ? { ok: true, stopMs: times.stopMs, runningMs: times.runningMs } : { ok: true });
   }
 
   /** The held DEVICE payloads, now for the caller to write. */
@@ -1148,7 +1162,7 @@ class Reception {
       // delayed the RESULT by milliseconds.  No timer is armed here: on one
       // CPU the sender mostly gets the RESULT only once this process waits
       // again, and arming one after it cost 20-30 us of the window.
-      this.reply(ChunkType.RESULT, times ? { ok: true, stopMs: times.stopMs, runningMs: times.runningMs } : { ok: true });
+      this.answer(ChunkType.RESULT, times);
     } catch (e) {
       this.reply(ChunkType.RESULT, { ok: false, error: (e as Error).message, errno: (e as VfuError).errno });
       await this.fail(e as Error);
