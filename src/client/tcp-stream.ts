@@ -13,9 +13,10 @@
 // layout), ACK (JSON: {ok} or {error}), DEVICE (device state bytes), PAGES
 // (u64 IOVA then the bytes), FINISH, RESULT (JSON), CHECKSUM (request or
 // JSON answer), ABORT (UTF-8 reason; either side), SYNC (request, or the
-// answer once everything before it is applied).  A bad magic, type,
-// length or CRC is a broken stream: the receiver resets the destination,
-// tells the sender why (ABORT) and says which chunk.
+// answer once everything before it is applied: JSON of RESULT's shape).
+// A bad magic, type, length or CRC is a broken stream: the receiver
+// resets the destination, tells the sender why (ABORT) and says which
+// chunk.
 import { EventEmitter } from 'node:events';
 import { type Socket, connect as tcpConnect, createServer, type Server } from 'node:net';
 // Imported, not the global: the global loads perf_hooks on its first use
