@@ -109,7 +109,8 @@ export class MappingWalk {
     const end = Math.min(this.pages, cpu.length - host - 8, msg.length - host - 8) & ~7;
     for (let n = 4096; p < end; n = MAX_BLOCK) {
       const m = Math.min(n, end - p);
-      if (ZEROS.compare(this.pending, p, p + m, 0, m) !== 0) break;
+      // (nothing pending: nothing to compare, 1 byte a page)
+      if (this.pendingCount > 0 && ZEROS.compare(this.pending, p, p + m, 0, m) !== 0) break;
       if (bitmap !== null && ZEROS.compare(bitmap, p >> 3, (p + m) >> 3, 0, m >> 3) !== 0) break;
       if (ZEROS.compare(cpu, host + p, host + p + m, 0, m) !== 0 || ZEROS.compare(msg, host + p, host + p + m, 0, m) !== 0) break;
       p += m;
