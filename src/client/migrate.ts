@@ -326,8 +326,7 @@ export class LocalTarget implements MigrationTarget {
 
   async deviceData(chunk: Buffer): Promise<void> {
     // (writeAll: the code finish() runs in the downtime window, run here first)
-    const writes = this.writeAll([chunk]);
-    for (let i = 0; i < writes.length; i++) await writes[i];
+    await Promise.all(this.writeAll([chunk]));
   }
 
   guestView(iova: number, size: number): Buffer | null {
@@ -848,8 +847,9 @@ class Migration {
     const { log } = this;
     const dev0 = log.phaseDeviceBytes;
     const sent = await this.transfer(this.sourceState, false);
+    // (keepRound: the window's code, run here first; not a round, nothing filed)
     this.keepRound(sent, performance.now(), dev0);
-    this.roundSent = null; // not a round: nothing to file
+    this.roundSent = null;
     log.boundary(); // as resume() (overwritten there)
     await this.target.touch?.();
   }

@@ -24,6 +24,20 @@ export function dupSocketFd(sock: Socket): { addon: NativeAddon; fd: number } | 
   return dup < 0 ? null : { addon: native, fd: dup };
 }
 
+/**
+ * Stops Node's reading of a connected socket whose descriptor the addon
+ * reads instead (net.Socket starts reading at connect, paused or not, and
+ * would take the bytes first).
+ */
+export function stopReading(s: Socket): void {
+  s.pause();
+  const h = (s as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  if (h && typeof h.readStop === 'function') {
+    h.reading = false;
+    h.readStop();
+  }
+}
+
 interface Write {
   a: Buffer;
   b: Buffer | null;

@@ -32,7 +32,7 @@ import { warmNodeBuiltins } from '../util/warm.js';
 import type { VfioUserClient } from './client.js';
 import { type FinishTimes, LocalTarget, type GuestLayout, type MigrationTarget } from './migrate.js';
 import { copyCrc32c, crc32c } from './stream-crc.js';
-import { FdStream, dupSocketFd } from './stream-fd.js';
+import { FdStream, dupSocketFd, stopReading } from './stream-fd.js';
 import { peerRefusal, readIntoBuffers, secureClientDefaults, secureServerDefaults, tlsFailure } from './stream-tls.js';
 
 /** First four bytes of every chunk ('VFUM' little-endian). */
@@ -41,6 +41,9 @@ export const STREAM_MAGIC = 0x4d554656;
 export const STREAM_VERSION = 2;
 /** Versions a receiver accepts (a sender of version 1 always sends CRCs). */
 const ACCEPTED_VERSIONS: readonly unknown[] = [1, 2];
+/** The receiver's JSON answers (ACK, RESULT, SYNC, CHECKSUM), as read. */
+type Answer = { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown };
+
 /** Chunk types of the migration stream (see the README's table). @enum */
 export const ChunkType = { HELLO: 1, ACK: 2, DEVICE: 3, PAGES: 4, FINISH: 5, RESULT: 6, CHECKSUM: 7, ABORT: 8, SYNC: 9 } as const;
 const HDR = 16;
@@ -509,12 +512,12 @@ export class TcpTarget implements MigrationTarget {
     });
   }
 
-  private static json(c: Chunk): { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown } {
-    return JSON.parse(c.payload.toString('utf8')) as { ok?: boolean; error?: string; errno?: number; checksum?: string; runningMs?: unknown };
+  private static json(c: Chunk): Answer {
+    return JSON.parse(c.payload.toString('utf8')) as Answer;
   }
 
   /** The answer's JSON, once it says ok (else the receiver's failure, thrown). */
-  private check(c: Chunk): { runningMs?: unknown; stopMs?: unknown; checksum?: string } {
+  private check(c: Chunk): Answer {
     const r = TcpTarget.json(c);
     if (!r.ok) throw new VfuError(r.errno ?? Errno.EIO, `destination: ${r.error ?? 'failed'}`);
     return r;
@@ -685,7 +688,7 @@ export class TcpTarget implements MigrationTarget {
   /** An empty chunk of `type`, the answer of type `answer`; the destination's times from it (see finish()). */
   private async timed(type: number, answer: number): Promise<FinishTimes | void> {
     const t0 = performance.now();
-    const runningMs = (await this.exchange(type, answer)).runningMs;
+    const runningMs = this.check(await this.ask(type, EMPTY, answer)).runningMs;
     if (typeof runningMs !== 'number') return;
     const total = performance.now() - t0;
     return { stopMs: Math.max(0, total - runningMs), runningMs: Math.min(runningMs, total) };
@@ -697,12 +700,7 @@ export class TcpTarget implements MigrationTarget {
    * buffers, or being applied) when the guest is paused.
    */
   async drain(): Promise<void> {
-    await this.exchange(ChunkType.SYNC, ChunkType.SYNC);
-  }
-
-  /** An empty chunk of `type`, then the receiver's answer of type `answer`, checked. */
-  private async exchange(type: number, answer: number): Promise<{ runningMs?: unknown }> {
-    return this.check(await this.ask(type, EMPTY, answer));
+    await this.touch();
   }
 
   /**
@@ -1241,18 +1239,4 @@ function endFollows(chunks: readonly Chunk[], from: number): boolean {
     if (t !== ChunkType.DEVICE && t !== ChunkType.PAGES) return false;
   }
   return false;
-}
-
-/**
- * Stops Node's reading of a connected socket whose descriptor the addon
- * reads instead (net.Socket starts reading at connect, paused or not, and
- * would take the bytes first).
- */
-function stopReading(s: Socket): void {
-  s.pause();
-  const h = (s as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
-  if (h && typeof h.readStop === 'function') {
-    h.reading = false;
-    h.readStop();
-  }
 }
